@@ -1,0 +1,3 @@
+from neuromask_onnx.cli import app
+
+app()

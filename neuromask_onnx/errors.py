@@ -1,0 +1,40 @@
+"""Every error a user can cause derives from `NeuromaskError`.
+
+The CLI catches this one base class and prints its message as a single line; any other
+exception escaping is a bug in neuromask-onnx and keeps its traceback. Messages say what
+failed, where, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class NeuromaskError(Exception):
+    """Base class of the errors caused by the user's model, input or flags."""
+
+
+class UnsupportedOpError(NeuromaskError):
+    """A value that depends on the mask reaches an op that has no VJP rule."""
+
+    def __init__(self, op_type: str, node_name: str, domain: str = "", detail: str = "") -> None:
+        self.op_type = op_type
+        self.node_name = node_name
+        where = f"{domain}::{op_type}" if domain and domain != "ai.onnx" else op_type
+        what = f"has an unsupported form ({detail})" if detail else "has no gradient rule"
+        msg = (
+            f"op {where} (node {node_name!r}) is on the path from the input to the output "
+            f"but {what}; run `neuromask ops MODEL.onnx` to list the model's supported and "
+            "unsupported ops"
+        )
+        super().__init__(msg)
+
+
+class ModelContractError(NeuromaskError):
+    """The model is not something we can explain as asked (inputs, outputs, layout...)."""
+
+
+class InputError(NeuromaskError):
+    """A user-supplied file, array or flag is wrong."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The mask optimisation finished but its result should not be trusted."""

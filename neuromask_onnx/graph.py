@@ -1,0 +1,468 @@
+"""Load an ONNX classifier and bring it into the one shape the gradient rules expect.
+
+`prepare` copies the model (the caller's object is never touched), converts opsets below
+`MIN_OPSET` upwards, pins every dimension of the explained input, folds every computation that
+does not depend on a graph input into constants (shape arithmetic, weight aliases, `Constant`
+nodes) and records a static shape and element type for every remaining value. The rules can
+then read shapes and constant operands (Reshape targets, Slice bounds, pads, scales) as numpy.
+
+`Emitter` is the small builder the rules write through: `op.Mul(a, b)` appends a node and
+returns its output name; every name it makes starts with `nm_`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import InputError, ModelContractError
+
+MIN_OPSET = 18
+PREFIX = "nm_"
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16})
+# Folded constants larger than this stay as nodes: they are side computations (attention
+# masks, dequantised weights) that onnxruntime computes anyway and that we never read.
+_FOLD_LIMIT_BYTES = 64 << 20
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+     "Bernoulli"}
+)
+
+TensorName = str
+Shape = tuple[int, ...]
+
+
+def load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    """Return a private copy of `model`, reading it from disk (with external data) if a path."""
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    path = Path(model)
+    if not path.is_file():
+        msg = f"model file {str(path)!r} does not exist; pass the path of an .onnx file"
+        raise InputError(msg)
+    try:
+        loaded = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        msg = f"{str(path)!r} is not a readable ONNX model ({type(exc).__name__}: {exc})"
+        raise InputError(msg.splitlines()[0]) from None
+    if not loaded.graph.node and not loaded.graph.output:
+        msg = f"{str(path)!r} is not an ONNX model (no graph found); pass an exported .onnx file"
+        raise InputError(msg)
+    return loaded
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+@dataclass
+class Graph:
+    """A prepared, mutable view of a model: nodes, constants, shapes and element types."""
+
+    model: onnx.ModelProto
+    nodes: list[onnx.NodeProto]
+    consts: dict[str, np.ndarray]
+    shapes: dict[str, Shape]
+    dtypes: dict[str, int]
+    opset: int
+    inputs: list[str]
+    outputs: list[str]
+    used_names: set[str] = field(default_factory=set)
+
+    def shape(self, name: str) -> Shape:
+        try:
+            return self.shapes[name]
+        except KeyError:
+            msg = f"value {name!r} has no static shape after shape inference"
+            raise ModelContractError(msg) from None
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name)
+
+    def is_float(self, name: str) -> bool:
+        return self.dtypes.get(name) in FLOAT_TYPES
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs: graph inputs that are not also initializers (IR < 4 style)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    out: list[int | str | None] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def input_dims(model: onnx.ModelProto, name: str) -> list[int | str | None]:
+    for vi in model.graph.input:
+        if vi.name == name:
+            return _dims(vi)
+    msg = f"model has no input named {name!r}"
+    raise ModelContractError(msg)
+
+
+def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        msg = (
+            f"could not convert the model from opset {opset} to {MIN_OPSET} "
+            f"({str(exc).splitlines()[0][:200]}); re-export it with opset {MIN_OPSET} or newer"
+        )
+        raise ModelContractError(msg) from None
+
+
+def _attr_tensor(node: onnx.NodeProto) -> np.ndarray:
+    """Value of a `Constant` node, whichever attribute form it uses."""
+    a = node.attribute[0]
+    if a.name == "value":
+        return numpy_helper.to_array(a.t)
+    if a.name == "value_float":
+        return np.array(a.f, dtype=np.float32)
+    if a.name == "value_floats":
+        return np.array(list(a.floats), dtype=np.float32)
+    if a.name == "value_int":
+        return np.array(a.i, dtype=np.int64)
+    if a.name == "value_ints":
+        return np.array(list(a.ints), dtype=np.int64)
+    msg = f"Constant node {node.name!r} uses attribute {a.name!r}, which is not supported"
+    raise ModelContractError(msg)
+
+
+def _eval_node(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> list[Any]:
+    from onnx.reference import ReferenceEvaluator
+
+    names = [n if v is not None else "" for n, v in zip(node.input, values, strict=True)]
+    feeds = {n: v for n, v in zip(node.input, values, strict=True) if v is not None}
+    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(feeds[n].dtype), None)
+           for n in dict.fromkeys(n for n in names if n)]
+    outs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output if o]
+    g = helper.make_graph([node], "fold", ins, outs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    return list(ReferenceEvaluator(m).run(None, feeds))
+
+
+def _fold(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
+          shapes: dict[str, Shape], opset: int) -> tuple[list[onnx.NodeProto], bool]:
+    kept: list[onnx.NodeProto] = []
+    changed = False
+    for node in nodes:
+        folded = None
+        if node.domain not in ("", "ai.onnx") or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for a in node.attribute
+        ):
+            kept.append(node)
+            continue
+        if node.op_type == "Constant":
+            folded = [_attr_tensor(node)]
+        elif node.op_type in ("Shape", "Size") and node.input[0] in shapes:
+            shp = np.array(shapes[node.input[0]], dtype=np.int64)
+            if node.op_type == "Size":
+                folded = [np.array(int(np.prod(shp)), dtype=np.int64)]
+            else:
+                attrs = {a.name: a.i for a in node.attribute}
+                start, end = attrs.get("start", 0), attrs.get("end", len(shp))
+                folded = [shp[start:end] if "end" in attrs else shp[start:]]
+        elif node.op_type not in _NONDETERMINISTIC and all(
+            (not i) or i in consts for i in node.input
+        ) and node.input:
+            try:
+                folded = _eval_node(node, [consts[i] if i else None for i in node.input], opset)
+            except Exception:
+                folded = None
+            if folded is not None and sum(np.asarray(v).nbytes for v in folded) > _FOLD_LIMIT_BYTES:
+                folded = None
+        if folded is None:
+            kept.append(node)
+            continue
+        changed = True
+        for name, val in zip(node.output, folded, strict=False):
+            if name:
+                consts[name] = np.asarray(val)
+    return kept, changed
+
+
+def _infer(model: onnx.ModelProto, nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
+           input_names: Sequence[str]) -> tuple[dict[str, Shape], dict[str, int]]:
+    g = model.graph
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.initializer[:]
+    # Only the constants that nodes read are needed for inference; big ones go by reference.
+    read = {i for n in nodes for i in n.input}
+    m.graph.initializer.extend(numpy_helper.from_array(consts[k], k) for k in read if k in consts)
+    del m.graph.input[:]
+    m.graph.input.extend(vi for vi in g.input if vi.name in input_names)
+    del m.graph.value_info[:]
+    for o in m.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:
+        inferred = m
+    shapes: dict[str, Shape] = {}
+    dtypes: dict[str, int] = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        t = vi.type.tensor_type
+        if t.elem_type:
+            dtypes[vi.name] = t.elem_type
+        d = _dims(vi)
+        if t.HasField("shape") and all(isinstance(x, int) for x in d):
+            shapes[vi.name] = tuple(int(x) for x in d)  # type: ignore[arg-type]
+    for k, v in consts.items():
+        shapes[k] = tuple(v.shape)
+        dtypes[k] = helper.np_dtype_to_tensor_dtype(v.dtype)
+    return shapes, dtypes
+
+
+def _shapes_by_running(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                       consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                       names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
+    """Ask onnxruntime for the shapes that static inference could not give."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    del m.graph.input[:]
+    m.graph.input.extend(vi for vi in model.graph.input if vi.name in feeds)
+    del m.graph.output[:]
+    wanted = list(dict.fromkeys(names))
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
+    del m.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    vals = sess.run(wanted, feeds)
+    return {
+        n: (tuple(np.asarray(v).shape), helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype))
+        for n, v in zip(wanted, vals, strict=True)
+    }
+
+
+def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
+    """Convert, pin the inputs in `pinned`, fold constants and infer static shapes."""
+    model = _convert_opset(model)
+    opset = default_opset(model)
+    g = model.graph
+    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    real_inputs = [vi.name for vi in graph_inputs(model)]
+    for vi in g.input:
+        if vi.name in pinned:
+            shp = vi.type.tensor_type.shape
+            shp.ClearField("dim")
+            for d in pinned[vi.name]:
+                shp.dim.add().dim_value = int(d)
+    nodes = list(g.node)
+    shapes: dict[str, Shape] = {}
+    dtypes: dict[str, int] = {}
+    for _ in range(8):
+        shapes, dtypes = _infer(model, nodes, consts, real_inputs)
+        nodes, changed = _fold(nodes, consts, shapes, opset)
+        if not changed:
+            break
+    shapes, dtypes = _infer(model, nodes, consts, real_inputs)
+    missing = [o for n in nodes for o in n.output if o and (o not in shapes or o not in dtypes)]
+    if missing and all(n in pinned for n in real_inputs):
+        feeds = {}
+        for vi in g.input:
+            if vi.name in real_inputs:
+                dt = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+                feeds[vi.name] = np.zeros(pinned[vi.name], dtype=dt)
+        try:
+            found = _shapes_by_running(model, nodes, consts, feeds, missing)
+        except Exception:
+            found = {}
+        for name, (s, dt) in found.items():
+            shapes.setdefault(name, s)
+            dtypes.setdefault(name, dt)
+    used = {n for node in nodes for n in (*node.input, *node.output)}
+    used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}
+    return Graph(
+        model=model,
+        nodes=nodes,
+        consts=consts,
+        shapes=shapes,
+        dtypes=dtypes,
+        opset=opset,
+        inputs=real_inputs,
+        outputs=[o.name for o in g.output],
+        used_names=used,
+    )
+
+
+# --------------------------------------------------------------------------- the builder
+
+
+class Emitter:
+    """Appends nodes to `self.nodes`; `op.Relu(x)` returns the new output's name.
+
+    Keyword arguments are ONNX attributes, except the reserved `_outputs` (number of outputs)
+    and `_dtype` (element type of the output when it differs from the first input's).
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.g = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.new_consts: dict[str, np.ndarray] = {}
+        self._const_cache: dict[tuple[str, Shape, bytes], str] = {}
+        self.wanted: set[str] = set()
+
+    def fresh(self, hint: str) -> str:
+        base = hint if hint.startswith(PREFIX) else PREFIX + hint
+        base = "".join(c if c.isalnum() or c in "_./:-" else "_" for c in base)
+        name, k = base, 0
+        while name in self.g.used_names:
+            k += 1
+            name = f"{base}_{k}"
+        self.g.used_names.add(name)
+        return name
+
+    def emit(self, op_type: str, inputs: Sequence[str], outputs: int = 1, dtype: int | None = None,
+             names: Sequence[str] | None = None, **attrs: Any) -> list[str]:
+        outs = list(names) if names else [self.fresh(op_type.lower()) for _ in range(outputs)]
+        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh("n_" + op_type),
+                                **attrs)
+        self.nodes.append(node)
+        first = next((i for i in inputs if i), None)
+        out_type = dtype if dtype is not None else self.g.dtypes.get(first or "", TensorProto.FLOAT)
+        for o in outs:
+            self.g.dtypes[o] = out_type
+        return outs
+
+    def __getattr__(self, op_type: str) -> Callable[..., str]:
+        if not op_type[:1].isupper():
+            raise AttributeError(op_type)
+
+        def build(*inputs: str, _dtype: int | None = None, **attrs: Any) -> str:
+            return self.emit(op_type, inputs, 1, _dtype, **attrs)[0]
+
+        return build
+
+    # constants -----------------------------------------------------------------------
+    def const(self, value: Any, like: str | None = None, dtype: Any = None) -> str:
+        """A constant initializer, deduplicated; dtype from `like` (a value name) if given."""
+        if like is not None:
+            dt = helper.tensor_dtype_to_np_dtype(self.g.dtypes.get(like, TensorProto.FLOAT))
+        elif dtype is not None:
+            dt = np.dtype(dtype)
+        else:
+            dt = np.asarray(value).dtype
+        arr = np.ascontiguousarray(np.asarray(value, dtype=dt))
+        key = (arr.dtype.str, tuple(arr.shape), arr.tobytes())
+        if key in self._const_cache:
+            return self._const_cache[key]
+        name = self.fresh("c")
+        self.new_consts[name] = arr
+        self.g.consts[name] = arr
+        self.g.shapes[name] = tuple(arr.shape)
+        self.g.dtypes[name] = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        self._const_cache[key] = name
+        return name
+
+    def ints(self, values: Iterable[int]) -> str:
+        return self.const(np.array(list(values), dtype=np.int64))
+
+    def zeros(self, shape: Sequence[int], like: str) -> str:
+        dt = self.g.dtypes.get(like, TensorProto.FLOAT)
+        value = numpy_helper.from_array(np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(dt)))
+        return self.emit("ConstantOfShape", [self.ints(shape)], dtype=dt, value=value)[0]
+
+    def cast_like(self, x: str, like: str) -> str:
+        return self.Cast(x, to=self.g.dtypes.get(like, TensorProto.FLOAT),
+                         _dtype=self.g.dtypes.get(like, TensorProto.FLOAT))
+
+    def mask_of(self, cond: str, like: str) -> str:
+        """A boolean tensor as 0/1 of `like`'s type (Mul by it beats Where on ORT CPU)."""
+        return self.cast_like(cond, like)
+
+    # shape helpers ---------------------------------------------------------------------
+    def reshape(self, x: str, shape: Sequence[int]) -> str:
+        return self.Reshape(x, self.ints(shape))
+
+    def sum_to(self, g: str, from_shape: Shape, to_shape: Shape) -> str:
+        """Sum `g` (of `from_shape`) over the axes where `to_shape` was broadcast."""
+        from_shape, to_shape = tuple(from_shape), tuple(to_shape)
+        if from_shape == to_shape:
+            return g
+        lead = len(from_shape) - len(to_shape)
+        padded = (1,) * lead + to_shape
+        axes = [i for i, (f, t) in enumerate(zip(from_shape, padded, strict=True))
+                if t == 1 and f != 1 or i < lead]
+        out = self.ReduceSum(g, self.ints(axes), keepdims=1) if axes else g
+        return self.reshape(out, to_shape) if lead else out
+
+    def expand_to(self, g: str, shape: Shape) -> str:
+        return self.Expand(g, self.ints(shape))
+
+    def axis_matmul(self, g: str, shape: Shape, axis: int, mat: np.ndarray, like: str) -> str:
+        """Contract axis `axis` of `g` (extent mat.shape[0]) with `mat` [out, in]."""
+        rank = len(shape)
+        m = self.const(mat, like=like)
+        if axis == rank - 1:
+            return self.MatMul(g, m)
+        if axis == rank - 2:
+            return self.MatMul(self.const(mat.T, like=like), g)
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        inv = list(np.argsort(perm))
+        return self.Transpose(self.MatMul(self.Transpose(g, perm=perm), m), perm=inv)
+
+
+def attrs_of(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def normalize_axes(axes: Iterable[int], rank: int) -> list[int]:
+    return sorted(int(a) + rank if int(a) < 0 else int(a) for a in axes)
+
+
+def finish_model(graph: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+                 outputs: list[onnx.ValueInfoProto], consts: dict[str, np.ndarray],
+                 name: str) -> onnx.ModelProto:
+    """Assemble a model from the prepared graph's metadata and the given parts."""
+    src = graph.model
+    g = helper.make_graph(nodes, name, inputs, outputs,
+                          [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    opsets = [o for o in src.opset_import if o.domain not in ("", "ai.onnx")]
+    opsets.append(helper.make_opsetid("", graph.opset))
+    m = helper.make_model(g, opset_imports=opsets, producer_name="neuromask-onnx")
+    # onnx stamps its newest IR version, which released onnxruntime builds may refuse.
+    m.ir_version = max(src.ir_version, helper.find_min_ir_version_for(opsets, True), 8)
+    m.ir_version = min(m.ir_version, 10 if graph.opset <= 22 else 11)
+    for f in src.functions:
+        m.functions.append(f)
+    return m

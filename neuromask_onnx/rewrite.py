@@ -1,0 +1,558 @@
+"""The driver: turn a classifier into a graph that also returns a loss and its gradient.
+
+`instrument` adds a `nm_mask` input, the masked input x_bar = b + mask (x - b) (b = 0 unless
+a `nm_baseline` is given), a per-sample loss on the model's logits against `nm_target`, and a
+reverse-mode subgraph built from `vjp_rules`. Only values that depend on the mask and reach
+the logits get rules; weights never get gradient nodes; everything the outputs do not need is
+removed. `vjp` is the same driver with user-supplied cotangents (used by `gradcheck`).
+
+Every tensor added starts with `nm_`. The graph I/O names are fixed: inputs `nm_mask`,
+`nm_target`, `nm_baseline`; outputs `nm_loss` [N], `nm_grad_mask` (the mask's shape) and
+`nm_probs` [N, K]. All dimensions are static: one instrumented model per batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import __version__
+from .errors import InputError, ModelContractError, UnsupportedOpError
+from .graph import (
+    FLOAT_TYPES,
+    Emitter,
+    Graph,
+    Shape,
+    finish_model,
+    graph_inputs,
+    input_dims,
+    load_model,
+    prepare,
+)
+from .vjp_rules import VJP_RULES, ZERO_GRAD_OPS
+
+MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
+LOSS, GRAD_MASK, GRAD_INPUT, PROBS = "nm_loss", "nm_grad_mask", "nm_grad_input", "nm_probs"
+XBAR = "nm_xbar"
+
+OutputKind = Literal["auto", "logits", "softmax", "log_softmax", "sigmoid", "probabilities"]
+Objective = Literal["cross_entropy", "logit", "probability"]
+_PASSTHROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What `instrument` decided about a model; also stored in the model's metadata."""
+
+    input_name: str
+    output_name: str
+    input_shape: Shape
+    mask_shape: Shape
+    mask_axes: tuple[int, ...]
+    layout: str
+    output_kind: str
+    num_classes: int
+    logits_name: str
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -> set[str]:
+    """Float values that depend on `sources` (the only ones that can carry a gradient)."""
+    marked = set(sources)
+    for node in nodes:
+        if node.op_type in ZERO_GRAD_OPS:
+            continue
+        if any(i in marked for i in node.input):
+            marked.update(o for o in node.output if o and g.dtypes.get(o) in FLOAT_TYPES)
+    return marked
+
+
+def _reaching(nodes: Sequence[onnx.NodeProto], targets: Sequence[str]) -> set[str]:
+    """Values that `targets` are computed from."""
+    need = set(targets)
+    for node in reversed(nodes):
+        if any(o in need for o in node.output):
+            need.update(i for i in node.input if i)
+    return need
+
+
+def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets: Sequence[str],
+               g: Graph) -> list[onnx.NodeProto]:
+    """Nodes that lie on a path from `sources` to `targets`."""
+    marked = _marked(nodes, sources, g)
+    need = _reaching(nodes, targets)
+    return [n for n in nodes if any(i in marked for i in n.input)
+            and any(o in need for o in n.output)]
+
+
+def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    return [n for n in nodes if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
+
+
+def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str, str],
+                  wrt: Sequence[str]) -> dict[str, str | None]:
+    """Emit the reverse pass; return the gradient of each `wrt` name (None if it has none)."""
+    g = op.g
+    on_path = path_nodes(nodes, wrt, list(seeds), g)
+    bad = unsupported(on_path)
+    if bad:
+        raise UnsupportedOpError(bad[0].op_type, bad[0].name, bad[0].domain)
+    op.wanted = _marked(nodes, wrt, g)
+    contribs: dict[str, list[str]] = {k: [v] for k, v in seeds.items()}
+
+    def total(name: str) -> str | None:
+        parts = contribs.get(name)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            contribs[name] = [op.Sum(*parts)]
+        return contribs[name][0]
+
+    for node in reversed(on_path):
+        if node.op_type in ZERO_GRAD_OPS:
+            continue
+        gys = [total(o) if o else None for o in node.output]
+        if all(gy is None for gy in gys):
+            continue
+        try:
+            gxs = VJP_RULES[node.op_type](op, node, gys)
+        except NotImplementedError as exc:
+            raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
+        if len(gxs) != len(node.input):
+            msg = f"rule for {node.op_type} returned {len(gxs)} gradients for {len(node.input)} inputs"
+            raise AssertionError(msg)
+        for name, gx in zip(node.input, gxs, strict=True):
+            if not name or name not in op.wanted:
+                continue
+            if gx is None:
+                detail = f"no gradient flows to its input {name!r}"
+                raise UnsupportedOpError(node.op_type, node.name, node.domain, detail)
+            contribs.setdefault(name, []).append(gx)
+    return {w: total(w) for w in wrt}
+
+
+def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """Dead-code elimination: onnxruntime would otherwise run every unused node."""
+    need = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(o in need for o in node.output):
+            kept.append(node)
+            need.update(i for i in node.input if i)
+    return kept[::-1]
+
+
+def _assemble(g: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+              outputs: list[onnx.ValueInfoProto], name: str) -> onnx.ModelProto:
+    nodes = prune(nodes, [o.name for o in outputs])
+    read = {i for n in nodes for i in n.input} | {o.name for o in outputs}
+    consts = {k: v for k, v in g.consts.items() if k in read}
+    model = finish_model(g, nodes, inputs, outputs, consts, name)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:  # our bug, not the user's: keep the trace
+        msg = f"neuromask-onnx built an invalid graph: {exc}"
+        raise AssertionError(msg) from exc
+    return model
+
+
+def _value_info(g: Graph, name: str, shape: Shape | None = None,
+                dtype: int | None = None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype if dtype is not None else g.dtypes[name],
+                                         list(shape if shape is not None else g.shape(name)))
+
+
+# --------------------------------------------------------------------------- vjp (for checks)
+
+
+def vjp(model: onnx.ModelProto | str | Path, wrt: Sequence[str] | None = None,
+        of: Sequence[str] | None = None) -> onnx.ModelProto:
+    """A model computing the outputs `of` and, from cotangent inputs `nm_cot_<out>`,
+    the gradients `nm_grad_<in>` of every input in `wrt` (default: all float inputs)."""
+    m = load_model(model)
+    pinned = {}
+    for vi in graph_inputs(m):
+        dims = input_dims(m, vi.name)
+        if not all(isinstance(d, int) for d in dims):
+            msg = f"vjp needs static input shapes; input {vi.name!r} has {dims}"
+            raise ModelContractError(msg)
+        pinned[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    g = prepare(m, pinned)
+    wrt = list(wrt) if wrt is not None else [i for i in g.inputs if g.is_float(i)]
+    of = list(of) if of is not None else list(g.outputs)
+    op = Emitter(g)
+    seeds = {o: f"nm_cot_{o}" for o in of}
+    for o, s in seeds.items():
+        g.dtypes[s], g.shapes[s] = g.dtypes[o], g.shape(o)
+    grads = differentiate(op, g.nodes, seeds, wrt)
+    tail = []
+    for w in wrt:
+        gw = grads[w]
+        if gw is None:
+            gw = op.zeros(g.shape(w), w)
+        tail.append(helper.make_node("Identity", [gw], [f"nm_grad_{w}"]))
+    inputs = [_value_info(g, i) for i in g.inputs]
+    inputs += [_value_info(g, s, g.shape(o), g.dtypes[o]) for o, s in seeds.items()]
+    outputs = [_value_info(g, o) for o in of]
+    outputs += [_value_info(g, w) for w in wrt]
+    for vi, w in zip(outputs[len(of):], wrt, strict=True):
+        vi.name = f"nm_grad_{w}"
+    nodes = g.nodes + op.nodes + tail
+    return _assemble(g, nodes, inputs, outputs, "nm_vjp")
+
+
+# --------------------------------------------------------------------------- instrument
+
+
+def _pick_input(m: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
+    real = graph_inputs(m)
+    if name is not None:
+        for vi in real:
+            if vi.name == name:
+                return vi
+        msg = f"model has no input {name!r}; its inputs are {[v.name for v in real]}"
+        raise ModelContractError(msg)
+    floats = [vi for vi in real if vi.type.tensor_type.elem_type in FLOAT_TYPES]
+    if not floats:
+        msg = (f"model has no float input to mask (inputs: "
+               f"{[(v.name, TensorProto.DataType.Name(v.type.tensor_type.elem_type)) for v in real]})")
+        raise ModelContractError(msg)
+    if len(real) > 1:
+        msg = (f"model has {len(real)} inputs {[v.name for v in real]}; "
+               "name the one to explain with --input")
+        raise ModelContractError(msg)
+    return floats[0]
+
+
+def _pick_output(m: onnx.ModelProto, name: str | None) -> str:
+    outs = [o for o in m.graph.output]
+    if name is not None:
+        if name not in [o.name for o in outs]:
+            msg = f"model has no output {name!r}; its outputs are {[o.name for o in outs]}"
+            raise ModelContractError(msg)
+        return name
+    floats = [o for o in outs if o.type.tensor_type.elem_type in FLOAT_TYPES]
+    if not floats:
+        msg = f"model has no float output (outputs: {[o.name for o in outs]}); pass --output"
+        raise ModelContractError(msg)
+    return floats[0].name
+
+
+def resolve_shape(dims: Sequence[int | str | None], batch_size: int,
+                  input_shape: Sequence[int] | None, name: str) -> Shape:
+    """Pin the batch axis to `batch_size` and every other axis from the model or the user."""
+    if input_shape is not None:
+        if len(input_shape) == len(dims) - 1:
+            return (batch_size, *map(int, input_shape))
+        if len(input_shape) == len(dims):
+            return (batch_size, *map(int, input_shape[1:]))
+        msg = (f"--input-shape {list(input_shape)} does not fit input {name!r} of rank "
+               f"{len(dims)} (shape {list(dims)})")
+        raise InputError(msg)
+    if not dims:
+        msg = f"input {name!r} declares no shape; pass --input-shape"
+        raise ModelContractError(msg)
+    rest = dims[1:]
+    if not all(isinstance(d, int) and d > 0 for d in rest):
+        msg = (f"input {name!r} has dynamic dimensions {list(dims)}; pass the size with "
+               "--input-shape (without the batch axis), e.g. --input-shape 3,224,224")
+        raise ModelContractError(msg)
+    return (batch_size, *rest)  # type: ignore[arg-type]
+
+
+def default_mask_axes(shape: Shape, layout: str | None) -> tuple[tuple[int, ...], str]:
+    """Axes the mask varies over, and the layout name we decided on."""
+    rank = len(shape)
+    if layout:
+        lay = layout.upper()
+        if len(lay) != rank or lay[0] != "N" or "C" not in lay:
+            msg = f"--layout {layout} does not fit an input of rank {rank} (shape {list(shape)})"
+            raise InputError(msg)
+        return tuple(i for i, c in enumerate(lay) if c not in "NC"), lay
+    if rank == 2:
+        return (1,), "NF"
+    if rank == 3:
+        return (1,), "NTC"
+    if rank == 4:
+        c_first, c_last = shape[1] <= 4, shape[3] <= 4
+        if c_first and not c_last:
+            return (2, 3), "NCHW"
+        if c_last and not c_first:
+            return (1, 2), "NHWC"
+        msg = (f"cannot tell whether input shape {list(shape)} is NCHW or NHWC; "
+               "pass --layout NCHW or --layout NHWC")
+        raise ModelContractError(msg)
+    if rank == 5:
+        return (2, 3, 4), "NCDHW"
+    msg = f"no default mask for an input of rank {rank}; pass --mask-axes"
+    raise ModelContractError(msg)
+
+
+def _find_logits(g: Graph, output: str, kind: OutputKind) -> tuple[str, str]:
+    """Walk back from the output through reshapes to a final Softmax/LogSoftmax/Sigmoid."""
+    producer = {o: n for n in g.nodes for o in n.output}
+    name = output
+    while True:
+        node = producer.get(name)
+        if node is None or node.op_type not in _PASSTHROUGH:
+            break
+        name = node.input[0]
+    node = producer.get(name)
+    found = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid"}.get(
+        node.op_type if node is not None else "", "logits")
+    if kind == "auto":
+        kind = found  # type: ignore[assignment]
+    if kind in ("softmax", "log_softmax", "sigmoid"):
+        if found != kind:
+            msg = (f"--output-kind {kind} but output {output!r} is not produced by a "
+                   f"{kind} node (found {node.op_type if node else 'a graph input'}); "
+                   "use --output-kind logits or probabilities")
+            raise ModelContractError(msg)
+        assert node is not None
+        return node.input[0], kind
+    return output, kind
+
+
+def instrument(
+    model: onnx.ModelProto | str | Path,
+    *,
+    input_name: str | None = None,
+    output_name: str | None = None,
+    batch_size: int = 1,
+    input_shape: Sequence[int] | None = None,
+    layout: str | None = None,
+    mask_axes: Sequence[int] | None = None,
+    output_kind: OutputKind = "auto",
+    objective: Objective = "cross_entropy",
+    baseline: bool = False,
+    wrt: Literal["mask", "input"] = "mask",
+) -> onnx.ModelProto:
+    """Rewrite a classifier so one run returns the loss and its gradient w.r.t. the mask.
+
+    Args:
+        model: a ModelProto or a path; never modified.
+        input_name / output_name: which input to mask and which output holds the scores
+            (defaults: the only float input, the first float output).
+        batch_size: the pinned batch size N of the instrumented model.
+        input_shape: the input's shape without the batch axis, for dynamic models.
+        layout / mask_axes: where the mask varies (default: spatial axes; NCHW/NHWC are
+            detected from the channel count).
+        output_kind: what the output holds; "auto" strips a final Softmax/LogSoftmax/Sigmoid.
+        objective: "cross_entropy" (NeuroMask's loss), or "logit" / "probability" of the target
+            (for gradient saliency methods).
+        baseline: add an `nm_baseline` input b: x_bar = b + mask (x - b).
+        wrt: "mask" (default) or "input": the gradient returned is `nm_grad_input`, d loss / dx.
+
+    Returns:
+        The instrumented model, passing `onnx.checker` (full check).
+    """
+    if batch_size < 1:
+        msg = f"batch size must be at least 1, got {batch_size}"
+        raise InputError(msg)
+    m = load_model(model)
+    x_vi = _pick_input(m, input_name)
+    x = x_vi.name
+    xdtype = x_vi.type.tensor_type.elem_type
+    if xdtype not in FLOAT_TYPES:
+        msg = (f"input {x!r} is {TensorProto.DataType.Name(xdtype)}, not float; "
+               "only float inputs can be masked (pick another with --input)")
+        raise ModelContractError(msg)
+    out = _pick_output(m, output_name)
+    shape = resolve_shape(input_dims(m, x), batch_size, input_shape, x)
+    if mask_axes is not None:
+        axes = tuple(sorted(a + len(shape) if a < 0 else a for a in mask_axes))
+        if any(a <= 0 or a >= len(shape) for a in axes):
+            msg = f"--mask-axes {list(mask_axes)} must name non-batch axes of {list(shape)}"
+            raise InputError(msg)
+        lay = "custom"
+    else:
+        axes, lay = default_mask_axes(shape, layout)
+    mshape = tuple(d if (i == 0 or i in axes) else 1 for i, d in enumerate(shape))
+
+    g = prepare(m, {x: shape})
+    logits, kind = _find_logits(g, out, output_kind)
+    zs = g.shape(logits)
+    if zs[0] != batch_size:
+        msg = f"output {out!r} has shape {list(zs)}, which has no batch axis first"
+        raise ModelContractError(msg)
+    k = int(np.prod(zs[1:]))
+    op = Emitter(g)
+    for name in (MASK, TARGET, BASELINE, XBAR):
+        g.used_names.add(name)
+    g.dtypes[MASK], g.shapes[MASK] = xdtype, mshape
+    g.dtypes[TARGET], g.shapes[TARGET] = TensorProto.INT64, (batch_size,)
+    g.dtypes[BASELINE], g.shapes[BASELINE] = xdtype, shape
+
+    # x_bar = b + mask (x - b), or mask x; the primal graph then reads x_bar instead of x.
+    front: list[onnx.NodeProto] = []
+    if wrt == "mask":
+        if baseline:
+            diff = op.Sub(x, BASELINE)
+            front_out = op.Add(BASELINE, op.Mul(MASK, diff))
+        else:
+            front_out = op.Mul(MASK, x)
+        front = list(op.nodes)
+        op.nodes.clear()
+        for node in front:  # every value of the composite has the input's shape
+            g.shapes[node.output[0]] = shape
+        front.append(helper.make_node("Identity", [front_out], [XBAR], name="nm_n_xbar"))
+        g.dtypes[XBAR], g.shapes[XBAR] = xdtype, shape
+        primal = [_rename_input(n, x, XBAR) for n in g.nodes]
+        source = MASK
+    else:
+        primal = list(g.nodes)
+        source = x
+    loss, probs, seed = _head(op, logits, kind, objective, batch_size, k)
+    head = list(op.nodes)
+    op.nodes.clear()
+    grads = differentiate(op, front + primal, {logits: seed}, [source])
+    gsrc = grads[source]
+    if gsrc is None:
+        msg = f"output {out!r} does not depend on input {x!r}; nothing to explain"
+        raise ModelContractError(msg)
+    gname = GRAD_MASK if wrt == "mask" else GRAD_INPUT
+    tail = [
+        helper.make_node("Identity", [gsrc], [gname], name="nm_n_grad"),
+        helper.make_node("Identity", [loss], [LOSS], name="nm_n_loss"),
+        helper.make_node("Identity", [probs], [PROBS], name="nm_n_probs"),
+    ]
+    inputs = [helper.make_tensor_value_info(x, xdtype, list(shape))]
+    if wrt == "mask":
+        inputs.append(helper.make_tensor_value_info(MASK, xdtype, list(mshape)))
+    inputs.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [batch_size]))
+    if baseline and wrt == "mask":
+        inputs.append(helper.make_tensor_value_info(BASELINE, xdtype, list(shape)))
+    gshape = mshape if wrt == "mask" else shape
+    outputs = [
+        helper.make_tensor_value_info(LOSS, g.dtypes[logits], [batch_size]),
+        helper.make_tensor_value_info(gname, xdtype, list(gshape)),
+        helper.make_tensor_value_info(PROBS, g.dtypes[logits], [batch_size, 2 if k == 1 else k]),
+    ]
+    model_out = _assemble(g, front + primal + head + op.nodes + tail, inputs, outputs,
+                          "neuromask_instrumented")
+    spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits)
+    meta = {"neuromask.version": __version__, "neuromask.input": x, "neuromask.output": out,
+            "neuromask.output_kind": kind, "neuromask.objective": objective,
+            "neuromask.layout": lay, "neuromask.mask_axes": ",".join(map(str, axes)),
+            "neuromask.num_classes": str(k), "neuromask.wrt": wrt,
+            "neuromask.baseline": str(bool(baseline)).lower()}
+    helper.set_model_props(model_out, meta)
+    model_out.doc_string = f"instrumented by neuromask-onnx {__version__}: {spec}"
+    return model_out
+
+
+def _rename_input(node: onnx.NodeProto, old: str, new: str) -> onnx.NodeProto:
+    if old not in node.input:
+        return node
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for i, name in enumerate(copy.input):
+        if name == old:
+            copy.input[i] = new
+    return copy
+
+
+def _head(op: Emitter, logits: str, kind: str, objective: str, n: int,
+          k: int) -> tuple[str, str, str]:
+    """Loss [N], probabilities [N, K'] and the seed gradient d loss / d logits."""
+    zshape = op.g.shape(logits)
+    z = op.reshape(logits, (n, k)) if zshape != (n, k) else logits
+    if kind == "sigmoid" and k > 1:
+        # Independent labels: loss = -log sigmoid(z_t) = softplus(-z_t).
+        onehot = _onehot(op, k, z)
+        probs = op.Sigmoid(z)
+        if objective == "cross_entropy":
+            loss = op.ReduceSum(op.Mul(onehot, op.Softplus(op.Neg(z))), op.ints([1]), keepdims=0)
+            seed = op.Mul(onehot, op.Sub(probs, op.const(1.0, like=z)))
+        elif objective == "logit":
+            loss = op.ReduceSum(op.Mul(onehot, z), op.ints([1]), keepdims=0)
+            seed = onehot
+        else:
+            loss = op.ReduceSum(op.Mul(onehot, probs), op.ints([1]), keepdims=0)
+            seed = op.Mul(onehot, op.Mul(probs, op.Sub(op.const(1.0, like=z), probs)))
+        return loss, probs, _back(op, seed, zshape, (n, k))
+    if kind == "probabilities":
+        return _prob_head(op, z, objective, n, k, zshape)
+    binary = k == 1
+    if binary:
+        # One score: a two-class softmax over [0, z] is exactly the logistic model.
+        z = op.Concat(op.zeros((n, 1), z), z, axis=1)
+        k = 2
+    onehot = _onehot(op, k, z)
+    probs = op.Softmax(z, axis=1)
+    if objective == "cross_entropy":
+        logp = op.LogSoftmax(z, axis=1)
+        loss = op.Neg(op.ReduceSum(op.Mul(logp, onehot), op.ints([1]), keepdims=0))
+        seed = op.Sub(probs, onehot)
+    elif objective == "logit":
+        loss = op.ReduceSum(op.Mul(z, onehot), op.ints([1]), keepdims=0)
+        seed = onehot
+    else:
+        pt = op.ReduceSum(op.Mul(probs, onehot), op.ints([1]), keepdims=1)
+        loss = op.reshape(pt, (n,))
+        seed = op.Mul(pt, op.Sub(onehot, probs))
+    if binary:
+        seed = op.Slice(seed, op.ints([1]), op.ints([2]), op.ints([1]))
+        return loss, probs, _back(op, seed, zshape, (n, 1))
+    return loss, probs, _back(op, seed, zshape, (n, k))
+
+
+def _prob_head(op: Emitter, p: str, objective: str, n: int, k: int,
+               zshape: Shape) -> tuple[str, str, str]:
+    """The output already holds probabilities from an op we cannot see through."""
+    single = k == 1
+    if single:  # one probability p of the positive class: the pair is [1 - p, p]
+        p = op.Concat(op.Sub(op.const(1.0, like=p), p), p, axis=1)
+        k = 2
+    onehot = _onehot(op, k, p)
+    pt = op.ReduceSum(op.Mul(p, onehot), op.ints([1]), keepdims=1)
+    if objective == "cross_entropy":
+        # -log(max(p_t, eps)): clipped, so an underflowed probability gives a finite loss.
+        eps = op.const(1e-12, like=p)
+        safe = op.Max(pt, eps)
+        loss = op.reshape(op.Neg(op.Log(safe)), (n,))
+        live = op.mask_of(op.Greater(pt, eps), p)
+        seed = op.Neg(op.Mul(onehot, op.Div(live, safe)))
+    else:
+        loss = op.reshape(pt, (n,))
+        seed = onehot
+    if single:  # d/dp of a function of [1 - p, p]
+        pair = op.emit("Split", [seed, op.ints([1, 1])], outputs=2, axis=1)
+        return loss, p, _back(op, op.Sub(pair[1], pair[0]), zshape, (n, 1))
+    return loss, p, _back(op, seed, zshape, (n, k))
+
+
+def _onehot(op: Emitter, k: int, like: str) -> str:
+    t = op.reshape(TARGET, (-1, 1))
+    hit = op.Equal(t, op.const(np.arange(k, dtype=np.int64).reshape(1, k)))
+    return op.mask_of(hit, like)
+
+
+def _back(op: Emitter, seed: str, zshape: Shape, shape: Shape) -> str:
+    return op.reshape(seed, zshape) if tuple(zshape) != tuple(shape) else seed
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+    """Write atomically; weights over 1.5 GB go to an external data file beside it."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    big = model.ByteSize() > 1_500_000_000
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp, save_as_external_data=big,
+                  location=f"{path.name}.data" if big else None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
