@@ -148,28 +148,19 @@ def ops(
         typer.echo("Ops that pass no gradient (shape, comparison, index ops):")
         typer.echo("  " + " ".join(sorted(ZERO_GRAD_OPS)))
         return
-    from collections import Counter
-
-    from .graph import load_model
+    from .rewrite import op_report
 
     with _errors():
-        m = load_model(model)
-    counts = Counter(
-        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-        for n in m.graph.node)
-    missing = []
-    typer.echo(f"{'op':<28}{'count':>6}  status")
-    for name, count in sorted(counts.items()):
-        if name in VJP_RULES:
-            status = "gradient rule"
-        elif name in ZERO_GRAD_OPS:
-            status = "no gradient (shape/index op)"
-        elif name in ("Constant", "Shape"):
-            status = "folded"
-        else:
-            status = "UNSUPPORTED (fine only off the input-to-output path)"
-            missing.append(name)
-        typer.echo(f"{name:<28}{count:>6}  {status}")
-    if missing:
-        typer.echo(f"{len(missing)} op type(s) without a rule: {', '.join(missing)}. "
-                   "`neuromask instrument` tells whether any lies on the gradient path.")
+        rows = op_report(model)
+    traced = rows and rows[0].on_path is not None
+    typer.echo(f"{'op':<28}{'nodes':>6}{'on path':>9}  status")
+    for r in rows:
+        on = "-" if r.on_path is None else str(r.on_path)
+        typer.echo(f"{r.op_type:<28}{r.count:>6}{on:>9}  {r.status}")
+    blocking = [r.op_type for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
+    if not traced:
+        typer.echo("(the gradient path could not be traced: the input has dynamic dimensions)")
+    if blocking:
+        typer.echo(f"unsupported on the gradient path: {', '.join(blocking)}")
+    else:
+        typer.echo("every op on the gradient path is supported")

@@ -218,11 +218,17 @@ def _infer(model: onnx.ModelProto, nodes: list[onnx.NodeProto], consts: dict[str
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     del m.graph.initializer[:]
-    # Only the constants that nodes read are needed for inference; big ones go by reference.
-    read = {i for n in nodes for i in n.input}
-    m.graph.initializer.extend(numpy_helper.from_array(consts[k], k) for k in read if k in consts)
+    # Inference needs the values of small (shape-like) constants only; big ones (weights)
+    # go in as typed inputs, which saves serialising the weights on every round.
+    read = [k for k in dict.fromkeys(i for n in nodes for i in n.input) if k in consts]
+    small = [k for k in read if consts[k].size <= 4096]
+    m.graph.initializer.extend(numpy_helper.from_array(consts[k], k) for k in small)
     del m.graph.input[:]
     m.graph.input.extend(vi for vi in g.input if vi.name in input_names)
+    m.graph.input.extend(
+        helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(consts[k].dtype),
+                                      list(consts[k].shape))
+        for k in read if consts[k].size > 4096)
     del m.graph.value_info[:]
     for o in m.graph.output:
         o.type.tensor_type.ClearField("shape")

