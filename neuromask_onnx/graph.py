@@ -130,13 +130,29 @@ def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx import version_converter
 
     try:
-        return version_converter.convert_version(model, MIN_OPSET)
+        legacy: set[str] = set()
+        if opset < 11 and any(n.op_type in ("Upsample", "Resize") for n in model.graph.node):
+            model = version_converter.convert_version(model, 10)  # Upsample -> Resize-10
+            legacy = {n.output[0] for n in model.graph.node if n.op_type == "Resize"}
+        converted = version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:
         msg = (
             f"could not convert the model from opset {opset} to {MIN_OPSET} "
             f"({str(exc).splitlines()[0][:200]}); re-export it with opset {MIN_OPSET} or newer"
         )
         raise ModelContractError(msg) from None
+    # The converter's Resize 10 -> 11 step keeps the new defaults (half_pixel, round_prefer_
+    # floor), which changes the function: Upsample and Resize-10 sample asymmetrically and
+    # nearest takes the floor (onnxruntime's opset-10 kernel), so spell those out.
+    for node in converted.graph.node:
+        if node.op_type == "Resize" and node.output[0] in legacy:
+            names = {a.name for a in node.attribute}
+            if "coordinate_transformation_mode" not in names:
+                node.attribute.append(
+                    helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+            if "nearest_mode" not in names:
+                node.attribute.append(helper.make_attribute("nearest_mode", "floor"))
+    return converted
 
 
 def _attr_tensor(node: onnx.NodeProto) -> np.ndarray:
@@ -296,7 +312,10 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     nodes = list(g.node)
     shapes: dict[str, Shape] = {}
     dtypes: dict[str, int] = {}
-    for _ in range(8):
+    # Each round can unlock only the next stage: shape inference stops at a value whose shape
+    # needs a not-yet-folded operand (swin_t's dynamic window Pad takes 17 rounds). Every
+    # round that changes something removes nodes, so this reaches a fixed point.
+    for _ in range(len(nodes) + 1):
         shapes, dtypes = _infer(model, nodes, consts, real_inputs)
         nodes, changed = _fold(nodes, consts, shapes, opset)
         if not changed:
@@ -318,6 +337,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
             dtypes.setdefault(name, dt)
     used = {n for node in nodes for n in (*node.input, *node.output)}
     used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}
+    used |= {node.name for node in g.node if node.name}  # emitted node names stay unique too
     return Graph(
         model=model,
         nodes=nodes,

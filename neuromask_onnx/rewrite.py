@@ -167,6 +167,15 @@ def _assemble(g: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfo
     return model
 
 
+def _check_reserved(g: Graph, names: Sequence[str]) -> None:
+    """The names of the graph I/O we add must be free in the model."""
+    clash = sorted(set(names) & g.used_names)
+    if clash:
+        msg = (f"the model already uses the names {clash}, which neuromask-onnx reserves for "
+               "the values it adds; rename them in the model (e.g. onnx.compose.add_prefix)")
+        raise ModelContractError(msg)
+
+
 def _value_info(g: Graph, name: str, shape: Shape | None = None,
                 dtype: int | None = None) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, dtype if dtype is not None else g.dtypes[name],
@@ -193,6 +202,7 @@ def vjp(model: onnx.ModelProto | str | Path, wrt: Sequence[str] | None = None,
     of = list(of) if of is not None else list(g.outputs)
     op = Emitter(g)
     seeds = {o: f"nm_cot_{o}" for o in of}
+    _check_reserved(g, [*seeds.values(), *(f"nm_grad_{w}" for w in wrt)])
     for o, s in seeds.items():
         g.dtypes[s], g.shapes[s] = g.dtypes[o], g.shape(o)
     grads = differentiate(op, g.nodes, seeds, wrt)
@@ -390,6 +400,7 @@ def instrument(
         msg = f"output {out!r} has shape {list(zs)}, which has no batch axis first"
         raise ModelContractError(msg)
     k = int(np.prod(zs[1:]))
+    _check_reserved(g, (MASK, TARGET, BASELINE, XBAR, LOSS, GRAD_MASK, GRAD_INPUT, PROBS))
     op = Emitter(g)
     for name in (MASK, TARGET, BASELINE, XBAR):
         g.used_names.add(name)
@@ -409,7 +420,7 @@ def instrument(
         op.nodes.clear()
         for node in front:  # every value of the composite has the input's shape
             g.shapes[node.output[0]] = shape
-        front.append(helper.make_node("Identity", [front_out], [XBAR], name="nm_n_xbar"))
+        front.append(helper.make_node("Identity", [front_out], [XBAR], name=op.fresh("n_xbar")))
         g.dtypes[XBAR], g.shapes[XBAR] = xdtype, shape
         primal = [_rename_input(n, x, XBAR) for n in g.nodes]
         source = MASK
@@ -426,9 +437,9 @@ def instrument(
         raise ModelContractError(msg)
     gname = GRAD_MASK if wrt == "mask" else GRAD_INPUT
     tail = [
-        helper.make_node("Identity", [gsrc], [gname], name="nm_n_grad"),
-        helper.make_node("Identity", [loss], [LOSS], name="nm_n_loss"),
-        helper.make_node("Identity", [probs], [PROBS], name="nm_n_probs"),
+        helper.make_node("Identity", [gsrc], [gname], name=op.fresh("n_grad")),
+        helper.make_node("Identity", [loss], [LOSS], name=op.fresh("n_loss")),
+        helper.make_node("Identity", [probs], [PROBS], name=op.fresh("n_probs")),
     ]
     inputs = [helper.make_tensor_value_info(x, xdtype, list(shape))]
     if wrt == "mask":

@@ -571,6 +571,11 @@ def _parse_einsum(eq: str, shapes: Sequence[Shape]) -> tuple[list[str], str]:
     return out_terms, rhs
 
 
+def _expand_full(op: Emitter, x: str, term: str, shape: Shape, sizes: dict[str, int]) -> str:
+    full = [sizes[c] for c in term]
+    return x if list(shape) == full else op.Expand(x, op.ints(full))
+
+
 @vjp_rule("Einsum")
 def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """g_i = einsum(other operands, gy -> letters of operand i), broadcast back where needed."""
@@ -590,7 +595,9 @@ def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         if len(set(t)) != len(t):
             msg = f"Einsum {node.name!r}: repeated index in operand {t!r} (a diagonal)"
             raise NotImplementedError(msg)
-        others = [(terms[j], node.input[j]) for j in range(len(terms)) if j != i]
+        # Einsum broadcasts only through '...': spell size-1 axes out to their full size.
+        others = [(terms[j], _expand_full(op, node.input[j], terms[j], shapes[j], sizes))
+                  for j in range(len(terms)) if j != i]
         avail = set(out) | {c for tt, _ in others for c in tt}
         reduced = "".join(c for c in t if c in avail)
         eq_i = ",".join([*(tt for tt, _ in others), out]) + "->" + reduced
@@ -758,7 +765,9 @@ def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         msg = f"Pad {node.name!r}: pads must be constant (or computed from shapes)"
         raise NotImplementedError(msg)
     axes_v = op.g.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    axes = normalize_axes(axes_v.tolist(), rank) if axes_v is not None else list(range(rank))
+    # Keep the given order: pads_v[j] belongs to axes_v[j] (normalize_axes would sort).
+    axes = ([int(a) % rank for a in axes_v.tolist()] if axes_v is not None
+            else list(range(rank)))
     pads = [0] * (2 * rank)
     k = len(axes)
     for j, a in enumerate(axes):
@@ -864,7 +873,7 @@ def _resize_full(op: Emitter, node: onnx.NodeProto, idx: int) -> np.ndarray | No
     if axes is None:
         return v.reshape(-1)
     full = (np.ones(rank) if idx == 2 else np.array(op.g.shape(node.input[0]))).astype(v.dtype)
-    for j, a in enumerate(normalize_axes(axes, rank)):
+    for j, a in enumerate(int(a) % rank for a in axes):  # in the given order, not sorted
         full[a] = v.reshape(-1)[j]
     return full
 

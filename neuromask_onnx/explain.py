@@ -1,0 +1,541 @@
+"""NeuroMask, Captum-style: `NeuroMask(model, config).attribute(x, target=None)`.
+
+The model is instrumented once per batch size (`rewrite.instrument`); each optimisation step is
+one onnxruntime run that returns the per-sample cross-entropy of the masked prediction and its
+gradient w.r.t. the mask. Everything else (sigmoid with temperature, the upsampling of a coarse
+mask and its adjoint, sparsity, smoothness, RMSProp) is numpy in `optimize` and `smoothness`.
+
+Jobs = (input, target, restart) triples, run `batch_size` at a time through one session. A
+job's W0 depends only on (seed, restart), never on its batch position, so a batch gives the
+masks its jobs give one by one. Models with a fixed batch axis get padded chunks. On CUDA the
+input, target and baseline stay on the device (I/O binding); only the mask and the small
+outputs cross each step.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto
+from scipy import ndimage
+from scipy.special import expit
+
+from .errors import ConvergenceWarning, InputError
+from .graph import graph_inputs, input_dims, load_model
+from .optimize import NeuroMaskConfig, StepInfo, optimize
+from .rewrite import BASELINE, GRAD_MASK, LOSS, MASK, PROBS, TARGET, instrument
+from .smoothness import laplacian_kernel, smoothness, sparsity
+
+Provider = Literal["auto", "cpu", "cuda"]
+Target = int | str
+_NP_DTYPES: dict[int, type[np.floating[Any]]] = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
+              TensorProto.FLOAT16: np.float16}
+
+
+@dataclass(frozen=True)
+class TopClass:
+    index: int
+    label: str | None
+    prob: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One learned mask and everything needed to judge it."""
+
+    mask: np.ndarray
+    """float32 mask over the mask axes at model resolution (e.g. [H, W]), values in [0, 1]."""
+    target: int
+    label: str | None
+    prob_before: float
+    """Target probability on the unmasked input."""
+    prob_after: float
+    """Target probability on the masked input."""
+    top_k: tuple[TopClass, ...]
+    """The original (unmasked) prediction's top classes."""
+    losses: np.ndarray
+    """Total loss at every step."""
+    final_losses: dict[str, float]
+    """total, pred, sparse and smooth at the final weights."""
+    steps: int
+    stopped_early: bool
+    restart: int
+    """Which restart won (lowest final total loss)."""
+    config: NeuroMaskConfig
+    seed: int
+    provider: str
+    timings: dict[str, float]
+    warnings: tuple[str, ...] = ()
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    """The mask weights W at the mask resolution (before sigmoid and upsampling)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the progress callback sees after every step of every chunk."""
+
+    chunk: int
+    chunks: int
+    step: int
+    steps: int
+    jobs_done: int
+    jobs: int
+
+
+# --------------------------------------------------------------------------- upsampling
+
+
+def upsample_matrix(n_out: int, n_in: int, kind: str) -> np.ndarray:
+    """A [n_out, n_in] linear map: bilinear with half-pixel centres (torch's
+    align_corners=False) or nearest (torch's 'nearest')."""
+    a = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    if kind == "nearest" or n_in == 1:
+        a[rows, np.minimum((rows * n_in) // n_out, n_in - 1)] = 1.0
+        return a
+    src = np.clip((rows + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = (src - i0).astype(np.float32)
+    np.add.at(a, (rows, i0), 1.0 - frac)
+    np.add.at(a, (rows, i1), frac)
+    return a
+
+
+def _apply(mats: Sequence[np.ndarray | None], v: np.ndarray, adjoint: bool) -> np.ndarray:
+    """Apply one matrix per mask axis (axis 0 is the batch): the upsampling or its adjoint."""
+    for ax, a in enumerate(mats, start=1):
+        if a is None:
+            continue
+        m = a.T if adjoint else a
+        v = np.moveaxis(np.tensordot(m, np.moveaxis(v, ax, 0), axes=(1, 0)), 0, ax)
+    return v
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def available_provider(provider: Provider) -> str:
+    have = ort.get_available_providers()
+    if provider == "cuda" or (provider == "auto" and "CUDAExecutionProvider" in have):
+        if "CUDAExecutionProvider" not in have:
+            msg = ("provider cuda asked for but onnxruntime has no CUDAExecutionProvider "
+                   "(install onnxruntime-gpu, or use --provider cpu)")
+            raise InputError(msg)
+        return "CUDAExecutionProvider"
+    if provider not in ("auto", "cpu"):
+        msg = f"provider must be auto, cpu or cuda, got {provider!r}"
+        raise InputError(msg)
+    return "CPUExecutionProvider"
+
+
+class _Runner:
+    """One instrumented model in one session, at a fixed batch size."""
+
+    def __init__(self, model: onnx.ModelProto, provider: str, threads: int | None) -> None:
+        opts = ort.SessionOptions()
+        opts.use_deterministic_compute = True
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        t0 = time.perf_counter()
+        self.session = ort.InferenceSession(model.SerializeToString(), opts,
+                                            providers=[provider])
+        self.seconds = time.perf_counter() - t0
+        self.provider = self.session.get_providers()[0]
+        ins = {i.name: i for i in self.session.get_inputs()}
+        self.mask_shape = tuple(ins[MASK].shape)
+        self.has_baseline = BASELINE in ins
+        self.batch = self.mask_shape[0]
+        self.binding: Any = None
+        self.feeds: dict[str, np.ndarray] = {}
+
+    def bind(self, x_name: str, x: np.ndarray, target: np.ndarray,
+             baseline: np.ndarray | None) -> None:
+        feeds = {x_name: x, TARGET: target}
+        if self.has_baseline:
+            assert baseline is not None
+            feeds[BASELINE] = baseline
+        if self.provider == "CUDAExecutionProvider":
+            b = self.session.io_binding()
+            for name, value in feeds.items():  # copied to the GPU once per chunk
+                b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+            for name in (LOSS, GRAD_MASK, PROBS):
+                b.bind_output(name, "cpu")
+            self.binding = b
+        else:
+            self.feeds = feeds
+
+    def run(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.binding is not None:
+            self.binding.bind_cpu_input(MASK, mask)
+            self.session.run_with_iobinding(self.binding)
+            loss, grad, probs = self.binding.copy_outputs_to_cpu()
+        else:
+            loss, grad, probs = self.session.run([LOSS, GRAD_MASK, PROBS],
+                                                 {**self.feeds, MASK: mask})
+        return loss, grad, probs
+
+
+# --------------------------------------------------------------------------- the explainer
+
+
+@dataclass
+class _Job:
+    input: int
+    target: int
+    restart: int
+
+
+class NeuroMask:
+    """Learn NeuroMask relevance masks for an ONNX classifier on onnxruntime.
+
+    Args:
+        model: an ONNX model or a path to one (never modified).
+        config: hyperparameters (default: `NeuroMaskConfig()`, the authors' code).
+        input_name / output_name / output_kind / layout / mask_axes: as in `instrument`.
+        provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
+        batch_size: how many (input, target, restart) jobs share one session run.
+        labels: class names, index = class id (for `target="tabby"` and the reports).
+        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+    """
+
+    def __init__(self, model: onnx.ModelProto | str | Path, config: NeuroMaskConfig | None = None,
+                 *, input_name: str | None = None, output_name: str | None = None,
+                 output_kind: str = "auto", layout: str | None = None,
+                 mask_axes: Sequence[int] | None = None, provider: Provider = "auto",
+                 batch_size: int = 8, labels: Sequence[str] | None = None,
+                 threads: int | None = None) -> None:
+        if batch_size < 1:
+            msg = f"batch size must be at least 1, got {batch_size}"
+            raise InputError(msg)
+        self.model = load_model(model)
+        self.config = config or NeuroMaskConfig()
+        self.provider_name = available_provider(provider)
+        self.batch_size = batch_size
+        self.labels = list(labels) if labels is not None else None
+        self.threads = threads
+        self._opts: dict[str, Any] = {"input_name": input_name, "output_name": output_name,
+                      "output_kind": output_kind, "layout": layout,
+                      "mask_axes": list(mask_axes) if mask_axes is not None else None}
+        # `instrument` picks the input and raises the user-facing errors; do it once here.
+        probe = self._instrumented(1, None)
+        props = {p.key: p.value for p in probe.metadata_props}
+        self.input_name = props["neuromask.input"]
+        self.num_classes = int(props["neuromask.num_classes"])
+        self.mask_axes = tuple(int(a) for a in props["neuromask.mask_axes"].split(","))
+        self.layout = props["neuromask.layout"]
+        dims = input_dims(self.model, self.input_name)
+        self.dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
+        self.fixed_batch = self.dims[0] if self.dims else None
+        vi = next(v for v in graph_inputs(self.model) if v.name == self.input_name)
+        self.dtype = _NP_DTYPES.get(vi.type.tensor_type.elem_type, np.float32)
+        if self.labels is not None and len(self.labels) != max(self.num_classes, 2):
+            msg = (f"the labels list has {len(self.labels)} names but the model has "
+                   f"{self.num_classes} classes")
+            raise InputError(msg)
+        self._runners: dict[tuple[int, tuple[int, ...]], _Runner] = {}
+        self._timings = {"instrument": 0.0, "session": 0.0}
+
+    # ----------------------------------------------------------------- model plumbing
+
+    def _instrumented(self, batch: int, shape: tuple[int, ...] | None) -> onnx.ModelProto:
+        o = self._opts
+        return instrument(self.model, input_name=o["input_name"], output_name=o["output_name"],
+                          batch_size=batch, input_shape=shape, layout=o["layout"],
+                          mask_axes=o["mask_axes"], output_kind=o["output_kind"],
+                          baseline=self.config.baseline != "zero")
+
+    def _runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
+        key = (batch, shape)
+        if key not in self._runners:
+            dynamic = any(d is None for d in self.dims[1:])
+            t0 = time.perf_counter()
+            m = self._instrumented(batch, shape if dynamic else None)
+            self._timings["instrument"] += time.perf_counter() - t0
+            runner = _Runner(m, self.provider_name, self.threads)
+            self._timings["session"] += runner.seconds
+            self._runners[key] = runner
+        return self._runners[key]
+
+    def _chunk_size(self, jobs: int) -> tuple[int, bool]:
+        """(session batch, pad?): a fixed batch axis forces its size and padding."""
+        if self.fixed_batch is not None:
+            return self.fixed_batch, True
+        return min(self.batch_size, jobs), False
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        want = self.dims[1:]
+        if x.ndim != len(want) or any(w is not None and w != s for w, s in
+                                      zip(want, x.shape, strict=True)):
+            shown = ["?" if w is None else w for w in want]
+            msg = (f"input has shape {list(x.shape)} but model input {self.input_name!r} takes "
+                   f"{shown} (without the batch axis)")
+            raise InputError(msg)
+        if not np.all(np.isfinite(x)):
+            msg = "input holds NaN or infinite values"
+            raise InputError(msg)
+        return np.ascontiguousarray(x, self.dtype)
+
+    def _baseline(self, x: np.ndarray) -> np.ndarray | None:
+        """The value a masked-out element takes, [N, ...] like x (None: zero, in-graph)."""
+        c = self.config
+        axes = self.mask_axes
+        if c.baseline == "zero":
+            return None
+        if c.baseline == "blur":
+            sigma = [c.blur_sigma if a in axes else 0.0 for a in range(x.ndim)]
+            blurred: np.ndarray = ndimage.gaussian_filter(x.astype(np.float32), sigma,
+                                                          mode="reflect")
+            return blurred.astype(x.dtype)
+        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
+        if c.baseline == "mean":
+            flat: np.ndarray = np.broadcast_to(mean, x.shape).astype(x.dtype)
+            return flat
+        std = x.std(axis=axes, keepdims=True, dtype=np.float64)
+        rng = np.random.default_rng([c.seed, 0x6E6F697365])  # 'noise': same field per seed
+        noise = rng.standard_normal(x.shape[1:])[None]
+        noisy: np.ndarray = (mean + c.noise_std * std * noise).astype(x.dtype)
+        return noisy
+
+    # ----------------------------------------------------------------- public API
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, K] of the unmasked inputs x [N, ...]."""
+        xs = [self._check(a) for a in x]
+        return self._probs(xs)
+
+    def _probs(self, xs: list[np.ndarray]) -> np.ndarray:
+        size, pad = self._chunk_size(len(xs))
+        out = []
+        for lo in range(0, len(xs), size):
+            part = xs[lo:lo + size]
+            n = len(part)
+            b = size if pad else n
+            runner = self._runner(b, part[0].shape)
+            batch = np.stack(part + [part[-1]] * (b - n))
+            runner.bind(self.input_name, batch, np.zeros(b, np.int64), self._baseline(batch))
+            _, _, probs = runner.run(np.ones(runner.mask_shape, self.dtype))
+            out.append(probs[:n].astype(np.float64))
+        return np.concatenate(out)
+
+    def attribute(self, x: np.ndarray | Sequence[np.ndarray],
+                  target: Target | Sequence[Target | Sequence[Target]] | None = None, *,
+                  top_k: int | None = None,
+                  callback: Callable[[Progress], None] | None = None,
+                  ) -> Explanation | list[Explanation]:
+        """Learn masks for x: one input (no batch axis) or a batch (a leading axis / a list).
+
+        target: None (the top-1 class, or the top `top_k` classes), a class index or label
+        for every input, or one entry per input (an index, a label, or a list of them).
+        Returns one Explanation for one input and one target, otherwise a list ordered by
+        input, then target.
+        """
+        rank = len(self.dims)
+        if isinstance(x, np.ndarray) and x.ndim == rank - 1:
+            xs, single = [x], True
+        elif isinstance(x, np.ndarray) and x.ndim == rank:
+            xs, single = list(x), False
+        elif isinstance(x, np.ndarray):
+            msg = (f"input has {x.ndim} axes; model input {self.input_name!r} takes {rank - 1} "
+                   f"(one input) or {rank} (a batch)")
+            raise InputError(msg)
+        else:
+            xs, single = list(x), False
+        if not xs:
+            msg = "no inputs to explain"
+            raise InputError(msg)
+        if target is None or isinstance(target, (int, str, np.integer)):
+            per: list[Any] = [target] * len(xs)
+        else:
+            per = list(target)
+            if len(per) != len(xs):
+                msg = f"{len(per)} targets for {len(xs)} inputs; give one entry per input"
+                raise InputError(msg)
+        out = self.explain_many(xs, per, top_k=top_k, callback=callback)
+        flat = [e for row in out for e in row]
+        if single and len(flat) == 1:
+            return flat[0]
+        return flat
+
+    def class_index(self, target: Target) -> int:
+        if isinstance(target, str):
+            if self.labels is None or target not in self.labels:
+                if target.isdigit():
+                    return self.class_index(int(target))
+                hint = "the labels file" if self.labels is not None else "no labels were given"
+                msg = f"unknown label {target!r} ({hint}); pass a class index or a known label"
+                raise InputError(msg)
+            return self.labels.index(target)
+        k = max(self.num_classes, 2)
+        if not 0 <= int(target) < k:
+            msg = f"target class {int(target)} is out of range: the model has {k} classes"
+            raise InputError(msg)
+        return int(target)
+
+    def _label(self, c: int) -> str | None:
+        return self.labels[c] if self.labels is not None else None
+
+    def explain_many(self, xs: Sequence[np.ndarray], targets: Sequence[Any], *,
+                     top_k: int | None = None,
+                     callback: Callable[[Progress], None] | None = None,
+                     ) -> list[list[Explanation]]:
+        """Masks for every input and each of its targets; one inner list per input."""
+        xs = [self._check(np.asarray(a)) for a in xs]
+        shapes = {a.shape for a in xs}
+        if len(shapes) > 1:
+            msg = f"inputs have different shapes {sorted(shapes)}; the model needs one shape"
+            raise InputError(msg)
+        if top_k is not None and top_k < 1:
+            msg = f"top-k must be at least 1, got {top_k}"
+            raise InputError(msg)
+        t0 = time.perf_counter()
+        probs = self._probs(xs)
+        t_predict = time.perf_counter() - t0
+        wanted: list[list[int]] = []
+        for i, t in enumerate(targets):
+            if t is None:
+                order = np.argsort(-probs[i], kind="stable")
+                wanted.append([int(c) for c in order[: top_k or 1]])
+            elif isinstance(t, (int, str, np.integer)):
+                wanted.append([self.class_index(t if isinstance(t, str) else int(t))])
+            else:
+                wanted.append([self.class_index(c) for c in t])
+        c = self.config
+        jobs = [_Job(i, t, r) for i, ts in enumerate(wanted) for t in ts for r in range(c.restarts)]
+        size, pad = self._chunk_size(len(jobs))
+        chunks = [jobs[lo:lo + size] for lo in range(0, len(jobs), size)]
+        results: dict[tuple[int, int, int], dict[str, Any]] = {}
+        done = 0
+        for ci, chunk in enumerate(chunks):
+            def report(info: StepInfo, ci: int = ci, done: int = done) -> None:
+                if callback is not None:
+                    callback(Progress(ci + 1, len(chunks), info.step, info.total, done,
+                                      len(jobs)))
+
+            results.update(self._run_chunk(xs, chunk, size if pad else len(chunk), report))
+            done += len(chunk)
+            if callback is not None:
+                callback(Progress(ci + 1, len(chunks), c.steps, c.steps, done, len(jobs)))
+        out: list[list[Explanation]] = []
+        for i, ts in enumerate(wanted):
+            row = []
+            for t in ts:
+                best = min(range(c.restarts), key=lambda r: (results[(i, t, r)]["total"], r))
+                row.append(self._explanation(results[(i, t, best)], probs[i], t, best, top_k,
+                                             t_predict / len(xs)))
+            out.append(row)
+        return out
+
+    # ----------------------------------------------------------------- the optimisation
+
+    def _run_chunk(self, xs: list[np.ndarray], chunk: list[_Job], batch: int,
+                   report: Callable[[StepInfo], None]) -> dict[tuple[int, int, int], Any]:
+        c = self.config
+        n = len(chunk)
+        padded = chunk + [chunk[-1]] * (batch - n)
+        runner = self._runner(batch, xs[0].shape)
+        x = np.stack([xs[j.input] for j in padded])
+        target = np.array([j.target for j in padded], np.int64)
+        runner.bind(self.input_name, x, target, self._baseline(x))
+        full = tuple(runner.mask_shape[a] for a in self.mask_axes)
+        coarse = tuple(-(-s // c.mask_scale) for s in full)
+        mats = [None if cs == s else upsample_matrix(s, cs, c.upsample)
+                for s, cs in zip(full, coarse, strict=True)]
+        kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
+        inv_t = np.float32(1.0 / c.temperature)
+        last: dict[str, np.ndarray] = {}
+
+        def fun(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            s = expit(w * inv_t).astype(np.float32)
+            m = _apply(mats, s, adjoint=False)
+            pred, gm, probs = runner.run(m.reshape(runner.mask_shape).astype(self.dtype))
+            gm = gm.astype(np.float32).reshape(m.shape)
+            gs = _apply(mats, gm, adjoint=True)
+            gw = gs * s * (np.float32(1.0) - s) * inv_t
+            sp, gsp = sparsity(w, c.tau, c.sparse_reduce)
+            if kernel is not None and c.smooth_weight > 0:
+                sm, gsm = smoothness(w, kernel, c.smooth_norm, c.smooth_reduce)
+            else:
+                sm, gsm = np.zeros(w.shape[0], np.float32), np.zeros_like(w)
+            f32 = np.float32
+            total = f32(c.pred_weight) * pred.astype(f32) + f32(c.sparse_weight) * sp \
+                + f32(c.smooth_weight) * sm
+            grad = f32(c.pred_weight) * gw + f32(c.sparse_weight) * gsp \
+                + f32(c.smooth_weight) * gsm
+            last.update(total=total, pred=pred, sparse=sp, smooth=sm, probs=probs, mask=m)
+            return total, grad
+
+        w0 = np.stack([np.random.default_rng([c.seed, j.restart]).uniform(
+            -c.tau, c.tau, coarse).astype(np.float32) for j in padded])
+        t0 = time.perf_counter()
+        res = optimize(fun, w0, steps=c.steps, learning_rate=c.learning_rate, decay=c.decay,
+                       epsilon=c.epsilon, momentum=c.momentum, tolerance=c.tolerance,
+                       patience=c.patience, callback=report)
+        fun(res.w)  # the final weights: losses, mask and masked probabilities
+        seconds = time.perf_counter() - t0
+        steps_run = int(res.steps.max())
+        timings = {"optimize": seconds, "per_step": seconds / (steps_run + 1),
+                   "instrument": self._timings["instrument"],
+                   "session": self._timings["session"], "batch": float(batch)}
+        out = {}
+        for b, job in enumerate(chunk):
+            out[(job.input, job.target, job.restart)] = {
+                "mask": last["mask"][b].astype(np.float32),
+                "weights": res.w[b].copy(),
+                "total": float(last["total"][b]),
+                "final": {k: float(last[k][b]) for k in ("total", "pred", "sparse", "smooth")},
+                "probs": last["probs"][b].astype(np.float64),
+                "losses": res.losses[b],
+                "steps": int(res.steps[b]),
+                "early": bool(res.stopped_early[b]),
+                "timings": dict(timings),
+                "provider": runner.provider,
+            }
+        return out
+
+    def _explanation(self, r: dict[str, Any], before: np.ndarray, target: int, restart: int,
+                     top_k: int | None, t_predict: float) -> Explanation:
+        after = r["probs"]
+        order = np.argsort(-before, kind="stable")[: max(5, top_k or 1)]
+        top = tuple(TopClass(int(k), self._label(int(k)), float(before[k])) for k in order)
+        notes = diagnose(r["mask"], r["losses"], after, target)
+        for note in notes:
+            warnings.warn(note, ConvergenceWarning, stacklevel=4)
+        timings = {**r["timings"], "predict": t_predict}
+        return Explanation(
+            mask=r["mask"], target=target, label=self._label(target),
+            prob_before=float(before[target]), prob_after=float(after[target]), top_k=top,
+            losses=np.asarray(r["losses"], np.float32), final_losses=r["final"],
+            steps=r["steps"], stopped_early=r["early"], restart=restart, config=self.config,
+            seed=self.config.seed, provider=r["provider"], timings=timings,
+            warnings=tuple(notes), weights=r["weights"])
+
+
+def diagnose(mask: np.ndarray, losses: np.ndarray, probs_after: np.ndarray,
+             target: int) -> list[str]:
+    """Why a learned mask should not be trusted (empty when nothing looks wrong)."""
+    notes = []
+    if mask.max() < 0.05:
+        notes.append("the mask collapsed to all-off (max < 0.05): the sparsity weight may be "
+                     "too high for this model; lower --sparse-weight or raise --pred-weight")
+    elif mask.min() > 0.95:
+        notes.append("the mask collapsed to all-on (min > 0.95): raise --sparse-weight or run "
+                     "more --steps")
+    if len(losses) > 1 and abs(float(losses[-1]) - float(losses[0])) <= 1e-6 * max(
+            1.0, abs(float(losses[0]))):
+        notes.append("the loss never moved: the model's output may not depend on the input; "
+                     "check --output and --output-kind")
+    if int(np.argmax(probs_after)) != target:
+        notes.append(f"the masked input is no longer classified as the target {target} "
+                     f"(p = {float(probs_after[target]):.3g}): lower --sparse-weight or "
+                     "raise --pred-weight")
+    return notes

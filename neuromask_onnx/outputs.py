@@ -1,0 +1,190 @@
+"""Write explanations to files: mask .npy, greyscale PNG, heat-map overlay PNG and JSON.
+
+Per input and target, in the output directory: `<stem>.mask.npy` (float32, model resolution),
+`<stem>.mask.png` (greyscale, model resolution), `<stem>.overlay.png` (the heat map on the
+original image at its original resolution; images only) and `<stem>.json` (everything needed
+to reproduce and judge the run). `plan` decides every path and refuses, before anything is
+written, if any exists and `force` is off; `write` puts each file in place atomically (a temp
+file in the same directory, then os.replace), so a crash never leaves a half-written file.
+The colormap is Google's Turbo polynomial approximation, computed in numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from . import __version__
+from .errors import InputError
+from .explain import Explanation
+from .preprocess import LoadedInput
+
+# Turbo (A. Mikhailov, Google, 2019), polynomial fit: channel = c4 . (1, t, t^2, t^3)
+# + c2 . (t^4, t^5).
+_TURBO4 = np.array([[0.13572138, 4.61539260, -42.66032258, 132.13108234],
+                    [0.09140261, 2.19418839, 4.84296658, -14.18503333],
+                    [0.10667330, 12.64194608, -60.58204836, 110.36276771]])
+_TURBO2 = np.array([[-152.94239396, 59.28637943],
+                    [4.27729857, 2.82956604],
+                    [-89.90310912, 27.34824973]])
+
+
+def turbo(v: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB floats in [0, 1] (shape [..., 3])."""
+    t = np.clip(np.asarray(v, np.float64), 0.0, 1.0)[..., None]
+    p4 = np.concatenate([np.ones_like(t), t, t**2, t**3], axis=-1)
+    p2 = np.concatenate([t**4, t**5], axis=-1)
+    rgb: np.ndarray = np.clip(p4 @ _TURBO4.T + p2 @ _TURBO2.T, 0.0, 1.0)
+    return rgb
+
+
+def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """Blend the Turbo heat map of `mask` (same size as `image`) over it; more where m is high."""
+    base = np.asarray(image.convert("RGB"), np.float64) / 255.0
+    m = np.clip(mask, 0.0, 1.0)[..., None]
+    a = alpha * (0.35 + 0.65 * m)
+    out = (1.0 - a) * base + a * turbo(mask)
+    return Image.fromarray(np.rint(out * 255.0).astype(np.uint8), mode="RGB")
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The files one explanation becomes."""
+
+    stem: str
+    paths: dict[str, Path]
+
+
+def plan(out_dir: Path, items: Sequence[tuple[LoadedInput, int, bool]], mask_ndim: int,
+         force: bool = False) -> list[Planned]:
+    """Decide every output path; refuse (before writing anything) to overwrite without force.
+
+    items: (input, target class, several targets for this input?). The mask PNG needs a 2-D
+    mask and the overlay also an image input.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        msg = f"output {str(out_dir)!r} exists and is not a directory; pick another with -o"
+        raise InputError(msg)
+    seen: dict[str, int] = {}
+    planned = []
+    for inp, target, multi in items:
+        stem = f"{inp.name}.class{target}" if multi else inp.name
+        if stem in seen:  # the same file name from different directories
+            seen[stem] += 1
+            stem = f"{stem}-{seen[stem]}"
+        else:
+            seen[stem] = 0
+        kinds = {"npy": ".mask.npy", "json": ".json"}
+        if mask_ndim == 2:
+            kinds["png"] = ".mask.png"
+            if inp.image is not None:
+                kinds["overlay"] = ".overlay.png"
+        planned.append(Planned(stem, {k: out_dir / f"{stem}{sfx}" for k, sfx in kinds.items()}))
+    if not force:
+        existing = [str(p) for pl in planned for p in pl.paths.values() if p.exists()]
+        if existing:
+            more = f" and {len(existing) - 1} more file(s)" if len(existing) > 1 else ""
+            msg = f"{existing[0]!r}{more} already exist; pass --force to overwrite"
+            raise InputError(msg)
+    return planned
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def record(ex: Explanation, inp: LoadedInput, model_path: Path | None, model_sha: str | None,
+           outputs: dict[str, Path]) -> dict[str, Any]:
+    """The JSON document: enough to reproduce the run and judge its result."""
+    return {
+        "neuromask_onnx": __version__,
+        "onnxruntime": ort.__version__,
+        "model": {"path": str(model_path) if model_path else None, "sha256": model_sha},
+        "input": {"name": inp.name, **inp.record},
+        "target": {"index": ex.target, "label": ex.label},
+        "prob_before": ex.prob_before,
+        "prob_after": ex.prob_after,
+        "top5": [{"index": t.index, "label": t.label, "prob": t.prob} for t in ex.top_k[:5]],
+        "config": ex.config.to_dict(),
+        "seed": ex.seed,
+        "restart": ex.restart,
+        "provider": ex.provider,
+        "steps": ex.steps,
+        "stopped_early": ex.stopped_early,
+        "final_losses": ex.final_losses,
+        "losses": [float(v) for v in ex.losses],
+        "mask": {"shape": list(ex.mask.shape), "min": float(ex.mask.min()),
+                 "max": float(ex.mask.max()), "mean": float(ex.mask.mean())},
+        "seconds": ex.timings,
+        "warnings": list(ex.warnings),
+        "files": {k: p.name for k, p in outputs.items()},
+    }
+
+
+def write(out_dir: Path, planned: Sequence[Planned],
+          items: Sequence[tuple[LoadedInput, Explanation]], model_path: Path | None,
+          force: bool = False) -> list[Path]:
+    """Render everything in memory, check again, then write each file atomically."""
+    model_sha = sha256(model_path) if model_path is not None else None
+    blobs: list[tuple[Path, bytes]] = []
+    for pl, (inp, ex) in zip(planned, items, strict=True):
+        for kind, path in pl.paths.items():
+            if kind == "npy":
+                buf = io.BytesIO()
+                np.save(buf, ex.mask.astype(np.float32))
+                blobs.append((path, buf.getvalue()))
+            elif kind == "png":
+                grey = np.rint(np.clip(ex.mask, 0, 1) * 255).astype(np.uint8)
+                blobs.append((path, _png(Image.fromarray(grey, mode="L"))))
+            elif kind == "overlay":
+                assert inp.image is not None
+                assert inp.geometry is not None
+                full = inp.geometry.to_original(ex.mask)
+                blobs.append((path, _png(overlay(inp.image, full))))
+            else:
+                doc = record(ex, inp, model_path, model_sha, pl.paths)
+                text = json.dumps(doc, indent=2, allow_nan=True) + "\n"
+                blobs.append((path, text.encode()))
+    if not force:  # something may have appeared while we computed
+        clash = [str(p) for p, _ in blobs if p.exists()]
+        if clash:
+            msg = f"{clash[0]!r} appeared while computing; pass --force to overwrite"
+            raise InputError(msg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, data in blobs:
+        _atomic(path, data)
+    return [p for p, _ in blobs]

@@ -1,0 +1,164 @@
+"""End-to-end gradient checks on every fixture model in models/ (float32, onnxruntime).
+
+For each models/*.onnx: instrument it, then (a) run the dot-product test on the instrumented
+graph itself (mask and input -> nm_loss), (b) check that onnxruntime and onnx's reference
+evaluator compute the same loss and mask gradient, and (c) compare nm_grad_mask with central
+differences of nm_loss at the mask entries with the largest gradients. Tolerances are float32
+ones: the models contain Relu/MaxPool/Clip kinks, so no test relies on more than ~1e-3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from neuromask_onnx import instrument, rewrite
+from neuromask_onnx.gradcheck import check_vjp
+from neuromask_onnx.graph import graph_inputs
+
+F32, F64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.onnx"))
+
+
+def test_there_are_fixture_models(models_dir: Path) -> None:
+    assert len(list(models_dir.glob("*.onnx"))) >= 6
+
+
+class Fixture:
+    """An instrumented fixture model and one seeded set of feeds for it."""
+
+    def __init__(self, path: Path, rng: np.random.Generator) -> None:
+        self.source = onnx.load(str(path))
+        x_vi = graph_inputs(self.source)[0]
+        first = x_vi.type.tensor_type.shape.dim[0]
+        self.batch = first.dim_value if first.HasField("dim_value") else 2
+        self.model = instrument(self.source, batch_size=self.batch)
+        ins = {i.name: i for i in self.model.graph.input}
+        self.x_name = x_vi.name
+        shape = [d.dim_value for d in ins[self.x_name].type.tensor_type.shape.dim]
+        mshape = [d.dim_value for d in ins[rewrite.MASK].type.tensor_type.shape.dim]
+        k = int({p.key: p.value for p in self.model.metadata_props}["neuromask.num_classes"])
+        self.feeds = {
+            self.x_name: rng.standard_normal(shape).astype(np.float32),
+            rewrite.MASK: rng.uniform(0.2, 0.9, mshape).astype(np.float32),
+            rewrite.TARGET: rng.integers(0, max(k, 2), self.batch).astype(np.int64),
+        }
+        self.sess = ort.InferenceSession(self.model.SerializeToString(),
+                                         providers=["CPUExecutionProvider"])
+
+    def run(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        feeds = dict(self.feeds)
+        if mask is not None:
+            feeds[rewrite.MASK] = mask.astype(np.float32)
+        names = [o.name for o in self.sess.get_outputs()]
+        return dict(zip(names, self.sess.run(None, feeds), strict=True))
+
+
+def loss_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The instrumented graph with nm_loss as its only output (unused nodes pruned)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [o for o in m.graph.output if o.name == rewrite.LOSS]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
+    nodes = rewrite.prune(list(m.graph.node), [rewrite.LOSS])
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    read = {i for n in nodes for i in n.input}
+    inits = [t for t in m.graph.initializer if t.name in read]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return m
+
+
+@pytest.fixture(params=MODELS, ids=[p.stem for p in MODELS])
+def fixture(request: pytest.FixtureRequest, rng: np.random.Generator) -> Fixture:
+    return Fixture(request.param, rng)
+
+
+def to_double(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph in float64: float32 initializers, I/O, Cast targets and fill values."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for vi in [*g.input, *g.output]:
+        if vi.type.tensor_type.elem_type == F32:
+            vi.type.tensor_type.elem_type = F64
+    del g.value_info[:]
+    float32_operands = {n.input[i] for n in g.node if n.op_type == "Resize"
+                        for i in (1, 2) if len(n.input) > i}  # roi and scales stay float32
+    for t in g.initializer:
+        if t.data_type == F32 and t.name not in float32_operands:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64),
+                                               t.name))
+    for node in g.node:
+        for a in node.attribute:
+            if a.name == "to" and a.i == F32:
+                a.i = F64
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32:
+                a.t.CopyFrom(numpy_helper.from_array(
+                    numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+    return m
+
+
+@pytest.mark.parametrize("backend", ["float32-onnxruntime", "float64-reference"])
+def test_instrumented_graph_passes_the_dot_product_test(fixture: Fixture, backend: str,
+                                                        rng: np.random.Generator) -> None:
+    """(a) The whole instrumented forward (mask, x -> loss), differentiated again by vjp.
+
+    In float32 a step small enough to cross no Relu/MaxPool kink drowns in rounding, so the
+    float32 run only guards against gross errors (5%); the float64 run on the reference
+    evaluator (eps 1e-6: no kink is crossed) is the sharp one.
+    """
+    m = loss_only(fixture.model)
+    if backend == "float32-onnxruntime":
+        result = check_vjp(m, fixture.feeds, rng=rng, wrt=[rewrite.MASK], eps=1e-4,
+                           backend="onnxruntime")
+        assert result.error < 5e-2, result
+        return
+    feeds = {k: v.astype(np.float64) if v.dtype == np.float32 else v
+             for k, v in fixture.feeds.items()}
+    # The reference evaluator rounds Erf (and Gelu, which it expands to Erf) through float32;
+    # those models have no kinks, so a larger step is safe.
+    rounded = {n.op_type for n in fixture.model.graph.node} & {"Erf", "Gelu"}
+    eps, tol = (1e-3, 1e-3) if rounded else (1e-6, 1e-5)
+    result = check_vjp(to_double(m), feeds, rng=rng, wrt=[rewrite.MASK, fixture.x_name],
+                       eps=eps, backend="reference")
+    assert result.error < tol, result
+
+
+def test_onnxruntime_and_reference_evaluator_agree(fixture: Fixture) -> None:
+    """(b) Same loss and mask gradient from two independent runtimes."""
+    want = fixture.run()
+    ref = ReferenceEvaluator(fixture.model)
+    got = dict(zip([o.name for o in fixture.model.graph.output],
+                   ref.run(None, fixture.feeds), strict=True))
+    np.testing.assert_allclose(got[rewrite.LOSS], want[rewrite.LOSS], rtol=1e-4, atol=1e-5)
+    g_ref, g_ort = got[rewrite.GRAD_MASK], want[rewrite.GRAD_MASK]
+    scale = float(np.abs(g_ort).max())
+    assert scale > 0
+    np.testing.assert_allclose(g_ref, g_ort, rtol=0, atol=1e-3 * scale)
+
+
+def test_mask_gradient_matches_finite_differences(fixture: Fixture) -> None:
+    """(c) d sum(nm_loss) / d mask[i] at the four entries with the largest gradient."""
+    base = fixture.run()
+    grad = base[rewrite.GRAD_MASK].astype(np.float64)
+    mask = fixture.feeds[rewrite.MASK].astype(np.float64)
+    eps = 3e-3
+    picks = np.argsort(-np.abs(grad).reshape(-1))[:4]
+    for flat in picks:
+        e = np.zeros(mask.size)
+        e[flat] = eps
+        e = e.reshape(mask.shape)
+        up = fixture.run(mask + e)[rewrite.LOSS].astype(np.float64).sum()
+        down = fixture.run(mask - e)[rewrite.LOSS].astype(np.float64).sum()
+        numeric = (up - down) / (2 * eps)
+        analytic = grad.reshape(-1)[flat]
+        assert abs(numeric - analytic) <= 2e-2 * abs(analytic) + 3e-4, (flat, analytic, numeric)

@@ -1,0 +1,648 @@
+"""Every VJP rule, checked by the dot-product test in float64 on onnx's reference evaluator.
+
+One table of small models (`CASES`), one parametrized test over it, and a coverage test that
+the table and `VJP_RULES` name the same ops. Each case's sampler keeps inputs inside the op's
+domain and away from its kinks (Relu at 0, Clip at its bounds, HardSwish at +-3, ...), so
+central differences are exact up to O(eps^2). Models at old opsets (Clip attributes, Softmax
+2-D coercion, Upsample, Pad/Slice/Split attributes, Reduce axes attributes) exercise the
+opset conversion in `graph.prepare` as well as the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from neuromask_onnx.gradcheck import check_vjp
+from neuromask_onnx.vjp_rules import VJP_RULES
+
+D, F = TensorProto.DOUBLE, TensorProto.FLOAT
+INT64_MAX = np.iinfo(np.int64).max
+N = helper.make_node
+
+Draw = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class RuleCase:
+    """One small model whose single rule-bearing op is `op_type` (after opset conversion)."""
+
+    id: str
+    op_type: str
+    model: onnx.ModelProto
+    sample: Callable[[np.random.Generator], dict[str, np.ndarray]]
+    backend: Literal["reference", "onnxruntime"] = "reference"
+    tol: float = 1e-6
+    eps: float = 1e-6
+    note: str = ""  # why a case runs in float32 on onnxruntime instead
+
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+def normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+def positive(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def away(*kinks: float, scale: float = 1.0, margin: float = 0.05) -> Draw:
+    """Normal samples (times `scale`) pushed at least `margin` away from every kink."""
+
+    def draw(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        x = scale * rng.standard_normal(shape)
+        for k in kinks:
+            close = np.abs(x - k) < margin
+            x = np.where(close, k + np.where(x >= k, margin, -margin) * 2, x)
+        return x
+
+    return draw
+
+
+def distinct(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A permutation of well-separated values: no ties for max/min/argmax ops."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) * 0.1 - 0.05 * n + 0.03).reshape(shape)
+
+
+# --------------------------------------------------------------------------- model builder
+
+
+def case(
+    id: str,
+    op_type: str,
+    nodes: Sequence[onnx.NodeProto],
+    inputs: dict[str, tuple[int, ...]],
+    *,
+    outputs: Sequence[str] = ("y",),
+    draw: Draw | dict[str, Draw] = normal,
+    inits: dict[str, Any] | None = None,
+    int_feeds: dict[str, np.ndarray] | None = None,
+    opset: int = 18,
+    dtype: int = D,
+    backend: Literal["reference", "onnxruntime"] = "reference",
+    tol: float = 1e-6,
+    eps: float = 1e-6,
+    f32: str = "",
+    piecewise_linear: bool = False,
+) -> RuleCase:
+    """Build a float model; float initializers take the model's dtype, ints stay int64.
+
+    `f32="reason"` runs the case in float32 on onnxruntime (the reference evaluator cannot
+    run it in float64, see the reason) with eps 1e-3 and a 2e-3 tolerance (a 1% error in a
+    rule still fails); piecewise linear ops use eps 1e-2 there (central differences are exact
+    between kinks, and a larger step drowns float32 rounding).
+    """
+    if f32:
+        dtype, backend, tol = F, "onnxruntime", max(tol, 2e-3)
+        eps = max(eps, 1e-2 if piecewise_linear else 1e-3)
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    init_protos = []
+    for name, value in (inits or {}).items():
+        arr = np.asarray(value)
+        if arr.dtype == np.float64:  # float32 arrays (Resize scales) stay float32
+            arr = arr.astype(np_dtype)
+        init_protos.append(numpy_helper.from_array(arr, name))
+    vis = [helper.make_tensor_value_info(k, dtype, list(s)) for k, s in inputs.items()]
+    for k, v in (int_feeds or {}).items():
+        vis.append(helper.make_tensor_value_info(k, TensorProto.INT64, list(v.shape)))
+    outs = [helper.make_tensor_value_info(o, dtype, None) for o in outputs]
+    graph = helper.make_graph(list(nodes), id, vis, outs, init_protos)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10 if opset > 18 else 8
+
+    def sample(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        feeds = {}
+        for k, s in inputs.items():
+            d = draw[k] if isinstance(draw, dict) else draw
+            feeds[k] = d(rng, s).astype(np_dtype)
+        feeds.update(int_feeds or {})
+        return feeds
+
+    return RuleCase(id, op_type, model, sample, backend, tol, eps, f32)
+
+
+def unary(id: str, op_type: str, draw: Draw = normal, shape: tuple[int, ...] = (2, 3, 4),
+          opset: int = 18, f32: str = "", **attrs: Any) -> RuleCase:
+    return case(id, op_type, [N(op_type, ["x"], ["y"], **attrs)], {"x": shape}, draw=draw,
+                opset=opset, f32=f32)
+
+
+# Why some cases cannot run in float64 on onnx 1.23's reference evaluator:
+REF_ERF_F32 = "reference Erf rounds through float32"
+REF_MAXPOOL_PADS = "reference MaxPool swaps asymmetric pads between axes"
+REF_CONVT_GROUPS = "reference ConvTranspose cannot reshape grouped weights"
+REF_OLD_SOFTMAX = "reference Softmax-11 ignores the 2-D coercion (numpy and onnxruntime agree)"
+CONVERTER_F32 = "version_converter writes float32 bounds into a float64 model"
+
+
+def const_i64(name: str, values: Sequence[int]) -> onnx.NodeProto:
+    return N("Constant", [], [name], value=numpy_helper.from_array(np.array(values, np.int64)))
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+W_RNG = _rng(1234)  # weights baked into the table: seeded, fixed per run
+
+
+def w(*shape: int) -> np.ndarray:
+    return W_RNG.standard_normal(shape)
+
+
+# --------------------------------------------------------------------------- the table
+
+CASES: list[RuleCase] = []
+add = CASES.append
+
+# ---- elementwise unary
+for op, dr, extra in [
+    ("Abs", away(0.0), {}),
+    ("Sqrt", positive, {}),
+    ("Log", positive, {}),
+    ("Exp", normal, {}),
+    ("Reciprocal", away(0.0, margin=0.3), {}),
+    ("Neg", normal, {}),
+    ("Sigmoid", normal, {}),
+    ("Tanh", normal, {}),
+    ("Relu", away(0.0), {}),
+    ("Softplus", normal, {}),
+    ("Softsign", normal, {}),
+    ("Mish", normal, {}),
+    ("Sin", normal, {}),
+    ("Cos", normal, {}),
+    ("Identity", normal, {}),
+    ("Selu", away(0.0), {}),
+    ("HardSwish", away(-3.0, 3.0, scale=3.0), {}),
+]:
+    add(unary(op.lower(), op, dr, **extra))
+add(unary("leaky_relu", "LeakyRelu", away(0.0), alpha=0.1))
+add(unary("elu", "Elu", away(0.0), alpha=0.7))
+add(unary("selu_attrs", "Selu", away(0.0), alpha=1.3, gamma=0.9))
+add(unary("erf", "Erf", normal, f32=REF_ERF_F32))
+add(unary("celu", "Celu", away(0.0), alpha=0.8, f32="Celu is float32-only in the spec"))
+add(unary("hard_sigmoid_default", "HardSigmoid", away(-2.5, 2.5, scale=3.0)))
+add(unary("hard_sigmoid_attrs", "HardSigmoid", away(-4 / 3, 2.0, scale=2.0), alpha=0.3, beta=0.4))
+add(unary("gelu_none", "Gelu", normal, opset=20, f32=REF_ERF_F32))
+add(unary("gelu_tanh", "Gelu", normal, opset=20, approximate="tanh"))
+add(unary("dropout", "Dropout", normal))
+add(unary("dropout_opset9", "Dropout", normal, opset=9))
+# Casting through float32 rounds: larger eps, looser tolerance (the functions are quadratic,
+# so central differences have no truncation error, only float32 rounding).
+add(case("cast_f32_f64_f32", "Cast",
+         [N("Cast", ["x"], ["d"], to=D), N("Mul", ["d", "d"], ["s"]),
+          N("Cast", ["s"], ["y"], to=F)],
+         {"x": (3, 4)}, dtype=F, eps=1e-2, tol=1e-4))
+add(case("cast_f64_f32_f64", "Cast",
+         [N("Cast", ["x"], ["f"], to=F), N("Cast", ["f"], ["d"], to=D), N("Mul", ["d", "d"], ["y"])],
+         {"x": (3, 4)}, eps=1e-2, tol=1e-4))
+add(case("castlike", "CastLike",
+         [N("CastLike", ["x", "t"], ["f"]), N("Mul", ["f", "f"], ["y"])],
+         {"x": (3, 4)}, inits={"t": np.zeros(1)}, opset=15))
+
+# ---- clip
+add(case("clip_attrs_opset10", "Clip", [N("Clip", ["x"], ["y"], min=-0.5, max=0.7)], {"x": (3, 4)},
+         draw=away(-0.5, 0.7), opset=10,
+         f32=CONVERTER_F32, piecewise_linear=True))
+add(case("clip_attrs_opset9_min_only", "Clip", [N("Clip", ["x"], ["y"], min=-0.3)], {"x": (3, 4)},
+         draw=away(-0.3), opset=9,
+         f32=CONVERTER_F32, piecewise_linear=True))
+add(case("clip_inputs", "Clip", [N("Clip", ["x", "lo", "hi"], ["y"])], {"x": (3, 4)},
+         inits={"lo": np.array(-0.5), "hi": np.array(0.7)}, draw=away(-0.5, 0.7)))
+add(case("clip_min_only", "Clip", [N("Clip", ["x", "lo"], ["y"])], {"x": (3, 4)},
+         inits={"lo": np.array(-0.2)}, draw=away(-0.2)))
+add(case("clip_max_only", "Clip", [N("Clip", ["x", "", "hi"], ["y"])], {"x": (3, 4)},
+         inits={"hi": np.array(0.4)}, draw=away(0.4)))
+add(case("clip_no_bounds", "Clip", [N("Clip", ["x"], ["y"])], {"x": (3, 4)}))
+
+# ---- broadcasting binary / n-ary (both operands are inputs: both gradients are checked)
+BCAST = {"a": (2, 3, 4), "b": (3, 1)}
+for op in ("Add", "Sub", "Mul"):
+    add(case(f"{op.lower()}_bcast", op, [N(op, ["a", "b"], ["y"])], BCAST))
+    add(case(f"{op.lower()}_bcast_left", op, [N(op, ["a", "b"], ["y"])],
+             {"a": (1, 4), "b": (2, 3, 1)}))
+add(case("add_same_shape_const", "Add", [N("Add", ["a", "c"], ["y"])], {"a": (2, 3)},
+         inits={"c": w(2, 3)}))
+add(case("div_bcast", "Div", [N("Div", ["a", "b"], ["y"])], BCAST,
+         draw={"a": normal, "b": away(0.0, margin=0.4)}))
+add(case("div_scalar_denominator", "Div", [N("Div", ["a", "b"], ["y"])], {"a": (2, 3), "b": ()},
+         draw={"a": normal, "b": positive}))
+add(case("pow_bcast", "Pow", [N("Pow", ["a", "b"], ["y"])], BCAST, draw=positive))
+add(case("pow_const_square", "Pow", [N("Pow", ["a", "e"], ["y"])], {"a": (2, 3)},
+         inits={"e": np.array(2.0)}))
+add(case("pow_const_cube", "Pow", [N("Pow", ["a", "e"], ["y"])], {"a": (2, 3)},
+         inits={"e": np.array(3.0)}))
+add(case("pow_int_exponent", "Pow", [N("Pow", ["a", "e"], ["y"])], {"a": (2, 3)},
+         inits={"e": np.array(3, np.int64)}, draw=positive))
+for op in ("Max", "Min"):
+    add(case(f"{op.lower()}_bcast", op, [N(op, ["a", "b"], ["y"])], BCAST))
+    add(case(f"{op.lower()}_three", op, [N(op, ["a", "b", "c"], ["y"])],
+             {"a": (2, 3, 4), "b": (4,), "c": (2, 1, 4)}))
+    add(case(f"{op.lower()}_single", op, [N(op, ["a"], ["y"])], {"a": (2, 3)}))
+add(case("where_bcast", "Where", [N("Where", ["c", "a", "b"], ["y"])], {"a": (2, 1, 4), "b": (3, 1)},
+         inits={"c": np.array([[True, False, True, True]] * 3)}))
+add(case("prelu_channel", "PRelu", [N("PRelu", ["x", "s"], ["y"])], {"x": (2, 3, 4, 5), "s": (3, 1, 1)},
+         draw={"x": away(0.0), "s": normal}))
+add(case("prelu_scalar_slope", "PRelu", [N("PRelu", ["x", "s"], ["y"])], {"x": (2, 3), "s": (1,)},
+         draw={"x": away(0.0), "s": normal}))
+add(case("prelu_const_slope", "PRelu", [N("PRelu", ["x", "s"], ["y"])], {"x": (2, 3, 4)},
+         inits={"s": w(4)}, draw=away(0.0)))
+for op in ("Sum", "Mean"):
+    add(case(f"{op.lower()}_bcast", op, [N(op, ["a", "b", "c"], ["y"])],
+             {"a": (2, 3, 4), "b": (3, 1), "c": (4,)}))
+    add(case(f"{op.lower()}_single", op, [N(op, ["a"], ["y"])], {"a": (2, 3)}))
+
+# ---- linear algebra
+for cid, sa, sb in [
+    ("matmul_2d", (3, 4), (4, 5)),
+    ("matmul_batched", (2, 3, 4), (2, 4, 5)),
+    ("matmul_bcast_batch", (2, 1, 3, 4), (3, 4, 5)),
+    ("matmul_bcast_2d_right", (2, 3, 4), (4, 5)),
+    ("matmul_rank1_left", (4,), (2, 4, 5)),
+    ("matmul_rank1_right", (2, 3, 4), (4,)),
+    ("matmul_rank1_both", (4,), (4,)),
+]:
+    add(case(cid, "MatMul", [N("MatMul", ["a", "b"], ["y"])], {"a": sa, "b": sb}))
+add(case("matmul_const_weight", "MatMul", [N("MatMul", ["a", "b"], ["y"])], {"a": (2, 3)},
+         inits={"b": w(3, 2)}))
+for cid, attrs, sa, sb, sc in [
+    ("gemm_plain_c_row", {}, (3, 4), (4, 5), (5,)),
+    ("gemm_transA", {"transA": 1}, (4, 3), (4, 5), (3, 5)),
+    ("gemm_transB", {"transB": 1}, (3, 4), (5, 4), (3, 1)),
+    ("gemm_both_alpha_beta", {"transA": 1, "transB": 1, "alpha": 0.7, "beta": -1.3},
+     (4, 3), (5, 4), (1,)),
+    ("gemm_c_scalar", {"beta": 2.0}, (3, 4), (4, 5), ()),
+]:
+    add(case(cid, "Gemm", [N("Gemm", ["a", "b", "c"], ["y"], **attrs)], {"a": sa, "b": sb, "c": sc}))
+add(case("gemm_no_c", "Gemm", [N("Gemm", ["a", "b"], ["y"], alpha=1.5)], {"a": (3, 4), "b": (4, 2)}))
+add(case("gemm_const_b", "Gemm", [N("Gemm", ["a", "b", "c"], ["y"], transB=1)], {"a": (2, 4)},
+         inits={"b": w(3, 4), "c": w(3)}))
+
+# ---- convolution (weights are constants; bias is an input where present, so it is checked)
+X4 = (2, 4, 7, 6)
+for cid, attrs, wshape in [
+    ("conv_basic", {}, (3, 4, 3, 3)),
+    ("conv_stride_asym_pads", {"strides": [2, 2], "pads": [0, 1, 2, 0]}, (3, 4, 3, 2)),
+    ("conv_dilations", {"dilations": [2, 1], "pads": [1, 1, 1, 1]}, (3, 4, 3, 3)),
+    ("conv_depthwise", {"group": 4, "strides": [2, 1], "pads": [1, 1, 1, 1]}, (4, 1, 3, 3)),
+    ("conv_same_upper", {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (3, 4, 4, 3)),
+    ("conv_same_lower", {"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (3, 4, 4, 3)),
+    ("conv_valid", {"auto_pad": "VALID", "strides": [3, 2]}, (3, 4, 2, 2)),
+    ("conv_stride_leftover", {"strides": [3, 3]}, (2, 4, 2, 2)),
+]:
+    add(case(cid, "Conv", [N("Conv", ["x", "W"], ["y"], **attrs)], {"x": X4},
+             inits={"W": w(*wshape)}))
+add(case("conv_groups", "Conv", [N("Conv", ["x", "W"], ["y"], group=2, pads=[1, 0, 1, 0])],
+         {"x": X4}, inits={"W": w(6, 2, 3, 3)}, f32=REF_CONVT_GROUPS, piecewise_linear=True))
+add(case("conv_bias", "Conv", [N("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1])],
+         {"x": X4, "b": (3,)}, inits={"W": w(3, 4, 3, 3)}))
+add(case("conv_1d", "Conv", [N("Conv", ["x", "W", "b"], ["y"], strides=[2], pads=[2, 1],
+                               dilations=[2])],
+         {"x": (2, 3, 11), "b": (5,)}, inits={"W": w(5, 3, 3)}))
+add(case("conv_3d", "Conv", [N("Conv", ["x", "W"], ["y"], strides=[1, 2, 1], pads=[1] * 6)],
+         {"x": (1, 2, 4, 5, 3)}, inits={"W": w(2, 2, 3, 3, 3)}))
+add(case("conv_const_bias", "Conv", [N("Conv", ["x", "W", "b"], ["y"])], {"x": X4},
+         inits={"W": w(3, 4, 1, 1), "b": w(3)}))
+for cid, attrs, wshape in [
+    ("convtranspose_basic", {}, (4, 3, 3, 3)),
+    ("convtranspose_strides_pads", {"strides": [2, 2], "pads": [1, 0, 1, 2]}, (4, 3, 3, 3)),
+    ("convtranspose_output_padding", {"strides": [2, 3], "output_padding": [1, 2]}, (4, 2, 3, 3)),
+    ("convtranspose_dilations", {"dilations": [2, 2]}, (4, 3, 2, 2)),
+]:
+    add(case(cid, "ConvTranspose", [N("ConvTranspose", ["x", "W"], ["y"], **attrs)], {"x": X4},
+             inits={"W": w(*wshape)}))
+add(case("convtranspose_groups", "ConvTranspose",
+         [N("ConvTranspose", ["x", "W"], ["y"], group=2, strides=[2, 1], pads=[1, 1, 0, 0])],
+         {"x": X4}, inits={"W": w(4, 3, 3, 2)}, f32=REF_CONVT_GROUPS, piecewise_linear=True))
+add(case("convtranspose_output_shape", "ConvTranspose",
+         [N("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2], output_shape=[14, 13])],
+         {"x": X4}, inits={"W": w(4, 3, 3, 3)}, f32="reference ConvTranspose rejects output_shape", piecewise_linear=True))
+add(case("convtranspose_bias", "ConvTranspose",
+         [N("ConvTranspose", ["x", "W", "b"], ["y"], strides=[2, 2])],
+         {"x": (1, 2, 3, 4), "b": (3,)}, inits={"W": w(2, 3, 2, 2)}))
+
+# ---- pooling (distinct values: no ties within a window, so MaxPool is smooth)
+P4 = (2, 3, 7, 6)
+for cid, attrs in [
+    ("maxpool_basic", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ("maxpool_ceil_mode", {"kernel_shape": [3, 2], "strides": [2, 2], "ceil_mode": 1}),
+    ("maxpool_dilations", {"kernel_shape": [2, 2], "dilations": [2, 2], "strides": [1, 2]}),
+    ("maxpool_same_upper", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+]:
+    add(case(cid, "MaxPool", [N("MaxPool", ["x"], ["y"], **attrs)], {"x": P4}, draw=distinct))
+add(case("maxpool_1d", "MaxPool", [N("MaxPool", ["x"], ["y"], kernel_shape=[3], strides=[2])],
+         {"x": (2, 3, 9)}, draw=distinct))
+add(case("maxpool_pads_symmetric", "MaxPool",
+         [N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 1])],
+         {"x": P4}, draw=distinct))
+add(case("maxpool_pads", "MaxPool", [N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
+                                       pads=[1, 0, 1, 2])],
+         {"x": P4}, draw=distinct, f32=REF_MAXPOOL_PADS, piecewise_linear=True))
+add(case("maxpool_indices_output", "MaxPool",
+         [N("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], pads=[1, 1, 0, 0])], {"x": P4},
+         draw=distinct, f32=REF_MAXPOOL_PADS, piecewise_linear=True))
+for cid, attrs in [
+    ("avgpool_basic", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ("avgpool_pads_exclude", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                              "count_include_pad": 0}),
+    ("avgpool_pads_include", {"kernel_shape": [3, 3], "pads": [1, 0, 2, 1],
+                              "count_include_pad": 1}),
+    ("avgpool_ceil_mode", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ("avgpool_ceil_pads_include", {"kernel_shape": [3, 2], "strides": [2, 3], "ceil_mode": 1,
+                                   "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    ("avgpool_same_upper", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ("avgpool_kernel1", {"kernel_shape": [1, 1]}),
+]:
+    add(case(cid, "AveragePool", [N("AveragePool", ["x"], ["y"], **attrs)], {"x": P4}))
+add(case("avgpool_1d", "AveragePool",
+         [N("AveragePool", ["x"], ["y"], kernel_shape=[3], strides=[2], pads=[1, 1])],
+         {"x": (2, 3, 8)}))
+add(case("global_avgpool", "GlobalAveragePool", [N("GlobalAveragePool", ["x"], ["y"])], {"x": P4}))
+add(case("global_maxpool", "GlobalMaxPool", [N("GlobalMaxPool", ["x"], ["y"])], {"x": P4},
+         draw=distinct))
+
+# ---- reductions: axes as input (opset 18), as attribute (converted), all axes, no-op
+REDUCE_OPS = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
+              "ReduceSumSquare", "ReduceLogSumExp"]
+R3 = (2, 3, 4)
+for op in REDUCE_OPS:
+    dr = distinct if op in ("ReduceMax", "ReduceMin", "ReduceL1") else normal
+    attr_opset = 11 if op == "ReduceSum" else 13  # the last opset with an `axes` attribute
+    tag = op[6:].lower()
+    add(case(f"reduce_{tag}_axes_input_keep1", op, [N(op, ["x", "ax"], ["y"], keepdims=1)],
+             {"x": R3}, inits={"ax": np.array([1, -1])}, draw=dr))
+    add(case(f"reduce_{tag}_axes_input_keep0", op, [N(op, ["x", "ax"], ["y"], keepdims=0)],
+             {"x": R3}, inits={"ax": np.array([0])}, draw=dr))
+    add(case(f"reduce_{tag}_axes_attr_opset{attr_opset}", op,
+             [N(op, ["x"], ["y"], axes=[-2], keepdims=0)], {"x": R3}, draw=dr, opset=attr_opset))
+    add(case(f"reduce_{tag}_all_axes", op, [N(op, ["x"], ["y"], keepdims=0)], {"x": R3}, draw=dr))
+add(case("reduce_sum_noop_empty_axes", "ReduceSum",
+         [N("ReduceSum", ["x"], ["y"], noop_with_empty_axes=1)], {"x": R3}))
+add(case("reduce_l1_noop_empty_axes", "ReduceL1",
+         [N("ReduceL1", ["x"], ["y"], noop_with_empty_axes=1)], {"x": R3}, draw=away(0.0)))
+
+# ---- normalization
+add(case("batchnorm", "BatchNormalization",
+         [N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-3)], {"x": P4},
+         inits={"s": w(3), "b": w(3), "m": w(3), "v": np.abs(w(3)) + 0.5}, opset=15))
+add(case("batchnorm_opset9", "BatchNormalization",
+         [N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])], {"x": (2, 3, 5)},
+         inits={"s": w(3), "b": w(3), "m": w(3), "v": np.abs(w(3)) + 0.5}, opset=9,
+         f32="reference BatchNormalization-9 is wrong on 3-D inputs (numpy and onnxruntime agree)"))
+add(case("instancenorm", "InstanceNormalization",
+         [N("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)], {"x": P4},
+         inits={"s": w(3), "b": w(3)}))
+for cid, axis, sshape in [("layernorm_last", -1, (4,)), ("layernorm_axis1", 1, (3, 4)),
+                          ("layernorm_axis_neg2", -2, (3, 4))]:
+    add(case(cid, "LayerNormalization",
+             [N("LayerNormalization", ["x", "s", "b"], ["y"], axis=axis, epsilon=1e-3)],
+             {"x": R3}, inits={"s": w(*sshape), "b": w(*sshape)}))
+add(case("layernorm_no_bias", "LayerNormalization",
+         [N("LayerNormalization", ["x", "s"], ["y"])], {"x": R3}, inits={"s": w(4)}))
+add(case("groupnorm", "GroupNormalization",
+         [N("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=2, epsilon=1e-3, stash_type=D)],
+         {"x": (2, 4, 3, 2)}, inits={"s": w(4), "b": w(4)}, opset=21))
+
+# ---- softmax: opset 11 coerces to 2-D at `axis`; opset 13+ normalizes one axis
+for op in ("Softmax", "LogSoftmax"):
+    t = op.lower()
+    add(case(f"{t}_opset11_axis1", op, [N(op, ["x"], ["y"], axis=1)], {"x": R3}, opset=11,
+             f32=REF_OLD_SOFTMAX))
+    add(case(f"{t}_opset11_default", op, [N(op, ["x"], ["y"])], {"x": R3}, opset=11,
+             f32=REF_OLD_SOFTMAX))
+    add(case(f"{t}_opset11_axis_neg1", op, [N(op, ["x"], ["y"], axis=-1)], {"x": R3}, opset=11))
+    add(case(f"{t}_opset13_axis1", op, [N(op, ["x"], ["y"], axis=1)], {"x": R3}, opset=13))
+    add(case(f"{t}_default_axis", op, [N(op, ["x"], ["y"])], {"x": R3}))
+    add(case(f"{t}_axis0", op, [N(op, ["x"], ["y"], axis=0)], {"x": R3}))
+
+# ---- shape ops
+add(case("reshape", "Reshape", [N("Reshape", ["x", "s"], ["y"]), N("Mul", ["y", "y"], ["z"])],
+         {"x": R3}, inits={"s": np.array([0, -1, 2])}, outputs=["z"]))
+add(case("flatten_axis2", "Flatten", [N("Flatten", ["x"], ["y"], axis=2)], {"x": (2, 3, 4, 2)}))
+add(case("flatten_opset9", "Flatten", [N("Flatten", ["x"], ["y"])], {"x": R3}, opset=9))
+add(case("squeeze_axes_input", "Squeeze", [N("Squeeze", ["x", "ax"], ["y"])], {"x": (2, 1, 3, 1)},
+         inits={"ax": np.array([1, -1])}))
+add(case("squeeze_attr_opset11", "Squeeze", [N("Squeeze", ["x"], ["y"], axes=[1])],
+         {"x": (2, 1, 3)}, opset=11))
+add(case("squeeze_all", "Squeeze", [N("Squeeze", ["x"], ["y"])], {"x": (1, 3, 1)}))
+add(case("unsqueeze_axes_input", "Unsqueeze", [N("Unsqueeze", ["x", "ax"], ["y"])], {"x": (2, 3)},
+         inits={"ax": np.array([0, -1])}))
+add(case("unsqueeze_attr_opset11", "Unsqueeze", [N("Unsqueeze", ["x"], ["y"], axes=[1])],
+         {"x": (2, 3)}, opset=11))
+add(case("transpose_perm", "Transpose", [N("Transpose", ["x"], ["y"], perm=[1, 2, 0])], {"x": R3}))
+add(case("transpose_default", "Transpose", [N("Transpose", ["x"], ["y"])], {"x": R3}))
+add(case("expand", "Expand", [N("Expand", ["x", "s"], ["y"])], {"x": (3, 1)},
+         inits={"s": np.array([2, 3, 4])}))
+add(case("expand_same_rank", "Expand", [N("Expand", ["x", "s"], ["y"])], {"x": (1, 3, 1)},
+         inits={"s": np.array([2, 1, 4])}))
+add(case("tile", "Tile", [N("Tile", ["x", "r"], ["y"])], {"x": (2, 3)},
+         inits={"r": np.array([2, 3])}))
+add(case("concat_with_const", "Concat", [N("Concat", ["a", "c", "b"], ["y"], axis=1)],
+         {"a": (2, 1, 3), "b": (2, 4, 3)}, inits={"c": w(2, 2, 3)}))
+add(case("concat_neg_axis", "Concat", [N("Concat", ["a", "b"], ["y"], axis=-1)],
+         {"a": (2, 3), "b": (2, 2)}))
+add(case("split_sizes_input", "Split",
+         [N("Split", ["x", "s"], ["p", "q", "r"], axis=1), N("Mul", ["p", "r"], ["y"])],
+         {"x": (2, 5, 3)}, inits={"s": np.array([2, 1, 2])}))  # q is unused
+add(case("split_num_outputs", "Split", [N("Split", ["x"], ["p", "q"], axis=-1, num_outputs=2)],
+         {"x": (2, 3, 4)}, outputs=["p", "q"]))
+add(case("split_equal_opset13_unused", "Split", [N("Split", ["x"], ["p", "q", "r"], axis=0)],
+         {"x": (3, 2)}, opset=13, outputs=["r"]))
+add(case("split_attr_opset11", "Split", [N("Split", ["x"], ["p", "q"], axis=1, split=[1, 3])],
+         {"x": (2, 4)}, opset=11, outputs=["p", "q"]))
+add(case("slice_step2", "Slice", [N("Slice", ["x", "s", "e", "a", "t"], ["y"])], {"x": (3, 7, 4)},
+         inits={"s": np.array([1]), "e": np.array([7]), "a": np.array([1]), "t": np.array([2])}))
+add(case("slice_step_neg1", "Slice", [N("Slice", ["x", "s", "e", "a", "t"], ["y"])],
+         {"x": (3, 5, 4)}, inits={"s": np.array([-1, 3]), "e": np.array([-INT64_MAX, 0]),
+                                  "a": np.array([1, 2]), "t": np.array([-1, -2])}))
+add(case("slice_negative_int64max", "Slice", [N("Slice", ["x", "s", "e", "a"], ["y"])],
+         {"x": (3, 5, 4)}, inits={"s": np.array([-3, 1]), "e": np.array([INT64_MAX, -1]),
+                                  "a": np.array([-2, 0])}))
+add(case("slice_no_axes", "Slice", [N("Slice", ["x", "s", "e"], ["y"])], {"x": (4, 5)},
+         inits={"s": np.array([1, 0]), "e": np.array([3, 4])}))
+add(case("slice_bounds_from_shape", "Slice",
+         [N("Shape", ["x"], ["shp"]), const_i64("i2", [2]), N("Gather", ["shp", "i2"], ["n"]),
+          const_i64("one", [1]), N("Sub", ["n", "one"], ["e"]),
+          N("Div", ["n", "two"], ["half"]),
+          N("Slice", ["x", "one", "e", "i2"], ["y"]),
+          N("Slice", ["x", "half", "n", "i2"], ["z"])],
+         {"x": (2, 3, 6)}, inits={"two": np.array([2])}, outputs=["y", "z"]))
+add(case("slice_attrs_opset9", "Slice",
+         [N("Slice", ["x"], ["y"], starts=[1, -3], ends=[3, 1000], axes=[0, 1])], {"x": (4, 5)},
+         opset=9))
+add(case("gather_scalar_index", "Gather", [N("Gather", ["x", "i"], ["y"], axis=1)], {"x": R3},
+         inits={"i": np.array(2)}))
+add(case("gather_scalar_negative", "Gather", [N("Gather", ["x", "i"], ["y"])], {"x": R3},
+         inits={"i": np.array(-1)}))
+add(case("gather_tensor_index_repeats", "Gather", [N("Gather", ["x", "i"], ["y"])], {"x": (4, 3)},
+         inits={"i": np.array([[0, 3], [3, -4]])}))
+add(case("gather_axis2_negative", "Gather", [N("Gather", ["x", "i"], ["y"], axis=-1)],
+         {"x": (2, 3, 4)}, inits={"i": np.array([-1, 0, -1])}))
+add(case("gather_runtime_index", "Gather", [N("Gather", ["x", "i"], ["y"], axis=1)],
+         {"x": (2, 4, 3)}, int_feeds={"i": np.array([[1, -1, 1], [0, 2, 3]])}))
+add(case("gather_elements", "GatherElements", [N("GatherElements", ["x", "i"], ["y"], axis=1)],
+         {"x": (2, 4, 3)}, inits={"i": np.array([[[0, 3, 3]] * 5, [[1, -1, 0]] * 5])}))
+add(case("gather_elements_axis0", "GatherElements", [N("GatherElements", ["x", "i"], ["y"])],
+         {"x": (3, 2)}, int_feeds={"i": np.array([[0, 2], [0, 0], [-1, 1], [2, 2]])}))
+add(case("topk_last_axis", "TopK", [N("TopK", ["x", "k"], ["y", "idx"])], {"x": (2, 3, 5)},
+         inits={"k": np.array([2])}, draw=distinct))
+add(case("topk_smallest_axis1", "TopK", [N("TopK", ["x", "k"], ["y", "idx"], axis=1, largest=0)],
+         {"x": (2, 5, 3)}, inits={"k": np.array([3])}, draw=distinct))
+add(case("pad_constant", "Pad", [N("Pad", ["x", "p", "v"], ["y"])], {"x": R3},
+         inits={"p": np.array([0, 1, 2, 1, 0, 3]), "v": np.array(1.5)}))
+add(case("pad_negative", "Pad", [N("Pad", ["x", "p"], ["y"])], {"x": (2, 5, 4)},
+         inits={"p": np.array([0, -1, 2, 0, 1, -2])},
+         f32="reference Pad rejects negative pads", piecewise_linear=True))
+add(case("pad_axes_input", "Pad", [N("Pad", ["x", "p", "", "ax"], ["y"], mode="edge")], {"x": R3},
+         inits={"p": np.array([2, 1, 0, 3]), "ax": np.array([-1, 1])}))
+for mode, opset in [("reflect", 18), ("edge", 18), ("wrap", 19)]:
+    add(case(f"pad_{mode}", "Pad", [N("Pad", ["x", "p"], ["y"], mode=mode)], {"x": (2, 4, 5)},
+             inits={"p": np.array([0, 3, 2, 0, 1, 4])}, opset=opset))
+add(case("pad_attr_opset10", "Pad", [N("Pad", ["x"], ["y"], pads=[0, 1, 2, 0], value=0.5)],
+         {"x": (3, 4)}, opset=10, f32=CONVERTER_F32, piecewise_linear=True))
+add(case("pad_reflect_attr_opset10", "Pad", [N("Pad", ["x"], ["y"], pads=[1, 2, 2, 1],
+                                                mode="reflect")], {"x": (4, 5)}, opset=10))
+
+# ---- resize (the rule reads its interpolation matrix off onnxruntime's Resize)
+RX = (1, 2, 4, 3)
+
+
+def resize(cid: str, scales: Sequence[float] | None = None, sizes: Sequence[int] | None = None,
+           opset: int = 18, **attrs: Any) -> RuleCase:
+    inits: dict[str, Any] = {}
+    if scales is not None:
+        inits["sc"] = np.array(scales, np.float32)
+        ins = ["x", "", "sc"]
+    else:
+        inits["sz"] = np.array(sizes, np.int64)
+        ins = ["x", "", "", "sz"]
+    return case(cid, "Resize", [N("Resize", ins, ["y"], **attrs)], {"x": RX}, inits=inits,
+                opset=opset)
+
+
+add(resize("resize_nearest_x2", scales=[1, 1, 2, 2], mode="nearest"))
+add(resize("resize_nearest_asym_floor", scales=[1, 1, 2, 3], mode="nearest",
+           coordinate_transformation_mode="asymmetric", nearest_mode="floor"))
+add(resize("resize_nearest_sizes_down", sizes=[1, 2, 3, 2], mode="nearest"))
+add(resize("resize_linear_half_pixel", scales=[1, 1, 2, 2], mode="linear"))
+add(resize("resize_linear_align_corners", sizes=[1, 2, 7, 5], mode="linear",
+           coordinate_transformation_mode="align_corners"))
+add(resize("resize_linear_asymmetric", scales=[1, 1, 1.5, 2], mode="linear",
+           coordinate_transformation_mode="asymmetric"))
+add(resize("resize_linear_pytorch_half_pixel", sizes=[1, 2, 1, 6], mode="linear",
+           coordinate_transformation_mode="pytorch_half_pixel"))
+add(resize("resize_linear_down", scales=[1, 1, 0.5, 0.75], mode="linear"))
+add(resize("resize_cubic", scales=[1, 1, 2, 2], mode="cubic"))
+add(case("resize_axes_attr", "Resize", [N("Resize", ["x", "", "sc"], ["y"], mode="linear",
+                                              axes=[3, 2])],
+         {"x": RX}, inits={"sc": np.array([2.0, 1.5], np.float32)}, opset=18))
+add(case("upsample_nearest_opset9", "Resize",
+         [N("Upsample", ["x", "sc"], ["y"], mode="nearest")], {"x": RX},
+         inits={"sc": np.array([1, 1, 2, 2], np.float32)}, opset=9))
+add(case("upsample_linear_opset9", "Resize",
+         [N("Upsample", ["x", "sc"], ["y"], mode="linear")], {"x": RX},
+         inits={"sc": np.array([1, 1, 2, 2], np.float32)}, opset=9,
+         f32="reference Upsample has no linear mode", piecewise_linear=True))
+add(case("upsample_nearest_x3_opset9", "Resize",
+         [N("Upsample", ["x", "sc"], ["y"], mode="nearest")], {"x": RX},
+         inits={"sc": np.array([1, 1, 3, 1.5], np.float32)}, opset=9,
+         f32="reference Upsample supports integer scales only", piecewise_linear=True))
+# Resize-10 samples asymmetrically (the converter must say so when it moves it to opset 11+).
+for mode, scales in [("nearest", [1, 1, 0.5, 1.5]), ("linear", [1, 1, 0.5, 1.7])]:
+    add(case(f"resize_opset10_{mode}_down", "Resize", [N("Resize", ["x", "sc"], ["y"], mode=mode)],
+             {"x": (1, 2, 6, 4)}, inits={"sc": np.array(scales, np.float32)}, opset=10,
+             f32="onnxruntime defines Resize-10's sampling", piecewise_linear=True))
+
+# ---- space/depth, einsum, cumsum
+for mode in ("DCR", "CRD"):
+    add(case(f"depth_to_space_{mode.lower()}", "DepthToSpace",
+             [N("DepthToSpace", ["x"], ["y"], blocksize=2, mode=mode)], {"x": (2, 8, 2, 3)}))
+add(case("space_to_depth", "SpaceToDepth", [N("SpaceToDepth", ["x"], ["y"], blocksize=2)],
+         {"x": (2, 3, 4, 6)}))
+for cid, eq, sa, sb in [
+    ("einsum_matmul", "ij,jk->ik", (3, 4), (4, 5)),
+    ("einsum_batched", "bij,bjk->bik", (2, 3, 4), (2, 4, 5)),
+    ("einsum_ellipsis", "...ij,...jk->...ik", (2, 3, 4), (1, 4, 5)),
+    ("einsum_ellipsis_right_aligned", "...ij,jk->...ik", (2, 2, 3, 4), (4, 5)),
+    ("einsum_operand_only_index", "ij,kl->ik", (3, 4), (2, 5)),
+    ("einsum_implicit_output", "ij,jk", (3, 4), (4, 2)),
+    ("einsum_outer_transpose", "i,j->ji", (3,), (4,)),
+]:
+    add(case(cid, "Einsum", [N("Einsum", ["a", "b"], ["y"], equation=eq)], {"a": sa, "b": sb},
+             opset=12 if cid == "einsum_implicit_output" else 18))
+add(case("einsum_unary_trace_free", "Einsum", [N("Einsum", ["a"], ["y"], equation="ijk->ki")],
+         {"a": R3}))
+for cid, attrs in [("cumsum", {}), ("cumsum_exclusive", {"exclusive": 1}),
+                   ("cumsum_reverse", {"reverse": 1}),
+                   ("cumsum_exclusive_reverse", {"exclusive": 1, "reverse": 1})]:
+    add(case(cid, "CumSum", [N("CumSum", ["x", "ax"], ["y"], **attrs)], {"x": R3},
+             inits={"ax": np.array(-2)}))
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def _rule_of(c: RuleCase) -> str:
+    return c.op_type
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_vjp_rule(c: RuleCase, rng: np.random.Generator) -> None:
+    feeds = c.sample(rng)
+    result = check_vjp(c.model, feeds, rng=rng, eps=c.eps, backend=c.backend)
+    assert np.isfinite(result.analytic)
+    assert abs(result.numeric) > 1e-8, "degenerate case: the output does not move"
+    assert result.error < c.tol, f"{c.id}: {result}"
+
+
+def test_case_ids_unique() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+
+
+def test_every_rule_has_a_case() -> None:
+    """Every registered rule has a case, and every case names a registered rule."""
+    covered = {_rule_of(c) for c in CASES}
+    assert covered == set(VJP_RULES), (
+        f"rules without a case: {sorted(set(VJP_RULES) - covered)}; "
+        f"cases without a rule: {sorted(covered - set(VJP_RULES))}")
+
+
+def test_cases_use_the_op_they_name() -> None:
+    """The op a case claims to test is in its model (Upsample is converted to Resize)."""
+    for c in CASES:
+        ops = {n.op_type for n in c.model.graph.node}
+        assert c.op_type in ops or (c.op_type == "Resize" and "Upsample" in ops), c.id
+
+
+# A 1% error in one rule's gradient must fail its cases: the table is sharp enough to catch
+# a wrong rule, not just a missing one.
+SHARPNESS = ["relu", "add_bcast", "matmul_bcast_batch", "conv_stride_asym_pads", "maxpool_pads",
+             "avgpool_ceil_pads_include", "softmax_opset11_axis1", "slice_step_neg1",
+             "resize_linear_half_pixel", "einsum_operand_only_index"]
+
+
+@pytest.mark.parametrize("cid", SHARPNESS)
+def test_a_wrong_rule_fails(cid: str, rng: np.random.Generator,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    c = next(c for c in CASES if c.id == cid)
+    rule = VJP_RULES[c.op_type]
+
+    def off_by_one_percent(op: Any, node: onnx.NodeProto, gys: Any) -> list[str | None]:
+        gx = list(rule(op, node, gys))
+        gx[0] = op.Mul(gx[0], op.const(1.01, like=node.input[0]))
+        return gx
+
+    monkeypatch.setitem(VJP_RULES, c.op_type, off_by_one_percent)
+    result = check_vjp(c.model, c.sample(rng), rng=rng, eps=c.eps, backend=c.backend)
+    assert result.error > c.tol

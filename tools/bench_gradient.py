@@ -1,0 +1,110 @@
+"""Time one instrumented run (loss + mask gradient) against one plain forward, onnxruntime CPU.
+
+For each architecture (TorchScript export, 224 px, batch 1; inception_v3 at 299) both models
+run in the same process with the same session options; repetitions interleave forward and
+instrumented runs so that drift (thermal, other load) hits both alike; the medians are
+compared. Prints a markdown table and the median ratio.
+
+    python tools/bench_gradient.py --cache /tmp/nm_bench [--reps 15] [--threads 2]
+        [--profile DIR] [resnet18 mobilenet_v2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import export_torchvision as exp  # noqa: E402
+
+from neuromask_onnx import instrument  # noqa: E402
+
+
+def _session(model: bytes | str, threads: int, profile: str | None = None
+             ) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def bench_one(name: str, cache: Path, reps: int, threads: int,
+              profile_dir: Path | None = None) -> dict[str, float]:
+    arch = exp.ARCHS[name]
+    path = exp.export(name, "torchscript", cache, size=arch.bench_size)
+    shape = exp.input_shape(name, arch.bench_size)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    mshape = (1, *shape[1:3], 1) if arch.layout == "NHWC" else (1, 1, *shape[2:])
+    mask = rng.uniform(0.5, 1.0, mshape).astype(np.float32)
+    t0 = time.perf_counter()
+    model = instrument(str(path))
+    build_s = time.perf_counter() - t0
+    fwd = _session(str(path), threads)
+    prof = str(profile_dir / f"{name}_instrumented") if profile_dir else None
+    ins = _session(model.SerializeToString(), threads, prof)
+    in_name = fwd.get_inputs()[0].name
+    target = np.array([5], dtype=np.int64)
+    feeds_f = {in_name: x}
+    feeds_i = {in_name: x, "nm_mask": mask, "nm_target": target}
+    for _ in range(2):  # warm-up: first runs allocate and pick kernels
+        fwd.run(None, feeds_f)
+        ins.run(None, feeds_i)
+    tf, ti = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fwd.run(None, feeds_f)
+        tf.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ins.run(None, feeds_i)
+        ti.append(time.perf_counter() - t)
+    if prof:
+        ins.end_profiling()
+    f_ms, i_ms = 1e3 * statistics.median(tf), 1e3 * statistics.median(ti)
+    return {"forward_ms": f_ms, "instrumented_ms": i_ms, "ratio": i_ms / f_ms,
+            "build_s": build_s, "nodes": float(len(model.graph.node))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="*", help=f"architectures (default: {exp.BENCH_ARCHS})")
+    p.add_argument("--cache", required=True, help="directory for the exported models")
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2, help="intra_op_num_threads")
+    p.add_argument("--profile", default=None, help="write onnxruntime profiles here")
+    args = p.parse_args(argv)
+    names = args.names or exp.BENCH_ARCHS
+    bad = [n for n in names if n not in exp.ARCHS]
+    if bad:
+        print(f"unknown architecture(s) {bad}; choose from {list(exp.ARCHS)}", file=sys.stderr)
+        return 1
+    prof = Path(args.profile) if args.profile else None
+    if prof:
+        prof.mkdir(parents=True, exist_ok=True)
+    print(f"onnxruntime {ort.__version__} CPU, intra_op_num_threads={args.threads}, "
+          f"{args.reps} interleaved repetitions, medians\n")
+    print("| model | size | forward ms | instrumented ms | ratio | build s |")
+    print("|---|---|---|---|---|---|")
+    ratios = {}
+    for name in names:
+        r = bench_one(name, Path(args.cache), args.reps, args.threads, prof)
+        ratios[name] = r["ratio"]
+        print(f"| {name} | {exp.ARCHS[name].bench_size} | {r['forward_ms']:.1f} | "
+              f"{r['instrumented_ms']:.1f} | {r['ratio']:.2f} | {r['build_s']:.1f} |",
+              flush=True)
+    print(f"\nmedian ratio over {len(ratios)} models: {statistics.median(ratios.values()):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
