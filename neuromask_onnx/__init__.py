@@ -4,17 +4,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     ConvergenceWarning,
     InputError,
     ModelContractError,
     NeuromaskError,
     UnsupportedOpError,
 )
-from .rewrite import instrument, save_model, vjp  # noqa: E402
+from .explain import Explanation, NeuroMask
+from .optimize import PRESETS, NeuroMaskConfig
+from .rewrite import instrument, save_model, vjp
 
 __all__ = [
+    "PRESETS",
     "ConvergenceWarning",
+    "Explanation",
+    "NeuroMask",
+    "NeuroMaskConfig",
     "InputError",
     "ModelContractError",
     "NeuromaskError",

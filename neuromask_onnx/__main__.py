@@ -1,3 +1,3 @@
-from neuromask_onnx.cli import app
+from neuromask_onnx.cli import run
 
-app()
+run()

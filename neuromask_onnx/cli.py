@@ -123,8 +123,8 @@ def instrument(
         m = build(model, input_name=input_name, output_name=output_name, batch_size=batch_size,
                   input_shape=parse_ints(input_shape, "--input-shape"), layout=layout,
                   mask_axes=parse_ints(mask_axes, "--mask-axes"),
-                  output_kind=output_kind.value,  # type: ignore[arg-type]
-                  objective=objective.value,  # type: ignore[arg-type]
+                  output_kind=output_kind.value,
+                  objective=objective.value,
                   baseline=baseline)
         save_model(m, output)
     props = {p.key: p.value for p in m.metadata_props}
@@ -387,3 +387,288 @@ def explain(
                       str(ex.steps), f"{ex.timings['per_step']:.4f}",
                       f"{ex.timings['optimize']:.2f}")
     Console().print(table)
+
+
+def run() -> None:
+    """Console entry point. A bad flag value or a missing argument is bad input too: it gets
+    one line on stderr and exit code 1, like every other user error, not a usage block."""
+    import sys
+
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:
+        fmt = getattr(exc, "format_message", None)
+        text = fmt() if callable(fmt) else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `neuromask`: show the help
+            typer.echo(text)
+            sys.exit(0)
+        hint = " (see `neuromask --help`)"
+        typer.echo(f"error: {' '.join(str(text).split())}{hint}", err=True)
+        sys.exit(1)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# --------------------------------------------------------------------------- evaluate / compare
+# neuromask evaluate MODEL INPUT MAP.npy: the metrics of one saliency map.
+# neuromask compare MODEL INPUT... --methods a,b -o DIR: run methods, score them, write
+# compare.csv, compare.json and report.html (all or nothing, like explain).
+
+_EVAL = "Evaluation"
+
+
+def _region_arg(box: str | None) -> list[int] | None:
+    b = parse_ints(box, "--box")
+    if b is not None and len(b) != 4:
+        msg = f"--box takes y0,x0,y1,x1 (model pixels, end-exclusive), got {box!r}"
+        raise InputError(msg)
+    return b
+
+
+def _removal(name: str, flag: str) -> Any:
+    if name not in ("zero", "blur", "mean"):
+        msg = f"{flag} must be zero, blur or mean, got {name!r}"
+        raise InputError(msg)
+    return name
+
+
+StepsOpt = Annotated[int, typer.Option(
+    "--curve-steps", help="Deletion/insertion steps (curve points - 1).", rich_help_panel=_EVAL)]
+DelOpt = Annotated[str, typer.Option(
+    "--deletion-baseline", help="Removed pixels become: zero | blur | mean.",
+    rich_help_panel=_EVAL)]
+InsOpt = Annotated[str, typer.Option(
+    "--insertion-baseline", help="Insertion starts from: zero | blur | mean.",
+    rich_help_panel=_EVAL)]
+BoxOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--box", help="Object box y0,x0,y1,x1 in model pixels: adds pointing game and energy.",
+    rich_help_panel=_EVAL)]
+PrepOpt = Annotated[str, typer.Option(
+    "--preprocess", help="torchvision-imagenet | inception | caffe | raw.")]
+
+
+def _load_one_model(model: Path, input_name: str | None, output_name: str | None,
+                    output_kind: OutputKind, layout: str | None, provider: str,
+                    batch_size: int, threads: int | None) -> Any:
+    from .baselines import Classifier
+    from .graph import load_model
+
+    if batch_size < 1:
+        msg = f"--batch-size must be at least 1, got {batch_size}"
+        raise InputError(msg)
+    return Classifier(load_model(model), input_name=input_name, output_name=output_name,
+                      output_kind=output_kind.value, layout=layout, provider=provider,
+                      batch_size=batch_size, threads=threads)
+
+
+def _targets(clf: Any, xs: list[np.ndarray], target: Optional[int]) -> list[int]:  # noqa: UP045
+    if target is not None:
+        if not 0 <= target < clf.num_classes:
+            msg = f"target class {target} is out of range: the model has {clf.num_classes} " \
+                  "classes"
+            raise InputError(msg)
+        return [target] * len(xs)
+    return [int(np.argmax(p)) for p in clf.probs(np.stack(xs))]
+
+
+@app.command()
+def evaluate(
+    model: ModelArg,
+    input_path: Annotated[Path, typer.Argument(help="Image or .npy tensor.",
+                                               show_default=False)],
+    saliency_map: Annotated[Path, typer.Argument(
+        help=".npy map over the mask axes (e.g. HxW), or input-shaped (summed over channels).",
+        show_default=False)],
+    *,
+    target: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--target", "-t", help="Class index (default: the top-1 class).")] = None,
+    curve_steps: StepsOpt = 50,
+    deletion_baseline: DelOpt = "zero",
+    insertion_baseline: InsOpt = "blur",
+    box: BoxOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the tie-breaking order.")] = 0,
+    input_name: InputOpt = None,
+    output_name: OutputOpt = None,
+    output_kind: KindOpt = OutputKind.auto,
+    layout: LayoutOpt = None,
+    preprocess: PrepOpt = "torchvision-imagenet",
+    provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
+    threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score one saliency map: deletion/insertion AUC, sparsity (+ pointing game, energy)."""
+    import json
+
+    from . import metrics
+    from .preprocess import describe_input, load_inputs, preprocessing_preset
+
+    with _errors():
+        region = _region_arg(box)
+        dele = _removal(deletion_baseline, "--deletion-baseline")
+        ins = _removal(insertion_baseline, "--insertion-baseline")
+        clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
+                              batch_size, threads)
+        spec = describe_input(clf.model, clf.input_name, layout)
+        loaded = load_inputs([input_path], spec, preprocessing_preset(preprocess))
+        if len(loaded) != 1:
+            msg = f"{str(input_path)!r} holds {len(loaded)} inputs; evaluate takes one"
+            raise InputError(msg)
+        x = loaded[0].tensor
+        try:
+            sal = np.load(saliency_map, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            msg = f"cannot read {str(saliency_map)!r} as a .npy array ({type(exc).__name__})"
+            raise InputError(msg) from None
+        sal = np.asarray(sal, np.float64)
+        want = clf.mask_shape(x)
+        if sal.shape != want and sal.shape[0] == 1 and sal.shape[1:] in (want, x.shape):
+            sal = sal[0]
+        if sal.shape == x.shape and sal.shape != want:
+            sal = clf.to_map(sal, signed=True)
+        t = _targets(clf, [x], target)[0]
+        scores, _, _ = metrics.evaluate(clf, x, t, metrics.check_map(sal, want),
+                                        steps=curve_steps, baseline=dele,
+                                        insertion_baseline=ins,
+                                        region=np.asarray(region) if region else None,
+                                        seed=seed)
+    if as_json:
+        typer.echo(json.dumps({"target": t, **scores}, indent=2))
+        return
+    typer.echo(f"target {t}")
+    for k, v in scores.items():
+        typer.echo(f"{k:<26}{v:>10.4f}  ({metrics.METRICS[k]} is better)")
+
+
+@app.command()
+def compare(
+    model: ModelArg,
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Images, .npy tensors or directories of them.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")] = Path(
+        "neuromask-compare"),
+    *,
+    methods: Annotated[str, typer.Option(
+        "--methods", "-m", help="Comma-separated: neuromask, saliency, gradient_x_input, "
+        "smoothgrad, integrated_gradients, occlusion, rise.")] = (
+        "neuromask,saliency,gradient_x_input,smoothgrad,integrated_gradients,occlusion,rise"),
+    target: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--target", "-t", help="Class index (default: each input's top-1 class).")] = None,
+    preset_name: Annotated[str, typer.Option(
+        "--preset", help="NeuroMask preset (see explain --help).")] = "default",
+    nm_steps: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--nm-steps", help="NeuroMask steps (default: the preset's).")] = None,
+    curve_steps: StepsOpt = 50,
+    deletion_baseline: DelOpt = "zero",
+    insertion_baseline: InsOpt = "blur",
+    box: BoxOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random method.")] = 0,
+    input_name: InputOpt = None,
+    output_name: OutputOpt = None,
+    output_kind: KindOpt = OutputKind.auto,
+    layout: LayoutOpt = None,
+    preprocess: PrepOpt = "torchvision-imagenet",
+    provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
+    threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+) -> None:
+    """Run saliency methods on each input, score them, write CSV, JSON and report.html."""
+    import csv
+    import io
+    import json
+    import warnings
+
+    from . import metrics, report
+    from .baselines import METHODS, run_method
+    from .errors import ConvergenceWarning
+    from .optimize import preset
+    from .outputs import _atomic
+    from .preprocess import describe_input, load_inputs, preprocessing_preset
+
+    with _errors():
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in names if m not in METHODS]
+        if not names or unknown:
+            msg = f"unknown method {unknown[0]!r}" if unknown else "no methods given"
+            msg += f"; choose from {', '.join(METHODS)}"
+            raise InputError(msg)
+        names = list(dict.fromkeys(names))
+        region = _region_arg(box)
+        dele = _removal(deletion_baseline, "--deletion-baseline")
+        ins = _removal(insertion_baseline, "--insertion-baseline")
+        config = preset(preset_name).replace(steps=nm_steps)
+        if out.exists() and not out.is_dir():
+            msg = f"output {str(out)!r} exists and is not a directory; pick another with -o"
+            raise InputError(msg)
+        paths = {k: out / f for k, f in (("csv", "compare.csv"), ("json", "compare.json"),
+                                         ("html", "report.html"))}
+        existing = [str(p) for p in paths.values() if p.exists()]
+        if existing and not force:
+            msg = f"{existing[0]!r} already exists; pass --force to overwrite"
+            raise InputError(msg)
+        clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
+                              batch_size, threads)
+        spec = describe_input(clf.model, clf.input_name, layout)
+        loaded = load_inputs(inputs, spec, preprocessing_preset(preprocess))
+        xs = [inp.tensor for inp in loaded]
+        targets = _targets(clf, xs, target)
+        probs = clf.probs(np.stack(xs))
+        chan = spec.layout.index("C") - 1 if spec.is_image else None
+        results: list[report.InputResult] = []
+        notes: list[str] = []
+        for inp, x, t, p in zip(loaded, xs, targets, probs, strict=True):
+            image = inp.image if inp.image is not None else report.tensor_image(x, chan)
+            geo = inp.geometry
+            res = report.InputResult(inp.name, t, None, float(p[t]), image,
+                                     to_image=geo.to_original if geo is not None else None)
+            for name in names:
+                opts: dict[str, Any] = {"config": config} if name == "neuromask" else {}
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ConvergenceWarning)
+                    sal, secs = run_method(name, clf, x, t, seed=seed, **opts)
+                notes += [f"{inp.name} {name}: {w.message}" for w in caught
+                          if issubclass(w.category, ConvergenceWarning)]
+                scores, d, i = metrics.evaluate(
+                    clf, x, t, sal, steps=curve_steps, baseline=dele, insertion_baseline=ins,
+                    region=np.asarray(region) if region else None, seed=seed)
+                res.methods.append(report.MethodResult(name, sal, secs, scores, d, i))
+            results.append(res)
+        rows = report.summary(results)
+        cols = ["method", *[c for c in metrics.METRICS if any(c in r for r in rows)], "seconds"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        doc = {"model": str(model), "methods": names, "curve_steps": curve_steps,
+               "deletion_baseline": dele, "insertion_baseline": ins, "seed": seed,
+               "neuromask_config": config.to_dict(), "box": region,
+               "better": metrics.METRICS, "summary": rows,
+               "inputs": [{"name": r.name, "target": r.target, "prob": r.prob,
+                           "methods": {m.method: {**m.scores, "seconds": m.seconds}
+                                       for m in r.methods}} for r in results],
+               "warnings": notes}
+        blobs = {"csv": buf.getvalue().encode(),
+                 "json": (json.dumps(doc, indent=2) + "\n").encode(),
+                 "html": report.render(results, f"neuromask compare: {model.name}").encode()}
+        out.mkdir(parents=True, exist_ok=True)
+        for kind, data in blobs.items():
+            _atomic(paths[kind], data)
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(results)} input(s), {len(names)} method(s); files in {out}")
+    for c in cols:
+        better = metrics.METRICS.get(c)
+        table.add_column(f"{c} ({'up' if better == 'higher' else 'down'})" if better else c,
+                         justify="left" if c == "method" else "right")
+    for r in rows:
+        table.add_row(*[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
+                        for c in cols])
+    Console(width=200).print(table)

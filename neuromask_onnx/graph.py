@@ -50,7 +50,7 @@ def load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
         raise InputError(msg)
     try:
         loaded = onnx.load(str(path), load_external_data=True)
-    except Exception as exc:  # protobuf raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001  (protobuf raises unrelated types on garbage)
         msg = f"{str(path)!r} is not a readable ONNX model ({type(exc).__name__}: {exc})"
         raise InputError(msg.splitlines()[0]) from None
     if not loaded.graph.node and not loaded.graph.output:
@@ -135,7 +135,7 @@ def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
             model = version_converter.convert_version(model, 10)  # Upsample -> Resize-10
             legacy = {n.output[0] for n in model.graph.node if n.op_type == "Resize"}
         converted = version_converter.convert_version(model, MIN_OPSET)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (the converter raises bare RuntimeErrors etc.)
         msg = (
             f"could not convert the model from opset {opset} to {MIN_OPSET} "
             f"({str(exc).splitlines()[0][:200]}); re-export it with opset {MIN_OPSET} or newer"
@@ -212,7 +212,7 @@ def _fold(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
         ) and node.input:
             try:
                 folded = _eval_node(node, [consts[i] if i else None for i in node.input], opset)
-            except Exception:
+            except Exception:  # noqa: BLE001  (a node we cannot fold simply stays a node)
                 folded = None
             if folded is not None and sum(np.asarray(v).nbytes for v in folded) > _FOLD_LIMIT_BYTES:
                 folded = None
@@ -250,7 +250,7 @@ def _infer(model: onnx.ModelProto, nodes: list[onnx.NodeProto], consts: dict[str
         o.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
-    except Exception:
+    except Exception:  # noqa: BLE001  (partial inference is fine: the runtime fills gaps)
         inferred = m
     shapes: dict[str, Shape] = {}
     dtypes: dict[str, int] = {}
@@ -330,11 +330,11 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
                 feeds[vi.name] = np.zeros(pinned[vi.name], dtype=dt)
         try:
             found = _shapes_by_running(model, nodes, consts, feeds, missing)
-        except Exception:
+        except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
             found = {}
-        for name, (s, dt) in found.items():
-            shapes.setdefault(name, s)
-            dtypes.setdefault(name, dt)
+        for name, (shp, elem) in found.items():
+            shapes.setdefault(name, shp)
+            dtypes.setdefault(name, elem)
     used = {n for node in nodes for n in (*node.input, *node.output)}
     used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}
     used |= {node.name for node in g.node if node.name}  # emitted node names stay unique too
@@ -448,7 +448,7 @@ class Emitter:
         lead = len(from_shape) - len(to_shape)
         padded = (1,) * lead + to_shape
         axes = [i for i, (f, t) in enumerate(zip(from_shape, padded, strict=True))
-                if t == 1 and f != 1 or i < lead]
+                if (t == 1 and f != 1) or i < lead]
         out = self.ReduceSum(g, self.ints(axes), keepdims=1) if axes else g
         return self.reshape(out, to_shape) if lead else out
 

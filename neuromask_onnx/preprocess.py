@@ -85,6 +85,43 @@ def preprocessing_preset(name: str) -> Preprocessing:
         raise InputError(msg) from None
 
 
+def model_preprocessing(model: onnx.ModelProto) -> Preprocessing | None:
+    """The preprocessing a model carries in its metadata, if any.
+
+    Key `neuromask.preprocess`: a JSON object of `Preprocessing` fields (our export tools
+    stamp it), so `neuromask explain` needs no preprocessing flags for such a model.
+    """
+    import json
+
+    props = {p.key: p.value for p in model.metadata_props}
+    raw = props.get("neuromask.preprocess")
+    if raw is None:
+        return None
+    try:
+        fields = json.loads(raw)
+        for key in ("size", "mean", "std"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return Preprocessing(**fields)
+    except (ValueError, TypeError) as exc:
+        msg = f"the model's neuromask.preprocess metadata is malformed ({exc}); pass --preprocess"
+        raise InputError(msg) from None
+
+
+def model_labels(model: onnx.ModelProto) -> list[str] | None:
+    """Class names from the model's metadata (`neuromask.labels`, a JSON list), if any."""
+    import json
+
+    raw = {p.key: p.value for p in model.metadata_props}.get("neuromask.labels")
+    if raw is None:
+        return None
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        return None
+    return [str(v) for v in labels] if isinstance(labels, list) else None
+
+
 # --------------------------------------------------------------------------- the model side
 
 

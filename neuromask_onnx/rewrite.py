@@ -246,7 +246,7 @@ def _pick_input(m: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
 
 
 def _pick_output(m: onnx.ModelProto, name: str | None) -> str:
-    outs = [o for o in m.graph.output]
+    outs = list(m.graph.output)
     if name is not None:
         if name not in [o.name for o in outs]:
             msg = f"model has no output {name!r}; its outputs are {[o.name for o in outs]}"
@@ -256,7 +256,7 @@ def _pick_output(m: onnx.ModelProto, name: str | None) -> str:
     if not floats:
         msg = f"model has no float output (outputs: {[o.name for o in outs]}); pass --output"
         raise ModelContractError(msg)
-    return floats[0].name
+    return str(floats[0].name)
 
 
 def resolve_shape(dims: Sequence[int | str | None], batch_size: int,
@@ -569,7 +569,7 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     try:
         onnx.save(model, tmp, save_as_external_data=big,
                   location=f"{path.name}.data" if big else None)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -134,3 +134,29 @@ def test_ops_on_a_model_names_the_unsupported_op_on_the_path(tmp_path: Path) -> 
     bad = runner.invoke(app, ["ops", str(_tiny_cnn(tmp_path / "b.onnx", extra_op="Swish"))])
     assert bad.exit_code == 0
     assert "unsupported on the gradient path: com.example::Swish" in bad.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["explain", "{model}", "x.png", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["instrument", "{model}"], "Missing option"),
+        (["explain"], "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_1(tmp_path: Path, args: list[str],
+                                                    text: str) -> None:
+    """The installed entry point turns Click's usage errors into our one-line form."""
+    import subprocess
+    import sys
+
+    model = _tiny_cnn(tmp_path / "m.onnx")
+    argv = [a.replace("{model}", str(model)) for a in args]
+    done = subprocess.run([sys.executable, "-m", "neuromask_onnx", *argv], cwd=tmp_path,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    assert text in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

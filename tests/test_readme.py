@@ -23,7 +23,7 @@ SKIP = ("pip ", "python3 -m venv", "python -m pytest")
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     cmds = []
-    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
         for line in block.splitlines():
             cmd = line.split("  #")[0].strip()
             if cmd and not cmd.startswith(SKIP) and not cmd.startswith("#"):

@@ -22,9 +22,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import export_torchvision as exp  # noqa: E402
+import export_torchvision as exp
 
-from neuromask_onnx import instrument  # noqa: E402
+from neuromask_onnx import instrument
 
 
 def _session(model: bytes | str, threads: int, profile: str | None = None

