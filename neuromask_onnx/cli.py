@@ -267,9 +267,10 @@ def explain(
     restarts: Annotated[Optional[int], _opt(  # noqa: UP045
         "--restarts", help="Random starts per target; lowest loss wins.")] = None,
     seed: Annotated[Optional[int], _opt("--seed", help="Seed of W0.")] = None,  # noqa: UP045
-    preprocess: Annotated[str, typer.Option(
-        "--preprocess", help="torchvision-imagenet | inception | caffe | raw.",
-        rich_help_panel=_PRE)] = "torchvision-imagenet",
+    preprocess: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--preprocess", help="torchvision-imagenet | inception | caffe | raw "
+        "(default: what the model's metadata says, else torchvision-imagenet).",
+        rich_help_panel=_PRE)] = None,
     size: Annotated[Optional[str], _opt(  # noqa: UP045
         "--size", help="Model input H,W (default: from the model).", panel=_PRE)] = None,
     resize: Annotated[Optional[str], _opt(  # noqa: UP045
@@ -302,7 +303,7 @@ def explain(
     from .explain import NeuroMask, Progress
     from .graph import load_model
     from .optimize import preset
-    from .preprocess import describe_input, load_inputs, preprocessing_preset
+    from .preprocess import describe_input, load_inputs, model_labels, resolve_preprocessing
 
     with _errors():
         if provider not in ("auto", "cpu", "cuda"):
@@ -323,12 +324,12 @@ def explain(
         if hw is not None and len(hw) != 2:
             msg = f"--size takes H,W, got {size!r}"
             raise InputError(msg)
-        prep = preprocessing_preset(preprocess).replace(
+        proto = load_model(model)
+        prep = resolve_preprocessing(preprocess, proto).replace(
             size=tuple(hw) if hw else None, resize=resize, crop_fraction=crop_fraction,
             scale=scale, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
             channel_order=channel_order.upper() if channel_order else None, layout=layout)
-        names = _read_labels(labels)
-        proto = load_model(model)
+        names = _read_labels(labels) or model_labels(proto)
         spec = describe_input(proto, input_name, layout)
         loaded = load_inputs(inputs, spec, prep)
         nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
@@ -447,8 +448,9 @@ InsOpt = Annotated[str, typer.Option(
 BoxOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "--box", help="Object box y0,x0,y1,x1 in model pixels: adds pointing game and energy.",
     rich_help_panel=_EVAL)]
-PrepOpt = Annotated[str, typer.Option(
-    "--preprocess", help="torchvision-imagenet | inception | caffe | raw.")]
+PrepOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--preprocess", help="torchvision-imagenet | inception | caffe | raw "
+    "(default: the model's metadata, else torchvision-imagenet).")]
 
 
 def _load_one_model(model: Path, input_name: str | None, output_name: str | None,
@@ -495,7 +497,7 @@ def evaluate(
     output_name: OutputOpt = None,
     output_kind: KindOpt = OutputKind.auto,
     layout: LayoutOpt = None,
-    preprocess: PrepOpt = "torchvision-imagenet",
+    preprocess: PrepOpt = None,
     provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
     threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
@@ -505,7 +507,7 @@ def evaluate(
     import json
 
     from . import metrics
-    from .preprocess import describe_input, load_inputs, preprocessing_preset
+    from .preprocess import describe_input, load_inputs, resolve_preprocessing
 
     with _errors():
         region = _region_arg(box)
@@ -514,7 +516,7 @@ def evaluate(
         clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
                               batch_size, threads)
         spec = describe_input(clf.model, clf.input_name, layout)
-        loaded = load_inputs([input_path], spec, preprocessing_preset(preprocess))
+        loaded = load_inputs([input_path], spec, resolve_preprocessing(preprocess, clf.model))
         if len(loaded) != 1:
             msg = f"{str(input_path)!r} holds {len(loaded)} inputs; evaluate takes one"
             raise InputError(msg)
@@ -571,7 +573,7 @@ def compare(
     output_name: OutputOpt = None,
     output_kind: KindOpt = OutputKind.auto,
     layout: LayoutOpt = None,
-    preprocess: PrepOpt = "torchvision-imagenet",
+    preprocess: PrepOpt = None,
     provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
     threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
@@ -587,8 +589,8 @@ def compare(
     from .baselines import METHODS, run_method
     from .errors import ConvergenceWarning
     from .optimize import preset
-    from .outputs import _atomic
-    from .preprocess import describe_input, load_inputs, preprocessing_preset
+    from .outputs import atomic_write
+    from .preprocess import describe_input, load_inputs, resolve_preprocessing
 
     with _errors():
         names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -614,7 +616,7 @@ def compare(
         clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
                               batch_size, threads)
         spec = describe_input(clf.model, clf.input_name, layout)
-        loaded = load_inputs(inputs, spec, preprocessing_preset(preprocess))
+        loaded = load_inputs(inputs, spec, resolve_preprocessing(preprocess, clf.model))
         xs = [inp.tensor for inp in loaded]
         targets = _targets(clf, xs, target)
         probs = clf.probs(np.stack(xs))
@@ -657,7 +659,7 @@ def compare(
                  "html": report.render(results, f"neuromask compare: {model.name}").encode()}
         out.mkdir(parents=True, exist_ok=True)
         for kind, data in blobs.items():
-            _atomic(paths[kind], data)
+            atomic_write(paths[kind], data)
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
     from rich.console import Console

@@ -108,9 +108,14 @@ def plan(out_dir: Path, items: Sequence[tuple[LoadedInput, int, bool]], mask_ndi
     return planned
 
 
-def _atomic(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: a crash or Ctrl-C leaves no half file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; give the file the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -121,7 +126,7 @@ def _atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _png(img: Image.Image) -> bytes:
+def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -169,12 +174,12 @@ def write(out_dir: Path, planned: Sequence[Planned],
                 blobs.append((path, buf.getvalue()))
             elif kind == "png":
                 grey = np.rint(np.clip(ex.mask, 0, 1) * 255).astype(np.uint8)
-                blobs.append((path, _png(Image.fromarray(grey, mode="L"))))
+                blobs.append((path, png_bytes(Image.fromarray(grey, mode="L"))))
             elif kind == "overlay":
                 assert inp.image is not None
                 assert inp.geometry is not None
                 full = inp.geometry.to_original(ex.mask)
-                blobs.append((path, _png(overlay(inp.image, full))))
+                blobs.append((path, png_bytes(overlay(inp.image, full))))
             else:
                 doc = record(ex, inp, model_path, model_sha, pl.paths)
                 text = json.dumps(doc, indent=2, allow_nan=True) + "\n"
@@ -186,5 +191,5 @@ def write(out_dir: Path, planned: Sequence[Planned],
             raise InputError(msg)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, data in blobs:
-        _atomic(path, data)
+        atomic_write(path, data)
     return [p for p, _ in blobs]

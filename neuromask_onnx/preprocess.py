@@ -108,6 +108,13 @@ def model_preprocessing(model: onnx.ModelProto) -> Preprocessing | None:
         raise InputError(msg) from None
 
 
+def resolve_preprocessing(name: str | None, model: onnx.ModelProto) -> Preprocessing:
+    """A named preset if given, else what the model carries, else torchvision-imagenet."""
+    if name is not None:
+        return preprocessing_preset(name)
+    return model_preprocessing(model) or PREPROCESSING_PRESETS["torchvision-imagenet"]
+
+
 def model_labels(model: onnx.ModelProto) -> list[str] | None:
     """Class names from the model's metadata (`neuromask.labels`, a JSON list), if any."""
     import json

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .metrics import METRICS, Curve
-from .outputs import _png, overlay
+from .outputs import overlay, png_bytes
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def overlay_png(image: Image.Image, saliency: np.ndarray, to_image: object = Non
     else:
         full = np.asarray(Image.fromarray(m, mode="F").resize(image.size,
                                                                 Image.Resampling.BILINEAR))
-    return _png(overlay(image, np.clip(full, 0.0, 1.0)))
+    return png_bytes(overlay(image, np.clip(full, 0.0, 1.0)))
 
 
 def curve_svg(deletion: Curve, insertion: Curve, width: int = 220, height: int = 140) -> str:
@@ -167,7 +167,7 @@ def render(inputs: Sequence[InputResult], title: str = "neuromask compare") -> s
         parts.append(f"<h2>{html.escape(inp.name)}: target {html.escape(tgt)} "
                      f"(p = {inp.prob:.3f})</h2><div class=\"grid\">")
         if inp.image is not None:
-            parts.append(f'<figure><img alt="original" src="{_data_uri(_png(inp.image))}">'
+            parts.append(f'<figure><img alt="original" src="{_data_uri(png_bytes(inp.image))}">'
                          "<figcaption>original</figcaption></figure>")
         for m in inp.methods:
             img = ""

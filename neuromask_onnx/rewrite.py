@@ -559,19 +559,18 @@ def _back(op: Emitter, seed: str, zshape: Shape, shape: Shape) -> str:
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     """Write atomically; weights over 1.5 GB go to an external data file beside it."""
-    import os
-    import tempfile
+    from .outputs import atomic_write
 
     path = Path(path)
-    big = model.ByteSize() > 1_500_000_000
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if model.ByteSize() <= 1_500_000_000:
+        atomic_write(path, model.SerializeToString())
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        onnx.save(model, tmp, save_as_external_data=big,
-                  location=f"{path.name}.data" if big else None)
-        Path(tmp).replace(path)
+        onnx.save(model, str(tmp), save_as_external_data=True, location=f"{path.name}.data")
+        tmp.replace(path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
