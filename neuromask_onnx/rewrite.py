@@ -273,6 +273,11 @@ def resolve_shape(dims: Sequence[int | str | None], batch_size: int,
     if not dims:
         msg = f"input {name!r} declares no shape; pass --input-shape"
         raise ModelContractError(msg)
+    if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch_size:
+        msg = (f"input {name!r} has a fixed batch size of {dims[0]} (the exporter baked it "
+               f"in), so the model cannot run batches of {batch_size}; use batch size "
+               f"{dims[0]} or re-export with a dynamic batch axis")
+        raise ModelContractError(msg)
     rest = dims[1:]
     if not all(isinstance(d, int) and d > 0 for d in rest):
         msg = (f"input {name!r} has dynamic dimensions {list(dims)}; pass the size with "

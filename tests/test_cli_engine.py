@@ -17,7 +17,8 @@ from neuromask_onnx.cli import app
 runner = CliRunner()
 
 
-def _tiny_cnn(path: Path, *, extra_op: str | None = None, int_input: bool = False) -> Path:
+def _tiny_cnn(path: Path, *, extra_op: str | None = None, int_input: bool = False,
+              batch: int | str = "N") -> Path:
     """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm, NCHW 3x8x8, 4 classes."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((5, 3, 3, 3)).astype(np.float32), "w")
@@ -32,8 +33,8 @@ def _tiny_cnn(path: Path, *, extra_op: str | None = None, int_input: bool = Fals
     if extra_op:
         nodes[1].domain = "com.example"
     xt = TensorProto.INT64 if int_input else TensorProto.FLOAT
-    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", xt, ["N", 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", xt, [batch, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
                           [w, fc])
     opsets = [helper.make_opsetid("", 17)]
     if extra_op:
@@ -99,6 +100,7 @@ def test_instrument_refuses_to_overwrite(tmp_path: Path) -> None:
         ("ok", ["--input", "nope"], "has no input 'nope'"),
         ("ok", ["--layout", "NCHWX"], "--layout"),
         ("ok", ["--input-shape", "3,a"], "--input-shape"),
+        ("fixed", ["--batch-size", "4"], "fixed batch size of 1"),
     ],
 )
 def test_instrument_errors_are_one_line_and_write_nothing(
@@ -113,6 +115,8 @@ def test_instrument_errors_are_one_line_and_write_nothing(
         _tiny_cnn(model, int_input=True)
     elif make == "ok":
         _tiny_cnn(model)
+    elif make == "fixed":
+        _tiny_cnn(model, batch=1)
     out = tmp_path / "out.onnx"
     result = runner.invoke(app, ["instrument", str(model), "-o", str(out), *args])
     _one_line_error(result, text)

@@ -6,6 +6,7 @@ shim there); without a binary these tests skip and say why.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,12 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 BROWSER = next((found for b in BROWSERS if (found := shutil.which(b))), None)
 needs_browser = pytest.mark.skipif(
     BROWSER is None, reason="no chromium binary on PATH (apt-get install chromium)")
+
+
+def test_ci_has_a_browser() -> None:
+    """CI installs chromium (.ci/run): there, a missing browser is a failure, not a skip."""
+    if BROWSER is None and os.environ.get("CI"):
+        pytest.fail("CI=true but no chromium on PATH; .ci/run should have installed it")
 
 
 def _dom(page: Path, profile: Path) -> str:
