@@ -1287,6 +1287,23 @@ def _vjp_cumsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
                       reverse=1 - at.get("reverse", 0)), None]
 
 
+# --------------------------------------------------------------------------- fused patterns
+# Rules for node groups the driver merges for the reverse pass (rewrite.fuse_for_backward).
+# They are not ONNX ops, so they live apart from VJP_RULES.
+
+FUSED_RULES: dict[str, VjpRule] = {}
+
+
+def _vjp_swish(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """y = x s, s = sigmoid(x): gx = gy (s + y (1 - s))."""
+    gy, s, y = gys[0], node.doc_string, node.output[0]
+    assert gy is not None
+    return [op.Mul(gy, op.Add(s, op.Mul(y, op.Sub(_k(op, 1.0, s), s))))]
+
+
+FUSED_RULES["Swish"] = _vjp_swish
+
+
 def supported_ops() -> list[str]:
     """Every op type with a rule or a zero gradient, sorted."""
     return sorted(set(VJP_RULES) | ZERO_GRAD_OPS)

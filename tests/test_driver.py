@@ -369,3 +369,31 @@ def test_instrumented_model_passes_checker_and_loads_in_onnxruntime(
     added = {o for n in inst.graph.node for o in n.output} - {o for n in m.graph.node
                                                               for o in n.output}
     assert all(o.startswith("nm_") for o in added)
+
+
+def _swish_model(share_sigmoid: bool) -> onnx.ModelProto:
+    """y = x * sigmoid(x) (+ sigmoid(x) again when share_sigmoid: then no fusion)."""
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["m"])]
+    if share_sigmoid:
+        nodes.append(helper.make_node("Add", ["m", "s"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["m"], ["y"]))
+    g = helper.make_graph(nodes, "swish", [helper.make_tensor_value_info("x", TensorProto.DOUBLE,
+                                                                         [2, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 5])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("share_sigmoid", [False, True])
+def test_swish_is_fused_for_the_backward_pass_and_stays_exact(
+        rng: np.random.Generator, share_sigmoid: bool) -> None:
+    m = _swish_model(share_sigmoid)
+    fused = rewrite.fuse_for_backward(list(m.graph.node), list(m.graph.node))
+    kinds = [n.op_type for n in fused]
+    # The sigmoid may only be folded into the Mul when nothing else reads it.
+    assert ("Swish" in kinds) is (not share_sigmoid)
+    assert ("Sigmoid" in kinds) is share_sigmoid
+    result = check_vjp(m, {"x": rng.standard_normal((2, 5))}, rng=rng)
+    assert result.error < 1e-7
