@@ -33,7 +33,7 @@ def readme_commands() -> list[str]:
 
 def _scratch_ready(cwd: Path) -> None:
     """README examples name `model.onnx`; give them the small fixture CNN under that name."""
-    fixture = ROOT / "models" / "cnn_gemm.onnx"
+    fixture = ROOT / "models" / "cnn_nchw.onnx"
     if fixture.exists() and not (cwd / "model.onnx").exists():
         (cwd / "model.onnx").write_bytes(fixture.read_bytes())
 

@@ -1,0 +1,141 @@
+"""VJP rules of normalisation, Softmax/LogSoftmax and CumSum, and the fused SiLU rule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from ..graph import Emitter, attrs_of, normalize_axes
+from .registry import FUSED_RULES, Grads, _k, vjp_rule
+
+# --------------------------------------------------------------------------- nn
+
+
+@vjp_rule("BatchNormalization")
+def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """Inference mode is affine per channel: gx = gy scale / sqrt(var + eps)."""
+    at = attrs_of(node)
+    if at.get("training_mode", 0):
+        msg = f"BatchNormalization {node.name!r} runs in training mode"
+        raise NotImplementedError(msg)
+    x, scale, _, _, var = node.input[:5]
+    sx = op.g.shape(x)
+    eps = at.get("epsilon", 1e-5)
+    bshape = [sx[1]] + [1] * (len(sx) - 2)
+    s, v = op.g.const(scale), op.g.const(var)
+    if s is not None and v is not None:
+        k = op.const((s.astype(np.float64) / np.sqrt(v.astype(np.float64) + eps)).reshape(bshape),
+                     like=x)
+    else:
+        k = op.reshape(op.Div(scale, op.Sqrt(op.Add(var, _k(op, eps, var)))), bshape)
+    for name in node.input[1:]:
+        if name in op.wanted:
+            msg = f"BatchNormalization {node.name!r}: statistics that depend on the input"
+            raise NotImplementedError(msg)
+    return [op.Mul(gy, k), None, None, None, None]
+
+
+def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
+                     mean: str | None = None, invstd: str | None = None) -> str:
+    """gx of xhat = (x - mean) invstd over `axes`, given h = d loss / d xhat."""
+    ax = op.ints(axes)
+    if mean is None or invstd is None:
+        mean = op.ReduceMean(x, ax, keepdims=1)
+        cen = op.Sub(x, mean)
+        var = op.ReduceMean(op.Mul(cen, cen), ax, keepdims=1)
+        invstd = op.Reciprocal(op.Sqrt(op.Add(var, _k(op, eps, x))))
+    else:
+        cen = op.Sub(x, mean)
+    xhat = op.Mul(cen, invstd)
+    mh = op.ReduceMean(h, ax, keepdims=1)
+    mhx = op.ReduceMean(op.Mul(h, xhat), ax, keepdims=1)
+    return op.Mul(invstd, op.Sub(op.Sub(h, mh), op.Mul(xhat, mhx)))
+
+
+@vjp_rule("LayerNormalization", multi_output=True)
+def _vjp_layer_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """gx = invstd (h - mean(h) - xhat mean(h xhat)), h = gy scale, over axes >= axis."""
+    if any(g is not None for g in gys[1:]):
+        msg = f"LayerNormalization {node.name!r}: its Mean/InvStdDev outputs feed the output"
+        raise NotImplementedError(msg)
+    gy = gys[0]
+    assert gy is not None
+    at = attrs_of(node)
+    x, scale = node.input[:2]
+    sx = op.g.shape(x)
+    axis = normalize_axes([at.get("axis", -1)], len(sx))[0]
+    axes = list(range(axis, len(sx)))
+    h = op.Mul(gy, scale)
+    gx = _normalized_grad(op, x, h, axes, at.get("epsilon", 1e-5))
+    for name in node.input[1:]:
+        if name and name in op.wanted:
+            msg = f"LayerNormalization {node.name!r}: scale or bias that depend on the input"
+            raise NotImplementedError(msg)
+    return [gx, *[None] * (len(node.input) - 1)]
+
+
+@vjp_rule("InstanceNormalization")
+def _vjp_instance_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """As LayerNormalization over the spatial axes, with a per-channel scale."""
+    x, scale, _ = node.input
+    sx = op.g.shape(x)
+    h = op.Mul(gy, op.reshape(scale, [sx[1]] + [1] * (len(sx) - 2)))
+    gx = _normalized_grad(op, x, h, list(range(2, len(sx))), attrs_of(node).get("epsilon", 1e-5))
+    return [gx, None, None]
+
+
+@vjp_rule("GroupNormalization")
+def _vjp_group_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """Normalise per (sample, group) over channels-in-group and space; scale per channel."""
+    at = attrs_of(node)
+    x, scale, _ = node.input
+    sx = op.g.shape(x)
+    groups = at["num_groups"]
+    c = sx[1]
+    if op.g.shape(scale)[0] != c:
+        msg = f"GroupNormalization {node.name!r}: per-group scale (opset 18 form) not supported"
+        raise NotImplementedError(msg)
+    h = op.Mul(gy, op.reshape(scale, [c] + [1] * (len(sx) - 2)))
+    grouped = (sx[0], groups, -1)
+    xg, hg = op.reshape(x, grouped), op.reshape(h, grouped)
+    op.g.shapes[xg] = (sx[0], groups, int(np.prod(sx[1:])) // groups)
+    gx = _normalized_grad(op, xg, hg, [2], at.get("epsilon", 1e-5))
+    return [op.reshape(gx, sx), None, None]
+
+
+@vjp_rule("Softmax")
+def _vjp_softmax(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = y (gy - sum(gy y, axis))."""
+    y = node.output[0]
+    axis = attrs_of(node).get("axis", -1)
+    s = op.ReduceSum(op.Mul(gy, y), op.ints([axis]), keepdims=1)
+    return [op.Mul(y, op.Sub(gy, s))]
+
+
+@vjp_rule("LogSoftmax")
+def _vjp_log_softmax(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = gy - exp(y) sum(gy, axis)."""
+    y = node.output[0]
+    axis = attrs_of(node).get("axis", -1)
+    s = op.ReduceSum(gy, op.ints([axis]), keepdims=1)
+    return [op.Sub(gy, op.Mul(op.Exp(y), s))]
+
+
+@vjp_rule("CumSum")
+def _vjp_cumsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = CumSum(gy) in the opposite direction, same exclusivity."""
+    at = attrs_of(node)
+    return [op.CumSum(gy, node.input[1], exclusive=at.get("exclusive", 0),
+                      reverse=1 - at.get("reverse", 0)), None]
+
+
+def _vjp_swish(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """y = x s, s = sigmoid(x): gx = gy (s + y (1 - s))."""
+    gy, s, y = gys[0], node.doc_string, node.output[0]
+    assert gy is not None
+    return [op.Mul(gy, op.Add(s, op.Mul(y, op.Sub(_k(op, 1.0, s), s))))]
+
+
+FUSED_RULES["Swish"] = _vjp_swish

@@ -1,0 +1,176 @@
+"""VJP rules of reductions and pooling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from ..graph import Emitter, Shape, attrs_of, normalize_axes
+from .linalg import conv_pads, transpose_fit
+from .registry import Grads, _k, vjp_rule
+
+# --------------------------------------------------------------------------- reductions, pooling
+
+
+def _reduce_axes(op: Emitter, node: onnx.NodeProto) -> list[int] | None:
+    """Axes of a Reduce* node (attribute before opset 18, input after); None = no-op."""
+    rank = len(op.g.shape(node.input[0]))
+    at = attrs_of(node)
+    if "axes" in at:
+        axes = list(at["axes"])
+    elif len(node.input) > 1 and node.input[1]:
+        v = op.g.const(node.input[1])
+        if v is None:
+            msg = f"{node.op_type} {node.name!r}: axes must be constant"
+            raise NotImplementedError(msg)
+        axes = v.reshape(-1).tolist()
+    else:
+        axes = []
+    if not axes:
+        return None if at.get("noop_with_empty_axes", 0) else list(range(rank))
+    return normalize_axes(axes, rank)
+
+
+def _keep_shape(sx: Shape, axes: Sequence[int]) -> list[int]:
+    return [1 if i in axes else d for i, d in enumerate(sx)]
+
+
+@vjp_rule("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2",
+          "ReduceLogSumExp", "ReduceMax", "ReduceMin")
+def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = broadcast(gy) times d(reduction)/dx (mean: 1/n, max: ties / #ties, ...)."""
+    x, y = node.input[0], node.output[0]
+    sx = op.g.shape(x)
+    rest = [None] * (len(node.input) - 1)
+    axes = _reduce_axes(op, node)
+    if axes is None:
+        return [_reduce_identity(op, node, gy), *rest]
+    keep = _keep_shape(sx, axes)
+    gk = op.reshape(gy, keep)
+    yk = op.reshape(y, keep)
+    t = node.op_type
+    if t == "ReduceSum":
+        return [op.expand_to(gk, sx), *rest]
+    if t == "ReduceMean":
+        n = int(np.prod([sx[a] for a in axes]))
+        return [op.expand_to(op.Mul(gk, _k(op, 1.0 / n, gy)), sx), *rest]
+    if t == "ReduceSumSquare":
+        return [op.Mul(op.Mul(gk, x), _k(op, 2.0, x)), *rest]
+    if t == "ReduceL1":
+        return [op.Mul(gk, op.Sign(x)), *rest]
+    if t == "ReduceL2":
+        return [op.Mul(gk, op.Div(x, yk)), *rest]
+    if t == "ReduceLogSumExp":
+        return [op.Mul(gk, op.Exp(op.Sub(x, yk))), *rest]
+    hit = op.mask_of(op.Equal(x, yk), x)
+    count = op.ReduceSum(hit, op.ints(axes), keepdims=1)
+    return [op.Mul(op.Div(gk, count), hit), *rest]
+
+
+def _reduce_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> str:
+    """noop_with_empty_axes: the op is elementwise."""
+    x = node.input[0]
+    t = node.op_type
+    if t in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceLogSumExp"):
+        return gy
+    if t == "ReduceSumSquare":
+        return op.Mul(op.Mul(gy, x), _k(op, 2.0, x))
+    return op.Mul(gy, op.Sign(x))
+
+
+@vjp_rule("GlobalAveragePool")
+def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = Expand(gy / (H W))."""
+    sx = op.g.shape(node.input[0])
+    n = int(np.prod(sx[2:]))
+    return [op.expand_to(op.Mul(gy, _k(op, 1.0 / n, gy)), sx)]
+
+
+@vjp_rule("GlobalMaxPool")
+def _vjp_global_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = gy [x == max] / #ties."""
+    x, y = node.input[0], node.output[0]
+    sx = op.g.shape(x)
+    hit = op.mask_of(op.Equal(x, y), x)
+    count = op.ReduceSum(hit, op.ints(range(2, len(sx))), keepdims=1)
+    return [op.Mul(op.Div(gy, count), hit)]
+
+
+def _pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, list[int],
+                                                                 list[int], list[int], list[int]]:
+    at = attrs_of(node)
+    sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
+    n = len(sx) - 2
+    kernel = list(at["kernel_shape"])
+    strides = list(at.get("strides", [1] * n))
+    dil = list(at.get("dilations", [1] * n))
+    pads = conv_pads(op, node, sx[2:], kernel, strides, dil, sy[2:])
+    return sx, sy, kernel, strides, dil, pads
+
+
+# MaxPool routes each window's gradient to the element its Indices output names: the first
+# maximum in scan order, as PyTorch does.
+@vjp_rule("MaxPool")
+def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = ScatterElements(zeros, argmax indices, gy, reduction=add)."""
+    at = attrs_of(node)
+    if at.get("storage_order", 0):
+        msg = f"MaxPool {node.name!r}: storage_order=1 has no gradient rule"
+        raise NotImplementedError(msg)
+    sx, _, kernel, strides, dil, pads = _pool_geometry(op, node)
+    if len(node.output) > 1 and node.output[1]:
+        idx = node.output[1]
+    else:
+        idx = op.emit("MaxPool", [node.input[0]], outputs=2, kernel_shape=kernel,
+                      strides=strides, dilations=dil, pads=pads,
+                      ceil_mode=at.get("ceil_mode", 0))[1]
+        op.g.dtypes[idx] = onnx.TensorProto.INT64
+    # The indices are flat over the whole tensor, batch and channel included.
+    total = int(np.prod(sx))
+    flat = op.ScatterElements(op.zeros([total], node.input[0]), op.reshape(idx, [-1]),
+                              op.reshape(gy, [-1]), axis=0, reduction="add")
+    return [op.reshape(flat, sx)]
+
+
+def pool_divisor(in_spatial: Shape, out_spatial: Shape, kernel: Sequence[int],
+                 strides: Sequence[int], dilations: Sequence[int], pads: Sequence[int],
+                 count_include_pad: bool) -> np.ndarray:
+    """Per output position, the number AveragePool divides by.
+
+    Windows clipped to the padded extent [-pad_begin, n + pad_end) when padding counts; to
+    the real input [0, n) otherwise. ceil_mode windows that overhang both count only what
+    they cover, as onnxruntime and PyTorch do.
+    """
+    n = len(in_spatial)
+    per_axis = []
+    for i in range(n):
+        o = np.arange(out_spatial[i])
+        start = o * strides[i] - pads[i]
+        taps = start[:, None] + np.arange(kernel[i])[None, :] * dilations[i]
+        lo, hi = (-pads[i], in_spatial[i] + pads[n + i]) if count_include_pad else (0, in_spatial[i])
+        per_axis.append(((taps >= lo) & (taps < hi)).sum(axis=1))
+    div = per_axis[0].astype(np.float64)
+    for c in per_axis[1:]:
+        div = np.multiply.outer(div, c)
+    return np.asarray(np.maximum(div, 1), dtype=np.float64)
+
+
+@vjp_rule("AveragePool")
+def _vjp_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = depthwise ConvTranspose(gy / divisor, ones kernel)."""
+    at = attrs_of(node)
+    sx, sy, kernel, strides, dil, pads = _pool_geometry(op, node)
+    div = pool_divisor(sx[2:], sy[2:], kernel, strides, dil, pads,
+                       bool(at.get("count_include_pad", 0)))
+    x = node.input[0]
+    c = sx[1]
+    scaled = op.Mul(gy, op.const(1.0 / div.reshape(1, 1, *div.shape), like=gy))
+    if all(k == 1 for k in kernel) and all(p == 0 for p in pads) and tuple(sx) == tuple(sy):
+        return [scaled]
+    tpads, out_pad = transpose_fit(sx[2:], sy[2:], pads, kernel, strides, dil)
+    ones = op.const(np.ones((c, 1, *kernel)), like=x)
+    gx = op.ConvTranspose(scaled, ones, strides=strides, dilations=dil, group=c, pads=tpads,
+                          output_padding=out_pad, kernel_shape=kernel)
+    return [gx]
