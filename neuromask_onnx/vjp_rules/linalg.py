@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -108,19 +109,34 @@ def transpose_fit(in_spatial: Shape, out_spatial: Shape, pads: Sequence[int],
     return new_pads, out_pad
 
 
-@vjp_rule("Conv")
-def _vjp_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
-    """gx = ConvTranspose(gy, W) with the conv's explicit pads; gb = sum of gy."""
+def _conv_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[
+        str, Shape, Shape, dict[str, Any], list[int], list[int], list[int]]:
+    """Weight name, input and output shapes, attributes, kernel, strides, dilations."""
     x, w = node.input[:2]
     sx, sw, sy = op.g.shape(x), op.g.shape(w), op.g.shape(node.output[0])
     if w in op.wanted:
-        msg = f"Conv {node.name!r}: gradients through conv weights that depend on the input"
+        msg = f"{node.op_type} {node.name!r}: gradients through weights that depend on the input"
         raise NotImplementedError(msg)
     at = attrs_of(node)
     n = len(sx) - 2
-    kernel = list(at.get("kernel_shape", sw[2:]))
-    strides = list(at.get("strides", [1] * n))
-    dil = list(at.get("dilations", [1] * n))
+    return (w, sx, sy, at, list(at.get("kernel_shape", sw[2:])),
+            list(at.get("strides", [1] * n)), list(at.get("dilations", [1] * n)))
+
+
+def _bias_grad(op: Emitter, node: onnx.NodeProto, gy: str) -> list[str | None]:
+    """gb = gy summed over batch and space; [] when the node has no bias input."""
+    if len(node.input) < 3:
+        return []
+    b = node.input[2]
+    rank = len(op.g.shape(node.output[0]))
+    return [op.ReduceSum(gy, op.ints([0, *range(2, rank)]), keepdims=0)
+            if b and b in op.wanted else None]
+
+
+@vjp_rule("Conv")
+def _vjp_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = ConvTranspose(gy, W) with the conv's explicit pads; gb = sum of gy."""
+    w, sx, sy, at, kernel, strides, dil = _conv_geometry(op, node)
     pads = conv_pads(op, node, sx[2:], kernel, strides, dil, sy[2:])
     group = at.get("group", 1)
     gx = _conv_grad_as_conv(op, gy, w, sx, sy, kernel, strides, dil, pads, group)
@@ -128,12 +144,7 @@ def _vjp_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         tpads, out_pad = transpose_fit(sx[2:], sy[2:], pads, kernel, strides, dil)
         gx = op.ConvTranspose(gy, w, strides=strides, dilations=dil, group=group,
                               pads=tpads, output_padding=out_pad, kernel_shape=kernel)
-    grads: list[str | None] = [gx, None]
-    if len(node.input) > 2:
-        b = node.input[2]
-        grads.append(op.ReduceSum(gy, op.ints([0, *range(2, n + 2)]), keepdims=0)
-                     if b and b in op.wanted else None)
-    return grads
+    return [gx, None, *_bias_grad(op, node, gy)]
 
 
 def _conv_grad_as_conv(op: Emitter, gy: str, w: str, sx: Shape, sy: Shape,
@@ -170,16 +181,8 @@ def _conv_grad_as_conv(op: Emitter, gy: str, w: str, sx: Shape, sy: Shape,
 @vjp_rule("ConvTranspose")
 def _vjp_conv_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = Conv(gy, W) with the same strides, dilations, pads and groups."""
-    x, w = node.input[:2]
-    sx, sw, sy = op.g.shape(x), op.g.shape(w), op.g.shape(node.output[0])
-    if w in op.wanted:
-        msg = f"ConvTranspose {node.name!r}: gradients through weights that depend on the input"
-        raise NotImplementedError(msg)
-    at = attrs_of(node)
-    n = len(sx) - 2
-    kernel = list(at.get("kernel_shape", sw[2:]))
-    strides = list(at.get("strides", [1] * n))
-    dil = list(at.get("dilations", [1] * n))
+    w, sx, sy, at, kernel, strides, dil = _conv_geometry(op, node)
+    n = len(kernel)
     auto = at.get("auto_pad", b"NOTSET")
     if "output_shape" in at or (auto not in (b"NOTSET", "NOTSET", b"", "")):
         # Recover the pads the forward op used from the static shapes; whatever split the
@@ -194,12 +197,7 @@ def _vjp_conv_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         pads = list(at.get("pads", [0] * (2 * n)))
     gx = op.Conv(gy, w, strides=strides, dilations=dil, group=at.get("group", 1), pads=pads,
                  kernel_shape=kernel)
-    grads: list[str | None] = [gx, None]
-    if len(node.input) > 2:
-        b = node.input[2]
-        grads.append(op.ReduceSum(gy, op.ints([0, *range(2, n + 2)]), keepdims=0)
-                     if b and b in op.wanted else None)
-    return grads
+    return [gx, None, *_bias_grad(op, node, gy)]
 
 
 def _parse_einsum(eq: str, shapes: Sequence[Shape]) -> tuple[list[str], str]:
