@@ -114,6 +114,9 @@ def instrument(
     from .rewrite import save_model
 
     with _errors():
+        if output.is_dir():
+            msg = f"{str(output)!r} is a directory; give a file name such as model.nm.onnx"
+            raise InputError(msg)
         if output.exists() and not force:
             msg = f"{str(output)!r} exists; pass --force to overwrite it"
             raise InputError(msg)

@@ -124,6 +124,14 @@ def test_instrument_errors_are_one_line_and_write_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == (["m.onnx"] if make else [])
 
 
+def test_instrument_onto_a_directory_is_a_clear_error(tmp_path: Path) -> None:
+    model = _tiny_cnn(tmp_path / "m.onnx")
+    (tmp_path / "d").mkdir()
+    result = runner.invoke(app, ["instrument", str(model), "-o", str(tmp_path / "d"), "--force"])
+    _one_line_error(result, "is a directory")
+    assert list((tmp_path / "d").iterdir()) == []
+
+
 def test_ops_lists_supported_ops() -> None:
     result = runner.invoke(app, ["ops"])
     assert result.exit_code == 0
