@@ -371,8 +371,15 @@ class NeuroMask:
             if self.labels is None or target not in self.labels:
                 if target.isdigit():
                     return self.class_index(int(target))
-                hint = "the labels file" if self.labels is not None else "no labels were given"
-                msg = f"unknown label {target!r} ({hint}); pass a class index or a known label"
+                if self.labels is None:
+                    hint = "no labels were given: pass --labels or a class index"
+                else:
+                    import difflib
+
+                    close = difflib.get_close_matches(target, self.labels, n=3, cutoff=0.5)
+                    hint = (f"did you mean {', '.join(map(repr, close))}?" if close
+                            else "pass a class index or a label from the labels")
+                msg = f"unknown label {target!r}; {hint}"
                 raise InputError(msg)
             return self.labels.index(target)
         k = max(self.num_classes, 2)
