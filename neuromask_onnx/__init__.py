@@ -13,6 +13,7 @@ from .errors import (
 )
 from .explain import Explanation, NeuroMask
 from .optimize import PRESETS, NeuroMaskConfig
+from .preprocess import load_input
 from .rewrite import instrument, save_model, vjp
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "UnsupportedOpError",
     "__version__",
     "instrument",
+    "load_input",
     "save_model",
     "vjp",
 ]

@@ -413,3 +413,21 @@ def load_image(path: Path, spec: InputSpec, prep: Preprocessing) -> LoadedInput:
            "std": list(prep.std), "channel_order": prep.channel_order,
            "resized_to": list(geometry.resized), "offset": [geometry.top, geometry.left]}
     return LoadedInput(path, path.stem, x, shown, geometry, rec)
+
+
+def load_input(model: onnx.ModelProto | str | Path, path: str | Path, *,
+               input_name: str | None = None, preprocess: str | None = None) -> np.ndarray:
+    """One image or .npy file as the model's input tensor (without the batch axis).
+
+    Preprocessing: the named preset, else what the model's metadata says, else
+    torchvision-imagenet; size and layout come from the model.
+    """
+    from .graph import load_model
+
+    m = load_model(model)
+    spec = describe_input(m, input_name)
+    loaded = load_inputs([path], spec, resolve_preprocessing(preprocess, m))
+    if len(loaded) != 1:
+        msg = f"{str(path)!r} holds {len(loaded)} inputs; use load_inputs for several"
+        raise InputError(msg)
+    return loaded[0].tensor
