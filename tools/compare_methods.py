@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from tune_defaults import (  # noqa: E402
+from tune_defaults import (
     CURVE,
     ensure_model,
     ensure_photos,
     seed_everything,
 )
 
-from neuromask_onnx import metrics  # noqa: E402
-from neuromask_onnx.baselines import Classifier, run_method  # noqa: E402
-from neuromask_onnx.optimize import preset  # noqa: E402
-from neuromask_onnx.preprocess import (  # noqa: E402
+from neuromask_onnx import metrics
+from neuromask_onnx.baselines import Classifier, run_method
+from neuromask_onnx.optimize import preset
+from neuromask_onnx.preprocess import (
     describe_input,
     load_inputs,
     resolve_preprocessing,
