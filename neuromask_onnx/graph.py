@@ -436,6 +436,37 @@ class Emitter:
         """A boolean tensor as 0/1 of `like`'s type (Mul by it beats Where on ORT CPU)."""
         return self.cast_like(cond, like)
 
+    def step(self, x: str, bound: float, above: bool) -> str:
+        """[x > bound] (or [x < bound]) as 0/1 of x's type.
+
+        For float32 this is one HardSigmoid, clamp(A (x - bound), 0, 1) with a power-of-two A
+        so large that every difference of at least one float32 step saturates: A x is exact
+        and the sum's rounding never flips its sign. Unlike Greater + Cast, onnxruntime runs
+        HardSigmoid (and the Mul that applies the mask) in its blocked NCHWc layout, so the
+        activations and gradients around a convolution need no reorder passes. The one
+        inexact case: bound 0 and a subnormal 0 < x < 2^-127 gives a fraction, not 1.
+        """
+        b = float(np.float32(bound))
+        if (self.g.dtypes.get(x) != TensorProto.FLOAT or not np.isfinite(b)
+                or 0 < abs(b) < 2.0**-100):
+            cmp = self.Greater if above else self.Less
+            return self.mask_of(cmp(x, self.const(bound, like=x)), x)
+        # A |b| stays below 2^125, so A and A * b are exact float32 numbers.
+        a = 2.0 ** (127 if b == 0 else min(127, 124 - int(np.floor(np.log2(abs(b))))))
+        if not above:
+            return self.HardSigmoid(x, alpha=-a, beta=a * b)
+        return self.HardSigmoid(x, alpha=a, beta=-a * b)
+
+    def complement(self, p: str) -> str:
+        """1 - p for p in [0, 1] (a sigmoid's output); float32 as HardSigmoid(p; -1, 1).
+
+        Same rounding as Sub (-1 * p is exact) and the clamp is a no-op on [0, 1], but
+        onnxruntime keeps HardSigmoid in the NCHWc layout and Sub not.
+        """
+        if self.g.dtypes.get(p) != TensorProto.FLOAT:
+            return self.Sub(self.const(1.0, like=p), p)
+        return self.HardSigmoid(p, alpha=-1.0, beta=1.0)
+
     # shape helpers ---------------------------------------------------------------------
     def reshape(self, x: str, shape: Sequence[int]) -> str:
         return self.Reshape(x, self.ints(shape))

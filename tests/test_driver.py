@@ -397,3 +397,48 @@ def test_swish_is_fused_for_the_backward_pass_and_stays_exact(
     assert ("Sigmoid" in kinds) is share_sigmoid
     result = check_vjp(m, {"x": rng.standard_normal((2, 5))}, rng=rng)
     assert result.error < 1e-7
+
+
+def _step_outputs(x: np.ndarray, bound: float, above: bool, dtype: int) -> np.ndarray:
+    """Run Emitter.step on onnxruntime over the values `x`."""
+    from neuromask_onnx.graph import Emitter, finish_model, prepare
+
+    vi = helper.make_tensor_value_info("x", dtype, list(x.shape))
+    g = prepare(helper.make_model(helper.make_graph([], "s", [vi], [vi]),
+                                  opset_imports=[helper.make_opsetid("", 18)]),
+                {"x": x.shape})
+    op = Emitter(g)
+    out = op.step("x", bound, above=above)
+    m = finish_model(g, op.nodes, [vi], [helper.make_tensor_value_info(out, dtype, None)],
+                     op.new_consts, "step")
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"x": x})[0])
+
+
+TINY = np.float32(2.0**-126)  # the smallest normal float32
+
+
+@pytest.mark.parametrize("bound", [0.0, 6.0, -0.5, 0.7, 1e-20, -3e30, 3.4e38])
+@pytest.mark.parametrize("above", [True, False])
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.DOUBLE])
+def test_step_masks_are_exact(bound: float, above: bool, dtype: int) -> None:
+    """[x > b] / [x < b] exactly, at the bound, one float step either side and far away."""
+    np_dt = helper.tensor_dtype_to_np_dtype(dtype)
+    b = np_dt.type(bound)
+    near = [b, np.nextafter(b, np_dt.type(np.inf)), np.nextafter(b, np_dt.type(-np.inf))]
+    if b == 0 and dtype == TensorProto.FLOAT:  # float32 subnormals: the next test
+        near = [b, TINY, -TINY]
+    far = [0.0, -0.0, TINY, -TINY, 1e-30, -1e-30, 1.0, -1.0, 6.0, 3e38, -3e38, np.inf, -np.inf]
+    x = np.array(near + far, dtype=np_dt)
+    want = (x > b) if above else (x < b)
+    got = _step_outputs(x, bound, above, dtype)
+    np.testing.assert_array_equal(got, want.astype(np_dt))
+
+
+def test_step_at_zero_is_fractional_only_below_2_to_minus_127() -> None:
+    """The one documented inexact case: a subnormal 0 < x < 2^-127 against bound 0."""
+    x = np.array([2.0**-127, 2.0**-128, 2.0**-140], dtype=np.float32)
+    got = _step_outputs(x, 0.0, True, TensorProto.FLOAT)
+    assert got[0] == 1.0
+    assert 0.0 < got[1] < 1.0
+    assert 0.0 < got[2] < 1.0

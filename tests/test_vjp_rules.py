@@ -224,6 +224,20 @@ add(case("clip_min_only", "Clip", [N("Clip", ["x", "lo"], ["y"])], {"x": (3, 4)}
 add(case("clip_max_only", "Clip", [N("Clip", ["x", "", "hi"], ["y"])], {"x": (3, 4)},
          inits={"hi": np.array(0.4)}, draw=away(0.4)))
 add(case("clip_no_bounds", "Clip", [N("Clip", ["x"], ["y"])], {"x": (3, 4)}))
+# float32 takes another path: masks from HardSigmoid steps (graph.Emitter.step), which the
+# float64 cases above never reach.
+STEP_F32 = "float32 masks are HardSigmoid steps (Emitter.step), not Greater/Cast"
+add(unary("relu_f32", "Relu", away(0.0), f32=STEP_F32))
+add(unary("sigmoid_f32", "Sigmoid", normal, f32=STEP_F32))
+add(case("clip_relu6_f32", "Clip", [N("Clip", ["x", "lo", "hi"], ["y"])], {"x": (3, 4)},
+         inits={"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)},
+         draw=away(0.0, 6.0, scale=4.0), f32=STEP_F32, piecewise_linear=True))
+add(case("clip_min_only_f32", "Clip", [N("Clip", ["x", "lo"], ["y"])], {"x": (3, 4)},
+         inits={"lo": np.array(-0.2, np.float32)}, draw=away(-0.2), f32=STEP_F32,
+         piecewise_linear=True))
+add(case("clip_max_only_f32", "Clip", [N("Clip", ["x", "", "hi"], ["y"])], {"x": (3, 4)},
+         inits={"hi": np.array(0.4, np.float32)}, draw=away(0.4), f32=STEP_F32,
+         piecewise_linear=True))
 
 # ---- broadcasting binary / n-ary (both operands are inputs: both gradients are checked)
 BCAST = {"a": (2, 3, 4), "b": (3, 1)}
@@ -627,7 +641,7 @@ def test_cases_use_the_op_they_name() -> None:
 
 # A 1% error in one rule's gradient must fail its cases: the table is sharp enough to catch
 # a wrong rule, not just a missing one.
-SHARPNESS = ["relu", "add_bcast", "matmul_bcast_batch", "conv_stride_asym_pads", "maxpool_pads",
+SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_batch", "conv_stride_asym_pads", "maxpool_pads",
              "avgpool_ceil_pads_include", "softmax_opset11_axis1", "slice_step_neg1",
              "resize_linear_half_pixel", "einsum_operand_only_index"]
 

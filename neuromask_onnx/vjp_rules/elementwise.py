@@ -67,7 +67,7 @@ def _d_reciprocal(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 @elementwise_rule("Relu")
 def _d_relu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d relu(x) = [y > 0]."""
-    return op.mask_of(op.Greater(y, _k(op, 0.0, y)), y)
+    return op.step(y, 0.0, above=True)
 
 
 @elementwise_rule("LeakyRelu")
@@ -109,7 +109,7 @@ def _d_selu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 @elementwise_rule("Sigmoid")
 def _d_sigmoid(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d sigmoid(x) = y (1 - y)."""
-    return op.Mul(y, op.Sub(_k(op, 1.0, y), y))
+    return op.Mul(y, op.complement(y))
 
 
 @elementwise_rule("Tanh")
@@ -207,6 +207,15 @@ def _vjp_clip(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     x, y = node.input[0], node.output[0]
     lo = node.input[1] if len(node.input) > 1 and node.input[1] else None
     hi = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    lo_v, hi_v = (op.g.const(b) if b else None for b in (lo, hi))
+    if (lo is None or lo_v is not None) and (hi is None or hi_v is not None):
+        # Constant bounds (every exporter's ReLU6): masks onnxruntime keeps in NCHWc.
+        gx = gy
+        if lo_v is not None:
+            gx = op.Mul(gx, op.step(y, float(lo_v), above=True))
+        if hi_v is not None:
+            gx = op.Mul(gx, op.step(y, float(hi_v), above=False))
+        return [gx, *[None] * (len(node.input) - 1)]
     cond = None
     if lo is not None:
         cond = op.Greater(y, lo)

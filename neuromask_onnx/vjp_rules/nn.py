@@ -135,7 +135,7 @@ def _vjp_swish(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> 
     """y = x s, s = sigmoid(x): gx = gy (s + y (1 - s))."""
     gy, s, y = gys[0], node.doc_string, node.output[0]
     assert gy is not None
-    return [op.Mul(gy, op.Add(s, op.Mul(y, op.Sub(_k(op, 1.0, s), s))))]
+    return [op.Mul(gy, op.Add(s, op.Mul(y, op.complement(s))))]
 
 
 FUSED_RULES["Swish"] = _vjp_swish
