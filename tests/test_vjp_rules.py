@@ -316,6 +316,25 @@ for cid, attrs, wshape in [
 ]:
     add(case(cid, "Conv", [N("Conv", ["x", "W"], ["y"], **attrs)], {"x": X4},
              inits={"W": w(*wshape)}))
+# Strided depthwise convs take another route (zero insertion + stride-1 Conv): every geometry.
+XD = (2, 4, 9, 8)
+for cid, attrs, wshape in [
+    ("conv_dw_s2_asym_pads", {"group": 4, "strides": [2, 2], "pads": [0, 0, 1, 1]}, (4, 1, 3, 3)),
+    ("conv_dw_5x5_s2", {"group": 4, "strides": [2, 2], "pads": [2, 2, 2, 2]}, (4, 1, 5, 5)),
+    ("conv_dw_s2_dilated", {"group": 4, "strides": [2, 2], "dilations": [2, 1],
+                            "pads": [2, 1, 2, 1]}, (4, 1, 3, 3)),
+    ("conv_dw_same_upper", {"group": 4, "strides": [2, 3], "auto_pad": "SAME_UPPER"}, (4, 1, 3, 3)),
+    ("conv_dw_leftover", {"group": 4, "strides": [3, 3]}, (4, 1, 2, 2)),
+    ("conv_dw_multiplier", {"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}, (8, 1, 3, 3)),
+]:
+    add(case(cid, "Conv", [N("Conv", ["x", "W"], ["y"], **attrs)], {"x": XD},
+             inits={"W": w(*wshape)}))
+add(case("conv_dw_1d_s2", "Conv", [N("Conv", ["x", "W"], ["y"], group=3, strides=[2], pads=[1, 2])],
+         {"x": (2, 3, 10)}, inits={"W": w(3, 1, 4)}))
+add(case("conv_dw_s2_f32", "Conv", [N("Conv", ["x", "W"], ["y"], group=4, strides=[2, 2],
+                                      pads=[1, 1, 1, 1])],
+         {"x": XD}, inits={"W": w(4, 1, 3, 3)}, f32="onnxruntime, where the route is fast",
+         piecewise_linear=True))
 add(case("conv_groups", "Conv", [N("Conv", ["x", "W"], ["y"], group=2, pads=[1, 0, 1, 0])],
          {"x": X4}, inits={"W": w(6, 2, 3, 3)}, f32=REF_CONVT_GROUPS, piecewise_linear=True))
 add(case("conv_bias", "Conv", [N("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1])],
@@ -641,7 +660,8 @@ def test_cases_use_the_op_they_name() -> None:
 
 # A 1% error in one rule's gradient must fail its cases: the table is sharp enough to catch
 # a wrong rule, not just a missing one.
-SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_batch", "conv_stride_asym_pads", "maxpool_pads",
+SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_batch", "conv_stride_asym_pads",
+             "conv_dw_s2_asym_pads", "conv_dw_s2_f32", "maxpool_pads",
              "avgpool_ceil_pads_include", "softmax_opset11_axis1", "slice_step_neg1",
              "resize_linear_half_pixel", "einsum_operand_only_index"]
 

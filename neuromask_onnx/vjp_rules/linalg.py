@@ -141,6 +141,8 @@ def _vjp_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     group = at.get("group", 1)
     gx = _conv_grad_as_conv(op, gy, w, sx, sy, kernel, strides, dil, pads, group)
     if gx is None:
+        gx = _strided_depthwise_grad(op, gy, w, sx, sy, kernel, strides, dil, pads, group)
+    if gx is None:
         tpads, out_pad = transpose_fit(sx[2:], sy[2:], pads, kernel, strides, dil)
         gx = op.ConvTranspose(gy, w, strides=strides, dilations=dil, group=group,
                               pads=tpads, output_padding=out_pad, kernel_shape=kernel)
@@ -176,6 +178,30 @@ def _conv_grad_as_conv(op: Emitter, gy: str, w: str, sx: Shape, sy: Shape,
                                                     *[slice(None, None, -1)] * n)]
     return op.Conv(gy, op.const(np.ascontiguousarray(wt), like=w), dilations=list(dil),
                    group=group, pads=begin + end, kernel_shape=list(kernel))
+
+
+def _strided_depthwise_grad(op: Emitter, gy: str, w: str, sx: Shape, sy: Shape,
+                            kernel: Sequence[int], strides: Sequence[int], dil: Sequence[int],
+                            pads: Sequence[int], group: int) -> str | None:
+    """gx of a strided depthwise conv: spread gy onto the stride grid, then a stride-1 Conv.
+
+    z[s o] = gy[o] (zeros between) is a depthwise 1x1 ConvTranspose with stride s; the input
+    gradient is then exactly that of a stride-1 conv whose output is z. onnxruntime's CPU
+    ConvTranspose has no depthwise kernel, its Conv has a blocked one: 1.2x to 1.9x faster
+    than one strided ConvTranspose on EfficientNet's and MobileNet's layers (3x3 and 5x5,
+    7 to 56 px, 96 to 672 channels). Dense convs keep ConvTranspose, which skips the zeros
+    that a stride-1 Conv would multiply. None unless the weight is constant, one input
+    channel per group, and the conv strided.
+    """
+    wv = op.g.const(w)
+    if wv is None or wv.shape[1] != 1 or all(s == 1 for s in strides):
+        return None
+    n = len(kernel)
+    ones = op.const(np.ones((sy[1], 1, *[1] * n)), like=gy)
+    z = op.ConvTranspose(gy, ones, strides=list(strides), group=sy[1], kernel_shape=[1] * n)
+    sz = (*sy[:2], *[(sy[2 + i] - 1) * strides[i] + 1 for i in range(n)])
+    op.g.shapes[z] = sz
+    return _conv_grad_as_conv(op, z, w, sx, sz, kernel, [1] * n, dil, pads, group)
 
 
 @vjp_rule("ConvTranspose")
