@@ -41,7 +41,14 @@ def runner(model: onnx.ModelProto, backend: Literal["reference", "onnxruntime"])
         from onnx.reference import ReferenceEvaluator
 
         ref = ReferenceEvaluator(model)
-        return lambda feeds: [np.asarray(v) for v in ref.run(None, feeds)]
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            # float32 masks are HardSigmoid steps with a slope near 2^127 (Emitter.step):
+            # numpy overflows alpha * x to +-inf, which the clip turns into the exact 0 / 1.
+            with np.errstate(over="ignore"):
+                return [np.asarray(v) for v in ref.run(None, feeds)]
+
+        return run
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
