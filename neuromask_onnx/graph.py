@@ -367,6 +367,8 @@ class Emitter:
         self.new_consts: dict[str, np.ndarray] = {}
         self._const_cache: dict[tuple[str, Shape, bytes], str] = {}
         self.wanted: set[str] = set()
+        # Expand outputs -> the smaller value they broadcast (see differentiate's total()).
+        self.broadcast_of: dict[str, str] = {}
 
     def fresh(self, hint: str) -> str:
         base = hint if hint.startswith(PREFIX) else PREFIX + hint
@@ -484,7 +486,9 @@ class Emitter:
         return self.reshape(out, to_shape) if lead else out
 
     def expand_to(self, g: str, shape: Shape) -> str:
-        return self.Expand(g, self.ints(shape))
+        out = self.Expand(g, self.ints(shape))
+        self.broadcast_of[out] = g
+        return out
 
     def axis_matmul(self, g: str, shape: Shape, axis: int, mat: np.ndarray, like: str) -> str:
         """Contract axis `axis` of `g` (extent mat.shape[0]) with `mat` [out, in]."""

@@ -116,7 +116,18 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
         if not parts:
             return None
         if len(parts) > 1:
-            contribs[name] = [op.Sum(*parts)]
+            # An expanded contribution (a GlobalAveragePool's gradient) joins the others by a
+            # broadcasting Add instead: its Expand is then dead, and onnxruntime keeps a
+            # per-channel Add in NCHWc where Expand + Sum force two reorder passes.
+            full = [p for p in parts if p not in op.broadcast_of]
+            small = [op.broadcast_of[p] for p in parts if p in op.broadcast_of]
+            if not full or not small:
+                contribs[name] = [op.Sum(*parts)]
+            else:
+                acc = full[0] if len(full) == 1 else op.Sum(*full)
+                for s in small:
+                    acc = op.Add(acc, s)
+                contribs[name] = [acc]
         return contribs[name][0]
 
     for node in reversed(fuse_for_backward(on_path, nodes)):
@@ -186,9 +197,31 @@ def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.
     return kept[::-1]
 
 
+def seed_last(nodes: Sequence[onnx.NodeProto], seeds: Sequence[str]) -> list[onnx.NodeProto]:
+    """Stable partition: the nodes that do not depend on a gradient seed first.
+
+    Trap: onnxruntime's default execution order is a reverse DFS from the outputs that visits
+    a node's inputs in descending node index (index = position in this list). In a rule's
+    Mul(g, mask(y)) the mask is usually emitted after g's producer, so the DFS would compute
+    every such mask right after the forward pass and keep them all alive through the backward
+    pass (mobilenet_v2: 35 ReLU6 masks, 24 MB, each read back cold). With every seed-free node
+    first, the DFS finishes the gradient chain first and computes each mask just before its use.
+    """
+    tainted = set(seeds)
+    free, chain = [], []
+    for n in nodes:
+        if any(i in tainted for i in n.input):
+            tainted.update(n.output)
+            chain.append(n)
+        else:
+            free.append(n)
+    return free + chain
+
+
 def _assemble(g: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-              outputs: list[onnx.ValueInfoProto], name: str) -> onnx.ModelProto:
-    nodes = prune(nodes, [o.name for o in outputs])
+              outputs: list[onnx.ValueInfoProto], name: str,
+              seeds: Sequence[str]) -> onnx.ModelProto:
+    nodes = seed_last(prune(nodes, [o.name for o in outputs]), seeds)
     read = {i for n in nodes for i in n.input} | {o.name for o in outputs}
     consts = {k: v for k, v in g.consts.items() if k in read}
     model = finish_model(g, nodes, inputs, outputs, consts, name)
@@ -252,7 +285,7 @@ def vjp(model: onnx.ModelProto | str | Path, wrt: Sequence[str] | None = None,
     for vi, w in zip(outputs[len(of):], wrt, strict=True):
         vi.name = f"nm_grad_{w}"
     nodes = g.nodes + op.nodes + tail
-    return _assemble(g, nodes, inputs, outputs, "nm_vjp")
+    return _assemble(g, nodes, inputs, outputs, "nm_vjp", list(seeds.values()))
 
 
 # --------------------------------------------------------------------------- instrument
@@ -492,7 +525,7 @@ def instrument(
         helper.make_tensor_value_info(PROBS, g.dtypes[logits], [batch_size, 2 if k == 1 else k]),
     ]
     model_out = _assemble(g, front + primal + head + op.nodes + tail, inputs, outputs,
-                          "neuromask_instrumented")
+                          "neuromask_instrumented", [seed])
     spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits)
     meta = {"neuromask.version": __version__, "neuromask.input": x, "neuromask.output": out,
             "neuromask.output_kind": kind, "neuromask.objective": objective,

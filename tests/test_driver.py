@@ -92,6 +92,22 @@ def test_fan_out_of_an_intermediate_value_is_summed(rng: np.random.Generator) ->
     assert check_vjp(m, {"x": rng.standard_normal((2, 3))}, rng=rng).error < 1e-8
 
 
+@pytest.mark.parametrize("dtype", [D, F])
+def test_an_expanded_contribution_joins_by_a_broadcasting_add(rng: np.random.Generator,
+                                                              dtype: int) -> None:
+    """A squeeze-excite block, x * sigmoid(GlobalAveragePool(x)): the pooled path's gradient
+    reaches x as [N, C, 1, 1] and is added with broadcasting, never expanded."""
+    m = mk([N("GlobalAveragePool", ["x"], ["p"]), N("Sigmoid", ["p"], ["s"]),
+            N("Mul", ["x", "s"], ["y"])], {"x": [2, 3, 4, 5]}, dtype=dtype)
+    vm = vjp(m)
+    assert not any(n.op_type == "Expand" for n in vm.graph.node)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(helper.tensor_dtype_to_np_dtype(dtype))
+    if dtype == D:
+        assert check_vjp(m, {"x": x}, rng=rng).error < 1e-8
+    else:
+        assert check_vjp(m, {"x": x}, rng=rng, eps=1e-3, backend="onnxruntime").error < 2e-3
+
+
 def test_a_model_output_that_is_also_used_inside(rng: np.random.Generator) -> None:
     """t is a graph output and feeds y: cotangents of both outputs reach x."""
     m = mk([N("Sigmoid", ["x"], ["t"]), N("Mul", ["t", "t"], ["y"])], {"x": [4]},
@@ -369,6 +385,37 @@ def test_instrumented_model_passes_checker_and_loads_in_onnxruntime(
     added = {o for n in inst.graph.node for o in n.output} - {o for n in m.graph.node
                                                               for o in n.output}
     assert all(o.startswith("nm_") for o in added)
+
+
+def test_masks_are_ordered_to_run_just_before_their_use(rng: np.random.Generator) -> None:
+    """onnxruntime's default order is a reverse DFS from the outputs that visits a node's
+    inputs highest node index first. Every value the gradient chain reads from the forward
+    pass (the ReLU6 masks here) must therefore come from a node with a lower index than the
+    chain's own operand, or it runs right after the forward pass and stays alive throughout."""
+    m = mk([N("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), N("Clip", ["c", "lo", "hi"], ["r"]),
+            N("Conv", ["r", "V"], ["d"], pads=[1, 1, 1, 1]), N("Relu", ["d"], ["e"]),
+            N("Sigmoid", ["e"], ["s"]), N("GlobalAveragePool", ["s"], ["p"]),
+            N("Flatten", ["p"], ["f"]), N("Gemm", ["f", "G"], ["y"], transB=1)],
+           {"x": [1, 3, 6, 6]},
+           inits={"W": rng.standard_normal((8, 3, 3, 3)), "V": rng.standard_normal((8, 8, 3, 3)),
+                  "G": rng.standard_normal((4, 8)), "lo": np.float32(0), "hi": np.float32(6)})
+    inst = instrument(m)
+    nodes = list(inst.graph.node)
+    index = {o: i for i, n in enumerate(nodes) for o in n.output}
+    feeds_grad = {rewrite.GRAD_MASK}
+    for node in reversed(nodes):
+        if set(node.output) & feeds_grad:
+            feeds_grad.update(node.input)
+    chain = depends_on(inst, {rewrite.TARGET}) & feeds_grad
+    mixed = 0
+    for node in (n for n in nodes if n.op_type == "Mul" and set(n.output) & chain):
+        ins = [i for i in node.input if i in index]
+        side = [index[i] for i in ins if i not in chain]
+        grad = [index[i] for i in ins if i in chain]
+        if side and grad:
+            mixed += 1
+            assert max(side) < min(grad), (node.op_type, node.name)
+    assert mixed >= 4  # the two Clip masks, the Relu mask, the Sigmoid factor
 
 
 def _swish_model(share_sigmoid: bool) -> onnx.ModelProto:

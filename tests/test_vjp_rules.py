@@ -401,6 +401,9 @@ add(case("avgpool_1d", "AveragePool",
          [N("AveragePool", ["x"], ["y"], kernel_shape=[3], strides=[2], pads=[1, 1])],
          {"x": (2, 3, 8)}))
 add(case("global_avgpool", "GlobalAveragePool", [N("GlobalAveragePool", ["x"], ["y"])], {"x": P4}))
+add(case("global_avgpool_f32", "GlobalAveragePool", [N("GlobalAveragePool", ["x"], ["y"])],
+         {"x": P4}, f32="float32 4-D scales by a depthwise Conv (onnxruntime keeps it in NCHWc)",
+         piecewise_linear=True))
 add(case("global_maxpool", "GlobalMaxPool", [N("GlobalMaxPool", ["x"], ["y"])], {"x": P4},
          draw=distinct))
 

@@ -85,6 +85,11 @@ def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grad
     """gx = Expand(gy / (H W))."""
     sx = op.g.shape(node.input[0])
     n = int(np.prod(sx[2:]))
+    if op.g.dtypes.get(gy) == onnx.TensorProto.FLOAT and len(sx) == 4:
+        # The same product as Mul, as a depthwise 1x1 Conv: onnxruntime then keeps gy / (H W)
+        # in NCHWc, so the broadcasting Add that joins it to x's other gradient stays there.
+        scale = op.const(np.full((sx[1], 1, 1, 1), 1.0 / n), like=gy)
+        return [op.expand_to(op.Conv(gy, scale, group=sx[1]), sx)]
     return [op.expand_to(op.Mul(gy, _k(op, 1.0 / n, gy)), sx)]
 
 
