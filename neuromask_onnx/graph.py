@@ -478,12 +478,25 @@ class Emitter:
         from_shape, to_shape = tuple(from_shape), tuple(to_shape)
         if from_shape == to_shape:
             return g
+        if self._per_channel(g, from_shape, to_shape):
+            # Sum over H W as GlobalAveragePool times H W (a depthwise 1x1 Conv): both stay
+            # in onnxruntime's NCHWc layout, where ReduceSum costs a reorder of the whole
+            # tensor. The mean-then-scale rounds differently from a sum, well within float32.
+            n = from_shape[2] * from_shape[3]
+            scale = self.const(np.full((from_shape[1], 1, 1, 1), float(n)), like=g)
+            return self.Conv(self.GlobalAveragePool(g), scale, group=from_shape[1])
         lead = len(from_shape) - len(to_shape)
         padded = (1,) * lead + to_shape
         axes = [i for i, (f, t) in enumerate(zip(from_shape, padded, strict=True))
                 if (t == 1 and f != 1) or i < lead]
         out = self.ReduceSum(g, self.ints(axes), keepdims=1) if axes else g
         return self.reshape(out, to_shape) if lead else out
+
+    def _per_channel(self, g: str, full: Shape, small: Shape) -> bool:
+        """float32 [N, C, H, W] summed to [N, C, 1, 1] (a squeeze-excite scale's gradient)."""
+        return (self.g.dtypes.get(g) == TensorProto.FLOAT and len(full) == 4
+                and len(small) == 4 and tuple(small) == (full[0], full[1], 1, 1)
+                and full[2] * full[3] > 1)
 
     def expand_to(self, g: str, shape: Shape) -> str:
         out = self.Expand(g, self.ints(shape))

@@ -245,6 +245,10 @@ for op in ("Add", "Sub", "Mul"):
     add(case(f"{op.lower()}_bcast", op, [N(op, ["a", "b"], ["y"])], BCAST))
     add(case(f"{op.lower()}_bcast_left", op, [N(op, ["a", "b"], ["y"])],
              {"a": (1, 4), "b": (2, 3, 1)}))
+add(case("mul_per_channel_f32", "Mul", [N("Mul", ["a", "b"], ["y"])],
+         {"a": (2, 3, 4, 5), "b": (2, 3, 1, 1)},
+         f32="float32 sums [N,C,H,W] to [N,C,1,1] as GlobalAveragePool x H W (NCHWc)",
+         piecewise_linear=True))
 add(case("add_same_shape_const", "Add", [N("Add", ["a", "c"], ["y"])], {"a": (2, 3)},
          inits={"c": w(2, 3)}))
 add(case("div_bcast", "Div", [N("Div", ["a", "b"], ["y"])], BCAST,
