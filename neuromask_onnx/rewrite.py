@@ -197,6 +197,23 @@ def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.
     return kept[::-1]
 
 
+def pruned(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """A copy computing only `outputs`: dead nodes and unread initializers dropped."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [o for o in m.graph.output if o.name in outputs]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
+    nodes = prune(list(m.graph.node), list(outputs))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    read = {i for n in nodes for i in n.input}
+    inits = [t for t in m.graph.initializer if t.name in read]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return m
+
+
 def seed_last(nodes: Sequence[onnx.NodeProto], seeds: Sequence[str]) -> list[onnx.NodeProto]:
     """Stable partition: the nodes that do not depend on a gradient seed first.
 

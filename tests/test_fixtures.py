@@ -62,19 +62,7 @@ class Fixture:
 
 def loss_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """The instrumented graph with nm_loss as its only output (unused nodes pruned)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = [o for o in m.graph.output if o.name == rewrite.LOSS]
-    del m.graph.output[:]
-    m.graph.output.extend(keep)
-    nodes = rewrite.prune(list(m.graph.node), [rewrite.LOSS])
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    read = {i for n in nodes for i in n.input}
-    inits = [t for t in m.graph.initializer if t.name in read]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits)
-    return m
+    return rewrite.pruned(model, [rewrite.LOSS])
 
 
 @pytest.fixture(params=MODELS, ids=[p.stem for p in MODELS])

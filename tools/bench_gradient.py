@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_torchvision as exp
 
 from neuromask_onnx import instrument
-from neuromask_onnx.rewrite import LOSS, PROBS, TARGET, prune
+from neuromask_onnx.rewrite import LOSS, PROBS, TARGET, pruned
 
 
 def _session(model: bytes | str, threads: int, profile: str | None = None
@@ -107,15 +107,10 @@ def free_factors(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         kept.append(n)
     outs = [o.name for o in m.graph.output]
     tail = [onnx.helper.make_node("Identity", [alias[o]], [o]) for o in outs if o in alias]
-    nodes = prune(kept + tail, outs)
     del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    used = {i for n in nodes for i in n.input}
-    inits = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits)
+    m.graph.node.extend(kept + tail)
     del m.graph.value_info[:]
-    return m, len(alias)
+    return pruned(m, outs), len(alias)
 
 
 def bench_one(name: str, cache: Path, reps: int, threads: int,
