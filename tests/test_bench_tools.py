@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from neuromask_onnx import instrument
+from neuromask_onnx.rewrite import PROBS, TARGET, pruned
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +56,23 @@ def test_free_factors_drops_the_gradient_masks_and_keeps_the_forward(models_dir:
     np.testing.assert_array_equal(probs, probs2)
     assert grad.shape == grad2.shape
     assert not np.allclose(grad, grad2)  # a cost bound, not a gradient
+
+
+def test_forward_part_is_the_forward_without_the_gradient(models_dir: Path) -> None:
+    """`--forward-part` times `pruned(instrumented, [PROBS])`: nothing of the gradient chain
+    is left in it, and its probabilities are the full model's, bit for bit."""
+    inst = instrument(str(models_dir / "cnn_nchw.onnx"))
+    part = pruned(inst, [PROBS])
+    chain = {TARGET}
+    for n in part.graph.node:
+        if chain.intersection(n.input):
+            chain.update(n.output)
+    assert chain == {TARGET}
+    assert len(part.graph.node) < len(inst.graph.node) / 2
+    shape = [d.dim_value for d in inst.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(1)
+    feeds = {inst.graph.input[0].name: rng.standard_normal(shape).astype(np.float32),
+             "nm_mask": rng.uniform(0.2, 1.0, (shape[0], 1, *shape[2:])).astype(np.float32),
+             "nm_target": np.zeros(shape[0], np.int64)}
+    (probs,) = _run(part, feeds)
+    np.testing.assert_array_equal(probs, _run(inst, feeds)[2])

@@ -19,6 +19,11 @@ computes a wrong gradient on purpose. Its ratio bounds what any reformulation of
 activation masks and derivatives (ReLU6, SiLU, sigmoid gates) can reach with the same
 convolutions, reorders and pooling gradients.
 
+`--forward-part` adds another: the instrumented model pruned to its probabilities (mask,
+masked input, forward pass; `rewrite.pruned`). Its ratio to the plain forward shows what the
+instrumentation costs before the backward pass starts: the masked input, and any forward
+fusion onnxruntime loses because the backward pass reads an intermediate value.
+
 `--cpu-time` times one thread's CPU time (`time.thread_time`) instead of wall time, with
 intra_op_num_threads=1 so that onnxruntime runs every kernel on the calling thread. A shared
 virtual machine's stolen time drops out (cache and memory-bandwidth contention do not): two
@@ -27,7 +32,8 @@ squeezenet1_1 3.93 and 4.36; two wall-clock runs of two threads gave mobilenet_v
 3.64. It measures the work a run does, not how well that work spreads over cores.
 
     python tools/bench_gradient.py --cache /tmp/nm_bench [--reps 15] [--threads 2]
-        [--cpu-time] [--profile DIR] [--free-factors] [resnet18 mobilenet_v2 ...]
+        [--cpu-time] [--profile DIR] [--free-factors] [--forward-part]
+        [resnet18 mobilenet_v2 ...]
 """
 
 from __future__ import annotations
@@ -114,7 +120,8 @@ def free_factors(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 
 def bench_one(name: str, cache: Path, reps: int, threads: int,
-              profile_dir: Path | None = None, free: bool = False) -> dict[str, float]:
+              profile_dir: Path | None = None, free: bool = False,
+              forward_part: bool = False) -> dict[str, float]:
     arch = exp.ARCHS[name]
     path = exp.export(name, "torchscript", cache, size=arch.bench_size)
     shape = exp.input_shape(name, arch.bench_size)
@@ -135,10 +142,13 @@ def bench_one(name: str, cache: Path, reps: int, threads: int,
     tf: list[float] = []
     ti: list[float] = []
     tz: list[float] = []
+    tp: list[float] = []
     bypassed = 0
     if free:
         ablated, bypassed = free_factors(model)
         abl = _session(ablated.SerializeToString(), threads)
+    if forward_part:
+        part = _session(pruned(model, [PROBS]).SerializeToString(), threads)
     rounds = 5
     per_block = max(1, -(-reps // rounds))
     for _ in range(rounds):
@@ -146,10 +156,14 @@ def bench_one(name: str, cache: Path, reps: int, threads: int,
         ti += _block(ins, feeds_i, per_block)
         if free:
             tz += _block(abl, feeds_i, per_block)
+        if forward_part:
+            tp += _block(part, feeds_i, per_block)
     if prof:
         ins.end_profiling()
     f_ms, i_ms = 1e3 * min(tf), 1e3 * min(ti)
     extra = {"free_ratio": 1e3 * min(tz) / f_ms, "bypassed": float(bypassed)} if free else {}
+    if forward_part:
+        extra["forward_part_ratio"] = 1e3 * min(tp) / f_ms
     return {**extra, "forward_ms": f_ms, "instrumented_ms": i_ms, "ratio": i_ms / f_ms,
             "forward_median_ms": 1e3 * statistics.median(tf),
             "instrumented_median_ms": 1e3 * statistics.median(ti),
@@ -169,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--free-factors", action="store_true",
                    help="also time the model with the gradient's elementwise factors removed "
                         "(a wrong gradient: a bound on what mask reformulations can reach)")
+    p.add_argument("--forward-part", action="store_true",
+                   help="also time the instrumented model's forward part alone (pruned to the "
+                        "probabilities)")
     args = p.parse_args(argv)
     names = args.names or exp.BENCH_ARCHS
     bad = [n for n in names if n not in exp.ARCHS]
@@ -184,16 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     clock = "CPU time of the calling thread" if args.cpu_time else "wall time"
     print(f"onnxruntime {ort.__version__} CPU, intra_op_num_threads={args.threads}, {clock}, "
           f"{args.reps} runs each in alternating blocks; fastest run (median)\n")
-    free = args.free_factors
-    extra = " ratio, factors free (Muls removed) |" if free else ""
+    free, part = args.free_factors, args.forward_part
+    extra = " ratio, factors free (Muls removed) |" * free + " ratio, forward part |" * part
     print("| model | size | forward ms | instrumented ms | ratio | median ratio | build s |"
           + extra)
-    print("|---|---|---|---|---|---|---|" + ("---|" if free else ""))
+    print("|---|---|---|---|---|---|---|" + "---|" * (free + part))
     ratios = {}
     for name in names:
-        r = bench_one(name, Path(args.cache), args.reps, args.threads, prof, free)
+        r = bench_one(name, Path(args.cache), args.reps, args.threads, prof, free, part)
         ratios[name] = r["ratio"]
         cell = f" {r['free_ratio']:.2f} ({r['bypassed']:.0f}) |" if free else ""
+        cell += f" {r['forward_part_ratio']:.2f} |" if part else ""
         print(f"| {name} | {exp.ARCHS[name].bench_size} | {r['forward_ms']:.1f} "
               f"({r['forward_median_ms']:.1f}) | {r['instrumented_ms']:.1f} "
               f"({r['instrumented_median_ms']:.1f}) | {r['ratio']:.2f} | "
