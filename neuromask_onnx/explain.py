@@ -28,6 +28,7 @@ from onnx import TensorProto
 from scipy import ndimage
 from scipy.special import expit
 
+from . import areas
 from .errors import ConvergenceWarning, InputError
 from .graph import graph_inputs, input_dims, load_model
 from .optimize import NeuroMaskConfig, StepInfo, optimize
@@ -76,6 +77,15 @@ class Explanation:
     warnings: tuple[str, ...] = ()
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
     """The mask weights W at the mask resolution (before sigmoid and upsampling)."""
+    passes: int = 0
+    """Rows this explanation ran through the instrumented model (one forward and one
+    backward pass each), padding excluded."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """areas mode: the target probability of each area's kept and deleted input at the last
+    step, e.g. {"0.05": {"preserve": 0.71, "delete": 0.02}, ...}."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """The map's own deletion / insertion AUCs under both protocols (`metrics.self_check`),
+    when asked for (`explain --score`)."""
 
 
 @dataclass(frozen=True)
@@ -93,11 +103,21 @@ class Progress:
 # --------------------------------------------------------------------------- upsampling
 
 
+SMOOTH_SIGMA = 0.6
+"""Width, in coarse cells, of the Gaussian that `smooth` upsampling interpolates with."""
+
+
 def upsample_matrix(n_out: int, n_in: int, kind: str) -> np.ndarray:
     """A [n_out, n_in] linear map: bilinear with half-pixel centres (torch's
-    align_corners=False) or nearest (torch's 'nearest')."""
+    align_corners=False), nearest (torch's 'nearest') or smooth: normalised Gaussian weights
+    of the coarse cells around each output's centre (infinitely smooth, so no grid shows;
+    the rows sum to 1, so the border is not darkened)."""
     a = np.zeros((n_out, n_in), np.float32)
     rows = np.arange(n_out)
+    if kind == "smooth" and n_in > 1:
+        src = (rows + 0.5) * n_in / n_out - 0.5
+        wts = np.exp(-0.5 * ((src[:, None] - np.arange(n_in)[None]) / SMOOTH_SIGMA) ** 2)
+        return (wts / wts.sum(axis=1, keepdims=True)).astype(np.float32)
     if kind == "nearest" or n_in == 1:
         a[rows, np.minimum((rows * n_in) // n_out, n_in - 1)] = 1.0
         return a
@@ -200,12 +220,17 @@ class NeuroMask:
 
     Args:
         model: an ONNX model or a path to one (never modified).
-        config: hyperparameters (default: `NeuroMaskConfig()`, the authors' code).
+        config: hyperparameters (default: `NeuroMaskConfig()`, the tuned default preset).
         input_name / output_name / output_kind / layout / mask_axes: as in `instrument`.
         provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
         batch_size: how many (input, target, restart) jobs share one session run.
-        labels: class names, index = class id (for `target="tabby"` and the reports).
+        labels: class names, index = class id (for `target="tabby"` and the reports; default:
+            the model's `neuromask.labels` metadata, if any).
         threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+        rows_per_run: areas mode: how many of a step's rows (2 per area and job) share one
+            session run. Default: 2 on CPU, where a row costs least at batch 1-2
+            (tools/bench_gradient.py --rows: +16 % per row at 8 rows on two cores), and all
+            of them on CUDA.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, config: NeuroMaskConfig | None = None,
@@ -213,7 +238,7 @@ class NeuroMask:
                  output_kind: str = "auto", layout: str | None = None,
                  mask_axes: Sequence[int] | None = None, provider: Provider = "auto",
                  batch_size: int = 8, labels: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, rows_per_run: int | None = None) -> None:
         if batch_size < 1:
             msg = f"batch size must be at least 1, got {batch_size}"
             raise InputError(msg)
@@ -221,6 +246,14 @@ class NeuroMask:
         self.config = config or NeuroMaskConfig()
         self.provider_name = available_provider(provider)
         self.batch_size = batch_size
+        if rows_per_run is not None and rows_per_run < 1:
+            msg = f"rows per run must be at least 1, got {rows_per_run}"
+            raise InputError(msg)
+        self.rows_per_run = rows_per_run
+        if labels is None:  # the model's own class names, where its metadata has them
+            from .preprocess import model_labels
+
+            labels = model_labels(self.model)
         self.labels = list(labels) if labels is not None else None
         self.threads = threads
         self._opts: dict[str, Any] = {"input_name": input_name, "output_name": output_name,
@@ -244,15 +277,21 @@ class NeuroMask:
             raise InputError(msg)
         self._runners: dict[tuple[int, tuple[int, ...]], _Runner] = {}
         self._timings = {"instrument": 0.0, "session": 0.0}
+        self.model_runs = 0
+        """Rows run through the instrumented model so far (one forward and one backward pass
+        each; padding included)."""
 
     # ----------------------------------------------------------------- model plumbing
 
     def _instrumented(self, batch: int, shape: tuple[int, ...] | None) -> onnx.ModelProto:
         o = self._opts
+        c = self.config
+        classic = c.mode == "classic"
         return instrument(self.model, input_name=o["input_name"], output_name=o["output_name"],
                           batch_size=batch, input_shape=shape, layout=o["layout"],
                           mask_axes=o["mask_axes"], output_kind=o["output_kind"],
-                          baseline=self.config.baseline != "zero")
+                          objective="cross_entropy" if classic else "probability",
+                          baseline=c.baseline != "zero" if classic else True)
 
     def _runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
         key = (batch, shape)
@@ -285,19 +324,23 @@ class NeuroMask:
             raise InputError(msg)
         return np.ascontiguousarray(x, self.dtype)
 
-    def _baseline(self, x: np.ndarray) -> np.ndarray | None:
-        """The value a masked-out element takes, [N, ...] like x (None: zero, in-graph)."""
+    def _baseline(self, x: np.ndarray, kind: str | None = None) -> np.ndarray | None:
+        """The value a masked-out element takes, [N, ...] like x (None: zero, in-graph).
+
+        kind: zero, blur, mean or noise (default: the classic mode's `baseline`); in areas
+        mode every substrate is an explicit array, zeros included."""
         c = self.config
         axes = self.mask_axes
-        if c.baseline == "zero":
-            return None
-        if c.baseline == "blur":
+        kind = c.baseline if kind is None else kind
+        if kind == "zero":
+            return None if c.mode == "classic" else np.zeros_like(x)
+        if kind == "blur":
             sigma = [c.blur_sigma if a in axes else 0.0 for a in range(x.ndim)]
             blurred: np.ndarray = ndimage.gaussian_filter(x.astype(np.float32), sigma,
                                                           mode="reflect")
             return blurred.astype(x.dtype)
         mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
-        if c.baseline == "mean":
+        if kind == "mean":
             flat: np.ndarray = np.broadcast_to(mean, x.shape).astype(x.dtype)
             return flat
         std = x.std(axis=axes, keepdims=True, dtype=np.float64)
@@ -324,6 +367,7 @@ class NeuroMask:
             batch = np.stack(part + [part[-1]] * (b - n))
             runner.bind(self.input_name, batch, np.zeros(b, np.int64), self._baseline(batch))
             _, _, probs = runner.run(np.ones(runner.mask_shape, self.dtype))
+            self.model_runs += b
             out.append(probs[:n].astype(np.float64))
         return np.concatenate(out)
 
@@ -428,7 +472,10 @@ class NeuroMask:
                     callback(Progress(ci + 1, len(chunks), info.step, info.total, done,
                                       len(jobs)))
 
-            results.update(self._run_chunk(xs, chunk, size if pad else len(chunk), report))
+            if c.mode == "areas":
+                results.update(self._run_chunk_areas(xs, chunk, report))
+            else:
+                results.update(self._run_chunk(xs, chunk, size if pad else len(chunk), report))
             done += len(chunk)
             if callback is not None:
                 callback(Progress(ci + 1, len(chunks), c.steps, c.steps, done, len(jobs)))
@@ -454,7 +501,7 @@ class NeuroMask:
         target = np.array([j.target for j in padded], np.int64)
         runner.bind(self.input_name, x, target, self._baseline(x))
         full = tuple(runner.mask_shape[a] for a in self.mask_axes)
-        coarse = tuple(-(-s // c.mask_scale) for s in full)
+        coarse = c.coarse_shape(full)
         mats = [None if cs == s else upsample_matrix(s, cs, c.upsample)
                 for s, cs in zip(full, coarse, strict=True)]
         kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
@@ -465,6 +512,7 @@ class NeuroMask:
             s = expit(w * inv_t).astype(np.float32)
             m = _apply(mats, s, adjoint=False)
             pred, gm, probs = runner.run(m.reshape(runner.mask_shape).astype(self.dtype))
+            self.model_runs += batch
             gm = gm.astype(np.float32).reshape(m.shape)
             gs = _apply(mats, gm, adjoint=True)
             gw = gs * s * (np.float32(1.0) - s) * inv_t
@@ -506,6 +554,97 @@ class NeuroMask:
                 "early": bool(res.stopped_early[b]),
                 "timings": dict(timings),
                 "provider": runner.provider,
+                "passes": int(res.steps[b]) + 1,
+            }
+        return out
+
+    def _run_chunk_areas(self, xs: list[np.ndarray], chunk: list[_Job],
+                         report: Callable[[StepInfo], None],
+                         ) -> dict[tuple[int, int, int], Any]:
+        """The areas objective (`areas.AreasObjective`) for a chunk of jobs: every job's
+        preserve and delete rows of every area in one session run per step (split into the
+        model's fixed batch where it has one)."""
+        c = self.config
+        jobs = len(chunk)
+        per = len(c.areas) * (2 if c.halves == "both" else 1)
+        total_rows = jobs * per
+        cuda = self.provider_name == "CUDAExecutionProvider"
+        piece = self.fixed_batch or min(total_rows, self.rows_per_run or (
+            total_rows if cuda else 2))
+        runner = self._runner(piece, xs[0].shape)
+        x_rows = np.stack([xs[j.input] for j in chunk for _ in range(per)])
+        t_rows = np.array([j.target for j in chunk for _ in range(per)], np.int64)
+        bases = [self._baseline(x_rows, kind) for kind in c.substrates]
+        full = tuple(runner.mask_shape[a] for a in self.mask_axes)
+        coarse = c.coarse_shape(full)
+        mats = [None if cs == s else upsample_matrix(s, cs, c.upsample)
+                for s, cs in zip(full, coarse, strict=True)]
+
+        def pad(a: np.ndarray, lo: int) -> np.ndarray:
+            part = a[lo:lo + piece]
+            if len(part) < piece:
+                part = np.concatenate([part, np.repeat(part[-1:], piece - len(part), axis=0)])
+            return part
+
+        seen: dict[str, np.ndarray] = {}
+
+        def run_rows(masks: np.ndarray, which: int) -> tuple[np.ndarray, np.ndarray]:
+            ps, gs, qs = [], [], []
+            for lo in range(0, total_rows, piece):
+                k = min(piece, total_rows - lo)
+                runner.bind(self.input_name, pad(x_rows, lo), pad(t_rows, lo),
+                            pad(bases[which], lo))  # type: ignore[arg-type]
+                mask = pad(masks, lo).reshape(runner.mask_shape).astype(self.dtype)
+                p, g, q = runner.run(mask)
+                self.model_runs += piece
+                ps.append(p[:k])
+                gs.append(g[:k].reshape(k, *full))
+                qs.append(q[:k])
+            seen["probs"] = np.concatenate(qs)
+            return np.concatenate(ps), np.concatenate(gs)
+
+        kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
+        obj = areas.AreasObjective(c, jobs, run_rows,
+                                   lambda v, adjoint: _apply(mats, v, adjoint), kernel)
+        w0 = np.concatenate([areas.init_weights(c, coarse, j.restart) for j in chunk])
+        t0 = time.perf_counter()
+        res = optimize(obj, w0, steps=c.steps, learning_rate=c.learning_rate, decay=c.decay,
+                       epsilon=c.epsilon, momentum=c.momentum, tolerance=c.tolerance,
+                       patience=c.patience, callback=report, method=c.optimizer,
+                       beta1=c.beta1, beta2=c.beta2)
+        seconds = time.perf_counter() - t0
+        # The map comes from the final weights (no model run needed); the probabilities and
+        # losses are those of the last step's run.
+        k = len(c.areas)
+        final = _apply(mats, expit(res.w * np.float32(1.0 / c.temperature)), adjoint=False)
+        steps_run = int(res.steps.max())
+        timings = {"optimize": seconds, "per_step": seconds / max(steps_run, 1),
+                   "instrument": self._timings["instrument"],
+                   "session": self._timings["session"], "batch": float(piece)}
+        last = obj.last
+        largest = int(np.argmax(c.areas))
+        out = {}
+        for b, job in enumerate(chunk):
+            rows = slice(b * k, (b + 1) * k)
+            p_rows = last["p"][rows]
+            # "after" = the kept (or, with halves="delete", the deleted) input of the largest
+            # area, at the last step
+            probs = seen["probs"][b * per + largest * len(obj.halves)].astype(np.float64)
+            out[(job.input, job.target, job.restart)] = {
+                "mask": final[rows].mean(axis=0).astype(np.float32),
+                "weights": res.w[rows].copy(),
+                "total": float(last["total"][rows].sum()),
+                "final": {key: float(last[key][rows].sum())
+                          for key in ("total", "pred", "sparse", "smooth")},
+                "probs": probs,
+                "losses": np.sum([res.losses[b * k + i] for i in range(k)], axis=0),
+                "steps": int(res.steps[rows].max()),
+                "early": bool(res.stopped_early[rows].all()),
+                "timings": dict(timings),
+                "provider": runner.provider,
+                "passes": int(res.steps[rows].max()) * per,
+                "areas": {f"{a:g}": {h: float(p_rows[i, hi]) for hi, h in
+                                     enumerate(obj.halves)} for i, a in enumerate(c.areas)},
             }
         return out
 
@@ -524,7 +663,8 @@ class NeuroMask:
             losses=np.asarray(r["losses"], np.float32), final_losses=r["final"],
             steps=r["steps"], stopped_early=r["early"], restart=restart, config=self.config,
             seed=self.config.seed, provider=r["provider"], timings=timings,
-            warnings=tuple(notes), weights=r["weights"])
+            warnings=tuple(notes), weights=r["weights"], passes=r["passes"],
+            details={"areas": r["areas"]} if "areas" in r else {})
 
 
 def diagnose(mask: np.ndarray, losses: np.ndarray, probs_after: np.ndarray,

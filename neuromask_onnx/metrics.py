@@ -264,3 +264,24 @@ def evaluate(clf: Classifier, x: np.ndarray, target: int, saliency: np.ndarray, 
         scores["pointing_game"] = pointing_game(saliency, r)
         scores["energy_in_box"] = energy_in_box(saliency, r)
     return scores, d, i
+
+
+PROTOCOLS: dict[str, tuple[Removal, Removal]] = {"A": ("zero", "blur"), "B": ("blur", "zero")}
+"""Scoring protocol -> (deletion substrate, insertion substrate). A is RISE's (deletion to
+zero = the mean colour in normalised space, insertion from a blur); B swaps the substrates,
+so a map fitted to one way of removing pixels shows it."""
+
+
+def self_check(clf: Classifier, x: np.ndarray, target: int, saliency: np.ndarray, *,
+               steps: int = 50, seed: int = 0) -> dict[str, float]:
+    """Deletion and insertion AUC of one map under both protocols, and their differences:
+    `A_deletion_auc`, `A_insertion_auc`, `A_insertion_minus_deletion`, then the same for B.
+    4 (steps + 1) forward passes."""
+    out: dict[str, float] = {}
+    for name, (d, i) in PROTOCOLS.items():
+        dele = deletion(clf, x, target, saliency, steps=steps, baseline=d, seed=seed).auc
+        ins = insertion(clf, x, target, saliency, steps=steps, baseline=i, seed=seed).auc
+        out[f"{name}_deletion_auc"] = dele
+        out[f"{name}_insertion_auc"] = ins
+        out[f"{name}_insertion_minus_deletion"] = ins - dele
+    return out

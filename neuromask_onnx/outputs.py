@@ -155,6 +155,9 @@ def record(ex: Explanation, inp: LoadedInput, model_path: Path | None, model_sha
         "mask": {"shape": list(ex.mask.shape), "min": float(ex.mask.min()),
                  "max": float(ex.mask.max()), "mean": float(ex.mask.mean())},
         "seconds": ex.timings,
+        "model_passes": ex.passes,
+        **({"areas": ex.details["areas"]} if "areas" in ex.details else {}),
+        **({"scores": ex.scores} if ex.scores else {}),
         "warnings": list(ex.warnings),
         "files": {k: p.name for k, p in outputs.items()},
     }

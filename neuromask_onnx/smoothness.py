@@ -4,7 +4,9 @@ Both act on the mask weights W (not on the mask sigmoid(W / T)), one sample per 
 W has shape [N, *S] with S the mask's spatial shape (1-D for sequences, 2-D for images).
 
 Smoothness is a norm of the Laplacian W * f_s taken with a 'VALID' correlation (no padding,
-as the authors' TensorFlow code does), so the border is not pulled towards zero. The filters
+as the authors' TensorFlow code does; the outer cells then enter only as neighbours, so
+nothing smooths them: the border band of the reference maps) or, with `padding="reflect"`, of
+W reflected about its border first, so every cell is a centre once (the default preset). The filters
 are -1 everywhere and the centre makes the sum zero: 3x3 (centre 8), 5x5 (centre 24); in 1-D
 [-1, 2, -1] and [-1, -1, 4, -1, -1]. The adjoint of a VALID correlation is a FULL convolution,
 which gives the gradient exactly. `norm` "l1" is sum |L| (the paper); "squared" is sum L^2 (the
@@ -45,9 +47,25 @@ def laplacian(w: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out
 
 
+def _reflect_index(shape: tuple[int, ...], r: int) -> np.ndarray:
+    """Flat source index of every cell of the reflect-padded array (for the adjoint)."""
+    idx: np.ndarray = np.pad(np.arange(int(np.prod(shape))).reshape(shape), r, mode="reflect")
+    return idx
+
+
 def smoothness(w: np.ndarray, kernel: np.ndarray, norm: Norm = "squared",
-               reduce: Reduce = "mean") -> tuple[np.ndarray, np.ndarray]:
+               reduce: Reduce = "mean", padding: Literal["valid", "reflect"] = "valid",
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample energy [N] and its gradient d energy / d w (the shape of w)."""
+    r = kernel.shape[0] // 2
+    if padding == "reflect" and all(s > r for s in w.shape[1:]):
+        idx = _reflect_index(w.shape[1:], r)
+        flat = w.reshape(w.shape[0], -1)
+        energy, gpad = smoothness(flat[:, idx], kernel, norm, reduce, "valid")
+        n = flat.shape[1]
+        grad = np.stack([np.bincount(idx.ravel(), weights=g.ravel(), minlength=n)
+                         for g in gpad]).reshape(w.shape)
+        return energy, grad.astype(w.dtype)
     lap = laplacian(w, kernel)
     count = int(np.prod(lap.shape[1:]))
     if count == 0:  # mask smaller than the filter: no VALID output, no energy

@@ -162,3 +162,74 @@ def test_collapsed_mask_warns() -> None:
     assert "all-off" in text
     assert "no longer classified" in text
     assert ex.warnings
+
+
+# --------------------------------------------------------------------------- the default preset
+
+
+def _region_model(box: tuple[int, int, int, int]) -> onnx.ModelProto:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "make_region_model.py"
+    spec = importlib.util.spec_from_file_location("make_region_model", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model: onnx.ModelProto = mod.build(box)
+    return model
+
+
+def _share(mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    top, bottom, left, right = box
+    return float(mask[top:bottom, left:right].sum() / mask.sum())
+
+
+@pytest.mark.parametrize("box", [(0, 8, 0, 8), (24, 32, 8, 16), (8, 16, 16, 24)],
+                         ids=["corner", "bottom_edge", "centre"])
+def test_default_mask_finds_the_region_at_the_border_and_inside(
+        box: tuple[int, int, int, int]) -> None:
+    """The default preset's mask follows the evidence to the border and leaves an ignored
+    border cold: no border band either way."""
+    nm = NeuroMask(_region_model(box), provider="cpu")
+    ex = nm.attribute(_images(1, seed=3)[0], target=0)
+    assert isinstance(ex, Explanation)
+    top, bottom, left, right = box
+    peak = np.unravel_index(int(ex.mask.argmax()), ex.mask.shape)
+    assert top <= peak[0] < bottom and left <= peak[1] < right
+    # the box is 1/16 of the image; the mean of the nested masks puts far more than that there
+    assert _share(ex.mask, box) > 0.3
+    ring = np.ones(ex.mask.shape, bool)
+    ring[2:-2, 2:-2] = False  # the outer two pixels all round
+    inbox = np.zeros(ex.mask.shape, bool)
+    inbox[top:bottom, left:right] = True
+    outside = ring & ~inbox
+    assert ex.mask[outside].mean() < 0.5 * ex.mask[inbox].mean()
+    if box == (8, 16, 16, 24):  # the model ignores every edge: the ring stays cold
+        assert ex.mask[ring].max() < ex.mask[inbox].min()
+
+
+def test_python_default_is_the_cli_default_and_the_default_preset() -> None:
+    from neuromask_onnx.optimize import NeuroMaskConfig
+
+    assert NeuroMaskConfig() == preset("default")
+    assert NeuroMaskConfig().mode == "areas"
+    assert preset("reference").mode == "classic"
+
+
+def test_labels_come_from_the_model_metadata() -> None:
+    m = onnx.load(str(MODEL))
+    onnx.helper.set_model_props(m, {"neuromask.labels": '["box", "dark", "other"]'})
+    ex = NeuroMask(m, provider="cpu").attribute(_images(1)[0], target=0)
+    assert isinstance(ex, Explanation)
+    assert ex.label == "box"
+    assert ex.top_k[0].label == "box"
+
+
+def test_default_counts_its_model_runs() -> None:
+    nm = NeuroMask(MODEL, provider="cpu")
+    ex = nm.attribute(_images(1)[0])
+    assert isinstance(ex, Explanation)
+    c = nm.config
+    rows = len(c.areas) * 2
+    assert nm.model_runs == 1 + c.steps * rows  # one prediction, then one batch per step
+    assert ex.steps == c.steps

@@ -37,9 +37,10 @@ SIZE = 32
 BOX = (8, 16, 16, 24)  # rows [8, 16), cols [16, 24): top, bottom, left, right (exclusive)
 
 
-def build() -> onnx.ModelProto:
+def build(box: tuple[int, int, int, int] = BOX) -> onnx.ModelProto:
+    """The model for `box` = (top, bottom, left, right), exclusive ends (the fixture: BOX)."""
     rng = np.random.default_rng(20190601)
-    top, bottom, left, right = BOX
+    top, bottom, left, right = box
     gate = np.zeros((1, 1, SIZE, SIZE), np.float32)
     gate[..., top:bottom, left:right] = 1.0
     kernel = rng.uniform(0.0, 1.0, (4, 3, 3, 3)).astype(np.float32) / 27.0 * 4.0
