@@ -124,8 +124,15 @@ class AreasObjective:
             gm += (dm * dval).reshape(-1, *[1] * (m.ndim - 1)) * gp[:, i]
         gs = self.upsample(gm, True) * f32(c.pred_weight)
         flat = s.reshape(n, -1)
-        profiles = np.stack([area_profile(flat.shape[1], c.areas[i % self.k]) for i in range(n)])
-        area, garea = area_term(flat, profiles)
+        if c.area_penalty == "mean":
+            goal = np.array([c.areas[i % self.k] for i in range(n)], f32)
+            gap = flat.mean(axis=1) - goal
+            area = gap * gap
+            garea = np.broadcast_to((2.0 * gap / flat.shape[1])[:, None], flat.shape)
+        else:
+            profiles = np.stack([area_profile(flat.shape[1], c.areas[i % self.k])
+                                 for i in range(n)])
+            area, garea = area_term(flat, profiles)
         gs += f32(c.sparse_weight) * garea.reshape(s.shape)
         if self.kernel is not None and c.smooth_weight > 0:
             sm, gsm = smoothness(s, self.kernel, c.smooth_norm, c.smooth_reduce,
@@ -146,10 +153,18 @@ class AreasObjective:
         return out
 
 
+def prior_weights(config: NeuroMaskConfig, prior: np.ndarray) -> np.ndarray:
+    """W0 for one job's K masks from a coarse prior map [*coarse] (higher = keep): area k
+    starts on where the standardised prior is above its (1 - a_k) quantile."""
+    z = (prior - prior.mean()) / max(float(prior.std()), 1e-12)
+    return np.stack([config.prior_scale * (z - np.quantile(z, 1.0 - a))
+                     for a in config.areas]).astype(np.float32)
+
+
 def init_weights(config: NeuroMaskConfig, coarse: tuple[int, ...], restart: int) -> np.ndarray:
     """W0 for one job's K masks: zeros, or U(-tau, tau) seeded by (seed, restart, area)."""
     k = len(config.areas)
-    if config.init == "zero":
+    if config.init in ("zero", "prior"):
         return np.zeros((k, *coarse), np.float32)
     return np.stack([np.random.default_rng([config.seed, restart, i]).uniform(
         -config.tau, config.tau, coarse).astype(np.float32) for i in range(k)])

@@ -606,8 +606,12 @@ class NeuroMask:
         kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
         obj = areas.AreasObjective(c, jobs, run_rows,
                                    lambda v, adjoint: _apply(mats, v, adjoint), kernel)
-        w0 = np.concatenate([areas.init_weights(c, coarse, j.restart) for j in chunk])
         t0 = time.perf_counter()
+        if c.init == "prior":
+            w0 = self._prior_weights(runner, x_rows[::per], t_rows[::per], bases, per, full,
+                                     mats)
+        else:
+            w0 = np.concatenate([areas.init_weights(c, coarse, j.restart) for j in chunk])
         res = optimize(obj, w0, steps=c.steps, learning_rate=c.learning_rate, decay=c.decay,
                        epsilon=c.epsilon, momentum=c.momentum, tolerance=c.tolerance,
                        patience=c.patience, callback=report, method=c.optimizer,
@@ -642,11 +646,44 @@ class NeuroMask:
                 "early": bool(res.stopped_early[rows].all()),
                 "timings": dict(timings),
                 "provider": runner.provider,
-                "passes": int(res.steps[rows].max()) * per,
+                "passes": int(res.steps[rows].max()) * per
+                + (len(c.substrates) if c.init == "prior" else 0),
                 "areas": {f"{a:g}": {h: float(p_rows[i, hi]) for hi, h in
                                      enumerate(obj.halves)} for i, a in enumerate(c.areas)},
             }
         return out
+
+    def _prior_weights(self, runner: _Runner, x: np.ndarray, target: np.ndarray,
+                       bases: Sequence[np.ndarray | None], per: int, full: tuple[int, ...],
+                       mats: Sequence[np.ndarray | None]) -> np.ndarray:
+        """init prior: a row per job and substrate b at mask = 1 gives d p / d mask = the sum
+        over channels of (x - b) d p / d x_bar (gradient x input against b); summed over the
+        substrates (one alone can be blind: a blur keeps a region's mean brightness) and
+        smoothed by the upsampling's adjoint (each cell averages the pixels it covers)."""
+        c = self.config
+        piece = runner.batch
+        n, nb = len(x), len(bases)
+        # every (job, substrate) pair is one row; rows share runs, so no padding is wasted
+        xs = np.repeat(x, nb, axis=0)
+        ts = np.repeat(target, nb)
+        bs = np.stack([np.zeros_like(x[0]) if b is None else b[j * per]
+                       for j in range(n) for b in bases])
+        rows = []
+        for lo in range(0, len(xs), piece):
+            k = min(piece, len(xs) - lo)
+
+            def pad(a: np.ndarray, lo: int = lo) -> np.ndarray:
+                part = a[lo:lo + piece]
+                return np.concatenate([part, np.repeat(part[-1:], piece - len(part), axis=0)])
+
+            runner.bind(self.input_name, pad(xs), pad(ts), pad(bs))
+            _, gi, _ = runner.run(np.ones(runner.mask_shape, self.dtype))
+            self.model_runs += piece
+            rows.append(gi[:k].reshape(k, *full).astype(np.float32))
+        g = np.concatenate(rows).reshape(n, nb, *full).sum(axis=1)
+        cover = _apply(mats, np.ones((1, *full), np.float32), adjoint=True)
+        coarse = _apply(mats, g, adjoint=True) / np.maximum(cover, 1e-12)
+        return np.concatenate([areas.prior_weights(c, v) for v in coarse])
 
     def _explanation(self, r: dict[str, Any], before: np.ndarray, target: int, restart: int,
                      top_k: int | None, t_predict: float) -> Explanation:

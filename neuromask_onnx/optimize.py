@@ -61,8 +61,13 @@ class NeuroMaskConfig:
     """T in m = sigmoid(W / T); the authors' code uses 0.3, the paper 1."""
     tau: float = 10.0
     """Initial range W0 ~ U(-tau, tau) (`init` uniform) and the sparsity offset |W + tau|."""
-    init: Literal["zero", "uniform"] = "zero"
-    """W0: zero (m = 0.5 everywhere, where sigmoid' is largest) or U(-tau, tau) (the code)."""
+    init: Literal["prior", "zero", "uniform"] = "prior"
+    """W0: prior (areas mode: each area's mask starts as that area's top of one gradient pass,
+    d p / d mask at m = 1, smoothed to the mask's cells; one extra model row per job), zero
+    (m = 0.5 everywhere) or U(-tau, tau) (the code)."""
+    prior_scale: float = 2.0
+    """init prior: W0 = prior_scale * (z - z_a), z the standardised prior, z_a its quantile
+    at 1 - a, so each mask starts with about its area on."""
     pred_weight: float = 1.0
     """lambda_p, weight of the prediction term."""
     sparse_weight: float = 40.0
@@ -95,6 +100,10 @@ class NeuroMaskConfig:
     areas: tuple[float, ...] = (0.05, 0.12, 0.25, 0.5)
     """areas mode: target fractions of the input that the nested masks keep; the map is the
     mean of the masks, so it ranks the input from the smallest area outwards."""
+    area_penalty: Literal["sorted", "mean"] = "sorted"
+    """areas mode: how the area is held: sorted = the whole sorted mask is pulled to the step
+    profile r_a (a near-binary mask of area a); mean = only the mask's mean is pulled to a
+    (the pattern is left to the prediction term)."""
     halves: Halves = "both"
     """areas mode: both = each mask must keep the class (preserve) and its complement must
     lose it (delete); or one of the two."""
@@ -125,7 +134,9 @@ class NeuroMaskConfig:
             (self.steps >= 1, "steps must be at least 1"),
             (self.optimizer in ("adam", "rmsprop"), "optimizer must be adam or rmsprop"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
-            (self.init in ("zero", "uniform"), "init must be zero or uniform"),
+            (self.init in ("prior", "zero", "uniform"), "init must be prior, zero or uniform"),
+            (self.prior_scale > 0, "prior_scale must be positive"),
+            (self.mode == "areas" or self.init != "prior", "init prior needs mode areas"),
             (self.smooth_padding in ("reflect", "valid"), "smooth_padding must be reflect or valid"),
             (len(self.substrates) >= 1 and all(b in ("zero", "blur", "mean", "noise")
                                                for b in self.substrates),
@@ -134,6 +145,7 @@ class NeuroMaskConfig:
              "areas must be a non-empty list of fractions in (0, 1)"),
             (self.halves in ("both", "preserve", "delete"), "halves must be both, preserve or delete"),
             (self.pred_loss in ("probability", "log"), "pred_loss must be probability or log"),
+            (self.area_penalty in ("sorted", "mean"), "area_penalty must be sorted or mean"),
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0 <= self.decay < 1, "decay must be in [0, 1)"),
             (self.epsilon > 0, "epsilon must be positive"),

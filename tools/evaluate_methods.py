@@ -174,7 +174,10 @@ def main() -> None:
                     help="NeuroMask configs: preset[:field=value,...] (repeatable; first is "
                          "the one compared); default: the default preset")
     ap.add_argument("--methods", default=",".join([*BASELINES, "random", "centre"]))
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="no NeuroMask row (fills the cache of the other methods)")
     ap.add_argument("--curve-steps", type=int, default=50)
+    ap.add_argument("--photos", default=None, help="only these photos (comma list)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/nm/maps"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--save-maps", type=Path, default=None,
@@ -183,7 +186,8 @@ def main() -> None:
 
     photos = find_photos()
     names = [n for n in (SPLIT["tune"] + SPLIT["test"] if args.split == "all"
-                         else SPLIT[args.split]) if n in photos]
+                         else SPLIT[args.split]) if n in photos
+             and (args.photos is None or n in args.photos.split(","))]
     clf = Classifier(args.model, provider="cpu", batch_size=64)
     spec = describe_input(clf.model, clf.input_name)
     loaded = load_inputs([photos[n] for n in names], spec,
@@ -223,7 +227,8 @@ def main() -> None:
         return run
 
     for label, cfg in zip(labels, configs, strict=True):
-        methods.append((label + "#" + config_key(cfg), nm_runner(cfg)))
+        if not args.baselines_only:
+            methods.append((label + "#" + config_key(cfg), nm_runner(cfg)))
     for name in filter(None, args.methods.split(",")):
         methods.append((name, base_runner(name)))
 

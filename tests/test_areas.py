@@ -1,0 +1,77 @@
+"""The default objective's numpy parts: the area term, Adam and the smooth upsampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuromask_onnx.areas import area_profile, area_term
+from neuromask_onnx.explain import _apply, upsample_matrix
+from neuromask_onnx.optimize import AdamState, adam_step, optimize
+
+
+def test_area_profile_has_the_area_in_ones() -> None:
+    r = area_profile(200, 0.05)
+    assert r.sum() == 10
+    assert np.all(np.diff(r) >= 0)  # ascending, as sort() returns
+
+
+def test_area_term_gradient_matches_finite_differences(rng: np.random.Generator) -> None:
+    s = rng.uniform(0, 1, (3, 50))  # distinct values: the sort is locally constant
+    prof = np.stack([area_profile(50, a) for a in (0.1, 0.3, 0.5)])
+    e, g = area_term(s, prof)
+    u = rng.standard_normal(s.shape)
+    eps = 1e-7
+    fd = (area_term(s + eps * u, prof)[0].sum() - area_term(s - eps * u, prof)[0].sum()) / (
+        2 * eps)
+    assert np.sum(g * u) == pytest.approx(fd, rel=1e-6)
+    np.testing.assert_allclose(e, np.mean((np.sort(s, axis=1) - prof) ** 2, axis=1))
+
+
+def test_area_term_treats_ties_alike() -> None:
+    """From the uniform start no cell is preferred: memory order must not decide."""
+    s = np.full((1, 16), 0.5)
+    _, g = area_term(s, area_profile(16, 0.25)[None])
+    assert np.ptp(g) == 0.0
+
+
+def test_adam_matches_the_textbook_update() -> None:
+    w = np.array([1.0, -2.0])
+    st = AdamState.like(w)
+    g = np.array([0.5, -1.0])
+    w1 = adam_step(w, g, st, learning_rate=0.1, beta1=0.9, beta2=0.999, epsilon=1e-8)
+    # first step: mhat = g, vhat = g^2, so the step is lr * sign(g) (up to epsilon)
+    np.testing.assert_allclose(w1, w - 0.1 * np.sign(g), rtol=1e-6)
+
+
+def test_adam_minimises_a_quadratic() -> None:
+    target = np.array([[3.0, -1.0]])
+
+    def fun(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = w - target
+        return (d * d).sum(axis=1), 2 * d
+
+    res = optimize(fun, np.zeros((1, 2)), steps=300, learning_rate=0.1, decay=0.9,
+                   epsilon=1e-8, method="adam")
+    np.testing.assert_allclose(res.w, target, atol=1e-2)
+
+
+def test_smooth_upsampling_has_no_grid_and_its_adjoint_is_the_transpose(
+        rng: np.random.Generator) -> None:
+    a = upsample_matrix(224, 14, "smooth")
+    np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-6)  # no dark border
+    # a constant coarse mask stays exactly constant; one on-cell gives one smooth bump
+    flat = _apply([a, a], np.full((1, 14, 14), 0.7, np.float32), adjoint=False)
+    assert np.ptp(flat) < 1e-6
+    one = np.zeros((1, 14, 14), np.float32)
+    one[0, 7, 7] = 1.0
+    bump = _apply([a, a], one, adjoint=False)[0]
+    row = bump[7 * 16 + 8]
+    peak = int(row.argmax())
+    assert 7 * 16 <= peak < 8 * 16
+    assert np.all(np.diff(row[:peak]) >= -1e-7) and np.all(np.diff(row[peak:]) <= 1e-7)
+    w = rng.standard_normal((2, 14, 14)).astype(np.float32)
+    gy = rng.standard_normal((2, 224, 224)).astype(np.float32)
+    lhs = np.sum(_apply([a, a], w, adjoint=False) * gy)
+    rhs = np.sum(w * _apply([a, a], gy, adjoint=True))
+    assert lhs == pytest.approx(rhs, rel=1e-4)
