@@ -51,8 +51,9 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import export_torchvision as exp
+import real_exports
 
-from neuromask_onnx import instrument
+from neuromask_onnx import instrument, simplify
 from neuromask_onnx.rewrite import LOSS, PROBS, TARGET, pruned
 
 
@@ -119,36 +120,60 @@ def free_factors(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return pruned(m, outs), len(alias)
 
 
-def bench_one(name: str, cache: Path, reps: int, threads: int,
-              profile_dir: Path | None = None, free: bool = False,
-              forward_part: bool = False) -> dict[str, float]:
+def case(name: str, cache: Path) -> tuple[Path, tuple[int, ...], str]:
+    """(model path, input shape at batch 1, layout) for a torchvision arch or a real export."""
+    if name in real_exports.CASES:
+        return real_exports.build(name, cache / "real")
     arch = exp.ARCHS[name]
     path = exp.export(name, "torchscript", cache, size=arch.bench_size)
-    shape = exp.input_shape(name, arch.bench_size)
+    return path, exp.input_shape(name, arch.bench_size), arch.layout
+
+
+def _instrument(path: Path, batch: int = 1, simplified: bool = True) -> onnx.ModelProto:
+    with simplify.switched(simplified):
+        return instrument(str(path), batch_size=batch)
+
+
+def _feeds(in_name: str, shape: tuple[int, ...], layout: str, rows: int = 1
+           ) -> dict[str, np.ndarray]:
+    """One image repeated `rows` times, one random mask per row (a batch of masks for one
+    image), one target per row."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
-    mshape = (1, *shape[1:3], 1) if arch.layout == "NHWC" else (1, 1, *shape[2:])
-    mask = rng.uniform(0.5, 1.0, mshape).astype(np.float32)
+    mshape = (rows, *shape[1:3], 1) if layout == "NHWC" else (rows, 1, *shape[2:])
+    return {in_name: np.repeat(x, rows, axis=0),
+            "nm_mask": rng.uniform(0.5, 1.0, mshape).astype(np.float32),
+            "nm_target": np.full(rows, 5, dtype=np.int64)}
+
+
+def bench_one(name: str, cache: Path, reps: int, threads: int,
+              profile_dir: Path | None = None, free: bool = False,
+              forward_part: bool = False, ab: bool = False,
+              simplified: bool = True) -> dict[str, float]:
+    path, shape, layout = case(name, cache)
     t0 = time.perf_counter()
-    model = instrument(str(path))
+    model = _instrument(path, simplified=simplified)
     build_s = time.perf_counter() - t0
     fwd = _session(str(path), threads)
     prof = str(profile_dir / f"{name}_instrumented") if profile_dir else None
     ins = _session(model.SerializeToString(), threads, prof)
     in_name = fwd.get_inputs()[0].name
-    target = np.array([5], dtype=np.int64)
-    feeds_f = {in_name: x}
-    feeds_i = {in_name: x, "nm_mask": mask, "nm_target": target}
+    feeds_i = _feeds(in_name, shape, layout)
+    feeds_f = {in_name: feeds_i[in_name]}
     tf: list[float] = []
     ti: list[float] = []
     tz: list[float] = []
     tp: list[float] = []
+    ta: list[float] = []
     bypassed = 0
     if free:
         ablated, bypassed = free_factors(model)
         abl = _session(ablated.SerializeToString(), threads)
     if forward_part:
         part = _session(pruned(model, [PROBS]).SerializeToString(), threads)
+    if ab:  # the same model instrumented with the other simplification setting
+        other = _session(_instrument(path, simplified=not simplified).SerializeToString(),
+                         threads)
     rounds = 5
     per_block = max(1, -(-reps // rounds))
     for _ in range(rounds):
@@ -158,16 +183,49 @@ def bench_one(name: str, cache: Path, reps: int, threads: int,
             tz += _block(abl, feeds_i, per_block)
         if forward_part:
             tp += _block(part, feeds_i, per_block)
+        if ab:
+            ta += _block(other, feeds_i, per_block)
     if prof:
         ins.end_profiling()
     f_ms, i_ms = 1e3 * min(tf), 1e3 * min(ti)
     extra = {"free_ratio": 1e3 * min(tz) / f_ms, "bypassed": float(bypassed)} if free else {}
     if forward_part:
         extra["forward_part_ratio"] = 1e3 * min(tp) / f_ms
+    if ab:
+        extra["ab_ratio"] = 1e3 * min(ta) / f_ms
     return {**extra, "forward_ms": f_ms, "instrumented_ms": i_ms, "ratio": i_ms / f_ms,
             "forward_median_ms": 1e3 * statistics.median(tf),
             "instrumented_median_ms": 1e3 * statistics.median(ti),
-            "build_s": build_s, "nodes": float(len(model.graph.node))}
+            "build_s": build_s, "nodes": float(len(model.graph.node)), "size": shape[2]}
+
+
+def bench_rows(name: str, cache: Path, reps: int, threads: int, rows: list[int],
+               simplified: bool = True) -> None:
+    """Instrumented models at batch sizes `rows` (masks for one image), against the plain
+    forward at batch 1, in alternating blocks; prints seconds per run and per row."""
+    path, shape, layout = case(name, cache)
+    fwd = _session(str(path), threads)
+    in_name = fwd.get_inputs()[0].name
+    sess = {r: _session(_instrument(path, r, simplified).SerializeToString(), threads)
+            for r in rows}
+    feeds = {r: _feeds(in_name, shape, layout, r) for r in rows}
+    times: dict[int, list[float]] = {r: [] for r in [0, *rows]}
+    rounds = 5
+    per_block = max(1, -(-reps // rounds))
+    for _ in range(rounds):
+        times[0] += _block(fwd, {in_name: feeds[rows[0]][in_name][:1]}, per_block)
+        for r in rows:
+            times[r] += _block(sess[r], feeds[r], per_block)
+    f = min(times[0])
+    one = min(times[rows[0]]) / rows[0]
+    print(f"{name}: forward (batch 1) {1e3 * f:.1f} ms (median {1e3 * statistics.median(times[0]):.1f})\n")
+    print("| rows | ms per run | ms per row | per row / forward | per row / per row at "
+          f"{rows[0]} | median ms per row |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        t = min(times[r])
+        print(f"| {r} | {1e3 * t:.1f} | {1e3 * t / r:.1f} | {t / r / f:.2f} | "
+              f"{t / r / one:.2f} | {1e3 * statistics.median(times[r]) / r:.1f} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,11 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forward-part", action="store_true",
                    help="also time the instrumented model's forward part alone (pruned to the "
                         "probabilities)")
+    p.add_argument("--real", action="store_true",
+                   help=f"benchmark the real-export cases {list(real_exports.CASES)} "
+                        "(tools/real_exports.py) instead of the default architectures")
+    p.add_argument("--no-simplify", action="store_true",
+                   help="instrument without the graph simplifications (neuromask_onnx.simplify)")
+    p.add_argument("--ab", action="store_true",
+                   help="also time the model instrumented with the other simplification "
+                        "setting, in the same alternating blocks")
+    p.add_argument("--rows", type=int, nargs="+", default=None,
+                   help="instead: time instrumented models at these batch sizes (a batch of "
+                        "masks for one image), per run and per row")
     args = p.parse_args(argv)
-    names = args.names or exp.BENCH_ARCHS
-    bad = [n for n in names if n not in exp.ARCHS]
+    names = args.names or (list(real_exports.CASES) if args.real else exp.BENCH_ARCHS)
+    bad = [n for n in names if n not in exp.ARCHS and n not in real_exports.CASES]
     if bad:
-        print(f"unknown architecture(s) {bad}; choose from {list(exp.ARCHS)}", file=sys.stderr)
+        print(f"unknown architecture(s) {bad}; choose from "
+              f"{list(exp.ARCHS) + list(real_exports.CASES)}", file=sys.stderr)
         return 1
     prof = Path(args.profile) if args.profile else None
     if prof:
@@ -201,18 +271,28 @@ def main(argv: list[str] | None = None) -> int:
     clock = "CPU time of the calling thread" if args.cpu_time else "wall time"
     print(f"onnxruntime {ort.__version__} CPU, intra_op_num_threads={args.threads}, {clock}, "
           f"{args.reps} runs each in alternating blocks; fastest run (median)\n")
-    free, part = args.free_factors, args.forward_part
+    simplified = not args.no_simplify
+    if args.rows:
+        for name in names:
+            bench_rows(name, Path(args.cache), args.reps, args.threads, args.rows, simplified)
+        return 0
+    free, part, ab = args.free_factors, args.forward_part, args.ab
+    other = "on" if args.no_simplify else "off"
     extra = " ratio, factors free (Muls removed) |" * free + " ratio, forward part |" * part
+    extra += f" ratio, simplification {other} |" * ab
+    print(f"simplification {'off' if args.no_simplify else 'on'}\n")
     print("| model | size | forward ms | instrumented ms | ratio | median ratio | build s |"
           + extra)
-    print("|---|---|---|---|---|---|---|" + "---|" * (free + part))
+    print("|---|---|---|---|---|---|---|" + "---|" * (free + part + ab))
     ratios = {}
     for name in names:
-        r = bench_one(name, Path(args.cache), args.reps, args.threads, prof, free, part)
+        r = bench_one(name, Path(args.cache), args.reps, args.threads, prof, free, part, ab,
+                      simplified)
         ratios[name] = r["ratio"]
         cell = f" {r['free_ratio']:.2f} ({r['bypassed']:.0f}) |" if free else ""
         cell += f" {r['forward_part_ratio']:.2f} |" if part else ""
-        print(f"| {name} | {exp.ARCHS[name].bench_size} | {r['forward_ms']:.1f} "
+        cell += f" {r['ab_ratio']:.2f} |" if ab else ""
+        print(f"| {name} | {r['size']:.0f} | {r['forward_ms']:.1f} "
               f"({r['forward_median_ms']:.1f}) | {r['instrumented_ms']:.1f} "
               f"({r['instrumented_median_ms']:.1f}) | {r['ratio']:.2f} | "
               f"{r['instrumented_median_ms'] / r['forward_median_ms']:.2f} | "
