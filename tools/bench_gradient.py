@@ -43,6 +43,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -82,6 +83,29 @@ def _block(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], n: int) -> 
         sess.run(None, feeds)
         times.append(CLOCK() - t)
     return times
+
+
+def op_profile(path: str) -> dict[str, float]:
+    """Milliseconds per run spent in each op type, from an onnxruntime profile file."""
+    import json
+
+    events = json.loads(Path(path).read_text())
+    runs = max(1, sum(e.get("name") == "model_run" for e in events))
+    total: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            total[op] = total.get(op, 0.0) + e["dur"] / 1e3 / runs
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def print_profiles(name: str, fwd: str, ins: str, top: int = 12) -> None:
+    f, i = op_profile(fwd), op_profile(ins)
+    print(f"\n{name}: ms per run by op type (onnxruntime profile, kernel time)\n")
+    print("| op | forward | instrumented |\n|---|---|---|")
+    for op in list(dict.fromkeys([*i, *f]))[:top]:
+        print(f"| {op} | {f.get(op, 0.0):.2f} | {i.get(op, 0.0):.2f} |")
+    print(f"| all | {sum(f.values()):.2f} | {sum(i.values()):.2f} |\n", flush=True)
 
 
 def free_factors(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -149,13 +173,14 @@ def _feeds(in_name: str, shape: tuple[int, ...], layout: str, rows: int = 1
 def bench_one(name: str, cache: Path, reps: int, threads: int,
               profile_dir: Path | None = None, free: bool = False,
               forward_part: bool = False, ab: bool = False,
-              simplified: bool = True) -> dict[str, float]:
+              simplified: bool = True) -> dict[str, Any]:
     path, shape, layout = case(name, cache)
     t0 = time.perf_counter()
     model = _instrument(path, simplified=simplified)
     build_s = time.perf_counter() - t0
-    fwd = _session(str(path), threads)
     prof = str(profile_dir / f"{name}_instrumented") if profile_dir else None
+    fprof = str(profile_dir / f"{name}_forward") if profile_dir else None
+    fwd = _session(str(path), threads, fprof)
     ins = _session(model.SerializeToString(), threads, prof)
     in_name = fwd.get_inputs()[0].name
     feeds_i = _feeds(in_name, shape, layout)
@@ -186,7 +211,7 @@ def bench_one(name: str, cache: Path, reps: int, threads: int,
         if ab:
             ta += _block(other, feeds_i, per_block)
     if prof:
-        ins.end_profiling()
+        profiles = (fwd.end_profiling(), ins.end_profiling())
     f_ms, i_ms = 1e3 * min(tf), 1e3 * min(ti)
     extra = {"free_ratio": 1e3 * min(tz) / f_ms, "bypassed": float(bypassed)} if free else {}
     if forward_part:
@@ -196,7 +221,8 @@ def bench_one(name: str, cache: Path, reps: int, threads: int,
     return {**extra, "forward_ms": f_ms, "instrumented_ms": i_ms, "ratio": i_ms / f_ms,
             "forward_median_ms": 1e3 * statistics.median(tf),
             "instrumented_median_ms": 1e3 * statistics.median(ti),
-            "build_s": build_s, "nodes": float(len(model.graph.node)), "size": shape[2]}
+            "build_s": build_s, "nodes": float(len(model.graph.node)), "size": shape[2],
+            **({"profiles": profiles} if prof else {})}
 
 
 def bench_rows(name: str, cache: Path, reps: int, threads: int, rows: list[int],
@@ -285,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
           + extra)
     print("|---|---|---|---|---|---|---|" + "---|" * (free + part + ab))
     ratios = {}
+    profiled: list[tuple[str, str, str]] = []
     for name in names:
         r = bench_one(name, Path(args.cache), args.reps, args.threads, prof, free, part, ab,
                       simplified)
@@ -297,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['instrumented_median_ms']:.1f}) | {r['ratio']:.2f} | "
               f"{r['instrumented_median_ms'] / r['forward_median_ms']:.2f} | "
               f"{r['build_s']:.1f} |{cell}", flush=True)
+        if prof:
+            profiled.append((name, *r["profiles"]))
+    for name, f, i in profiled:
+        print_profiles(name, f, i)
     print(f"\nmedian ratio over {len(ratios)} models: {statistics.median(ratios.values()):.2f}")
     return 0
 
