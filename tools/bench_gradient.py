@@ -31,9 +31,23 @@ runs of the same command gave mobilenet_v2 3.01 and 3.05, resnet18 2.34 and 2.31
 squeezenet1_1 3.93 and 4.36; two wall-clock runs of two threads gave mobilenet_v2 3.10 and
 3.64. It measures the work a run does, not how well that work spreads over cores.
 
+`--real` benchmarks the real-export cases of tools/real_exports.py instead (the pretrained
+EfficientNet-Lite0, and MobileNet-sized models in the tf2onnx NHWC, Keras 3 and paddle2onnx
+styles); names from both sets can also be given. Models are instrumented with the graph
+simplifications of `neuromask_onnx.simplify` (`--no-simplify` to leave them out); `--ab`
+times a second instrumented model in the same blocks, built with the other setting, or with
+the passes named by `--ab-skip` left out, so each pass is measured in one process.
+`--profile DIR` writes onnxruntime profiles of the forward and instrumented sessions and
+prints the kernel time per op type of both.
+
+`--rows 1 2 4 8` instead times instrumented models at those batch sizes, every row the same
+image with its own mask (a batch of masks for one image), against the forward at batch 1,
+and prints milliseconds per run and per row.
+
     python tools/bench_gradient.py --cache /tmp/nm_bench [--reps 15] [--threads 2]
-        [--cpu-time] [--profile DIR] [--free-factors] [--forward-part]
-        [resnet18 mobilenet_v2 ...]
+        [--cpu-time] [--profile DIR] [--free-factors] [--forward-part] [--real]
+        [--no-simplify] [--ab [--ab-skip PASS ...]] [--rows N ...]
+        [resnet18 mobilenet_v2 efficientnet_lite0 ...]
 """
 
 from __future__ import annotations
@@ -153,8 +167,9 @@ def case(name: str, cache: Path) -> tuple[Path, tuple[int, ...], str]:
     return path, exp.input_shape(name, arch.bench_size), arch.layout
 
 
-def _instrument(path: Path, batch: int = 1, simplified: bool = True) -> onnx.ModelProto:
-    with simplify.switched(simplified):
+def _instrument(path: Path, batch: int = 1, simplified: bool = True,
+                skip: tuple[str, ...] = ()) -> onnx.ModelProto:
+    with simplify.switched(simplified, skip):
         return instrument(str(path), batch_size=batch)
 
 
@@ -173,7 +188,7 @@ def _feeds(in_name: str, shape: tuple[int, ...], layout: str, rows: int = 1
 def bench_one(name: str, cache: Path, reps: int, threads: int,
               profile_dir: Path | None = None, free: bool = False,
               forward_part: bool = False, ab: bool = False,
-              simplified: bool = True) -> dict[str, Any]:
+              simplified: bool = True, ab_skip: tuple[str, ...] = ()) -> dict[str, Any]:
     path, shape, layout = case(name, cache)
     t0 = time.perf_counter()
     model = _instrument(path, simplified=simplified)
@@ -196,9 +211,10 @@ def bench_one(name: str, cache: Path, reps: int, threads: int,
         abl = _session(ablated.SerializeToString(), threads)
     if forward_part:
         part = _session(pruned(model, [PROBS]).SerializeToString(), threads)
-    if ab:  # the same model instrumented with the other simplification setting
-        other = _session(_instrument(path, simplified=not simplified).SerializeToString(),
-                         threads)
+    if ab:  # the same model with the other simplification setting, or minus passes ab_skip
+        alt = (_instrument(path, simplified=True, skip=ab_skip) if ab_skip
+               else _instrument(path, simplified=not simplified))
+        other = _session(alt.SerializeToString(), threads)
     rounds = 5
     per_block = max(1, -(-reps // rounds))
     for _ in range(rounds):
@@ -278,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ab", action="store_true",
                    help="also time the model instrumented with the other simplification "
                         "setting, in the same alternating blocks")
+    p.add_argument("--ab-skip", nargs="+", default=[], choices=list(simplify.PASSES),
+                   help="with --ab: the other model is simplified without these passes")
     p.add_argument("--rows", type=int, nargs="+", default=None,
                    help="instead: time instrumented models at these batch sizes (a batch of "
                         "masks for one image), per run and per row")
@@ -304,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     free, part, ab = args.free_factors, args.forward_part, args.ab
     other = "on" if args.no_simplify else "off"
+    if args.ab_skip:
+        other = "without " + "+".join(args.ab_skip)
     extra = " ratio, factors free (Muls removed) |" * free + " ratio, forward part |" * part
     extra += f" ratio, simplification {other} |" * ab
     print(f"simplification {'off' if args.no_simplify else 'on'}\n")
@@ -314,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     profiled: list[tuple[str, str, str]] = []
     for name in names:
         r = bench_one(name, Path(args.cache), args.reps, args.threads, prof, free, part, ab,
-                      simplified)
+                      simplified, tuple(args.ab_skip))
         ratios[name] = r["ratio"]
         cell = f" {r['free_ratio']:.2f} ({r['bypassed']:.0f}) |" if free else ""
         cell += f" {r['forward_part_ratio']:.2f} |" if part else ""
