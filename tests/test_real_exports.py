@@ -46,6 +46,12 @@ def _run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> list[np.
     return [np.asarray(v) for v in sess.run(None, feeds)]
 
 
+def _feeds(x_name: str, shape: tuple[int, ...], layout: str) -> dict[str, np.ndarray]:
+    mshape = (1, *shape[1:3], 1) if layout == "NHWC" else (1, 1, *shape[2:])
+    return {x_name: np.random.default_rng(0).standard_normal(shape).astype(np.float32),
+            "nm_mask": np.full(mshape, 0.7, np.float32), "nm_target": np.array([3], np.int64)}
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("real")
@@ -58,20 +64,19 @@ def test_style_is_built_and_simplified_away(name: str, cache: Path) -> None:
     model = onnx.load(str(path))
     assert Counter(n.op_type for n in model.graph.node)[op] >= at_least
     x_name = graph_inputs(model)[0].name
-    g = prepare(model, {x_name: shape})
+    feeds = _feeds(x_name, shape, layout)
+    with simplify.switched(True, skip=()):  # every pass, also those off by default
+        g = prepare(model, {x_name: shape})
+        on = _run(instrument(str(path)), feeds)
     assert Counter(n.op_type for n in g.nodes)[op] <= at_most
     read = {i for n in g.nodes for i in n.input}
     prepared = finish_model(g, g.nodes, [onnx.helper.make_tensor_value_info(
         x_name, onnx.TensorProto.FLOAT, list(shape))], list(model.graph.output),
         {k: v for k, v in g.consts.items() if k in read}, "p")
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x = feeds[x_name]
     want = _run(str(path), {x_name: x})[0]
     got = _run(prepared, {x_name: x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    mshape = (1, *shape[1:3], 1) if layout == "NHWC" else (1, 1, *shape[2:])
-    feeds = {x_name: x, "nm_mask": np.full(mshape, 0.7, np.float32),
-             "nm_target": np.array([3], np.int64)}
-    on = _run(instrument(str(path)), feeds)
     with simplify.switched(False):
         off = _run(instrument(str(path)), feeds)
     for a, b in zip(on, off, strict=True):

@@ -217,10 +217,11 @@ def test_gradient_is_unchanged_and_passes_the_dot_product_test(
              rewrite.TARGET: np.array([3], np.int64)}
     with simplify.switched(False):
         ref = dict(zip(["loss", "grad", "probs"], _run(instrument(model), feeds), strict=True))
-    got = dict(zip(["loss", "grad", "probs"], _run(instrument(model), feeds), strict=True))
+    with simplify.switched(True, skip=()):  # every pass, also those off by default
+        got = dict(zip(["loss", "grad", "probs"], _run(instrument(model), feeds), strict=True))
+        m64 = rewrite.pruned(instrument(build(np.float64)), [rewrite.LOSS])
     for k, want in ref.items():
         np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
-    m64 = rewrite.pruned(instrument(build(np.float64)), [rewrite.LOSS])
     feeds64 = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
     result = check_vjp(m64, feeds64, rng=rng, wrt=[rewrite.MASK, "x"], eps=1e-6,
                        backend="reference")
@@ -234,6 +235,15 @@ def test_switch_off_leaves_the_graph_as_folded() -> None:
     assert [n.op_type for n in g.nodes] == [n.op_type for n in model.graph.node]
 
 
+def test_passes_that_did_not_pay_are_off_by_default() -> None:
+    """casts and transposes bought nothing measurable (README): the default skips them."""
+    assert {"casts", "transposes"} == simplify.DEFAULT_SKIP
+    g = prepare(nhwc_model(), {"x": (1, 3, 6, 6)})
+    assert [n.op_type for n in g.nodes].count("Transpose") == 3
+    g = prepare(pad_model(), {"x": (1, 3, 9, 9)})
+    assert "Pad" not in [n.op_type for n in g.nodes]
+
+
 def test_a_graph_output_is_never_removed() -> None:
     """A same-type Cast that produces the graph output stays: its name is the contract."""
     rng, inits = np.random.default_rng(6), {}
@@ -241,6 +251,7 @@ def test_a_graph_output_is_never_removed() -> None:
     nodes[-1] = helper.make_node("Gemm", ["fl", "hw", "hb"], ["z"], transB=1)
     nodes.append(helper.make_node("Cast", ["z"], ["y"], to=F32))
     model = _model(nodes, inits, [1, 3, 4, 4])
-    g = prepare(model, {"x": (1, 3, 4, 4)})
+    with simplify.switched(True, skip=()):
+        g = prepare(model, {"x": (1, 3, 4, 4)})
     assert g.nodes[-1].op_type == "Cast"
     assert g.nodes[-1].output[0] == "y"

@@ -36,7 +36,8 @@ EfficientNet-Lite0, and MobileNet-sized models in the tf2onnx NHWC, Keras 3 and 
 styles); names from both sets can also be given. Models are instrumented with the graph
 simplifications of `neuromask_onnx.simplify` (`--no-simplify` to leave them out); `--ab`
 times a second instrumented model in the same blocks, built with the other setting, or with
-the passes named by `--ab-skip` left out, so each pass is measured in one process.
+the passes named by `--ab-skip` left out, so each pass is measured in one process
+(`--all-passes` also runs the passes that are off by default, `simplify.DEFAULT_SKIP`).
 `--profile DIR` writes onnxruntime profiles of the forward and instrumented sessions and
 prints the kernel time per op type of both.
 
@@ -46,7 +47,7 @@ and prints milliseconds per run and per row.
 
     python tools/bench_gradient.py --cache /tmp/nm_bench [--reps 15] [--threads 2]
         [--cpu-time] [--profile DIR] [--free-factors] [--forward-part] [--real]
-        [--no-simplify] [--ab [--ab-skip PASS ...]] [--rows N ...]
+        [--no-simplify] [--all-passes] [--ab [--ab-skip PASS]...] [--rows N ...]
         [resnet18 mobilenet_v2 efficientnet_lite0 ...]
 """
 
@@ -56,6 +57,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +170,7 @@ def case(name: str, cache: Path) -> tuple[Path, tuple[int, ...], str]:
 
 
 def _instrument(path: Path, batch: int = 1, simplified: bool = True,
-                skip: tuple[str, ...] = ()) -> onnx.ModelProto:
+                skip: Iterable[str] = simplify.DEFAULT_SKIP) -> onnx.ModelProto:
     with simplify.switched(simplified, skip):
         return instrument(str(path), batch_size=batch)
 
@@ -188,10 +190,11 @@ def _feeds(in_name: str, shape: tuple[int, ...], layout: str, rows: int = 1
 def bench_one(name: str, cache: Path, reps: int, threads: int,
               profile_dir: Path | None = None, free: bool = False,
               forward_part: bool = False, ab: bool = False,
-              simplified: bool = True, ab_skip: tuple[str, ...] = ()) -> dict[str, Any]:
+              simplified: bool = True, ab_skip: tuple[str, ...] = (),
+              skip: Iterable[str] = simplify.DEFAULT_SKIP) -> dict[str, Any]:
     path, shape, layout = case(name, cache)
     t0 = time.perf_counter()
-    model = _instrument(path, simplified=simplified)
+    model = _instrument(path, simplified=simplified, skip=skip)
     build_s = time.perf_counter() - t0
     prof = str(profile_dir / f"{name}_instrumented") if profile_dir else None
     fprof = str(profile_dir / f"{name}_forward") if profile_dir else None
@@ -212,8 +215,8 @@ def bench_one(name: str, cache: Path, reps: int, threads: int,
     if forward_part:
         part = _session(pruned(model, [PROBS]).SerializeToString(), threads)
     if ab:  # the same model with the other simplification setting, or minus passes ab_skip
-        alt = (_instrument(path, simplified=True, skip=ab_skip) if ab_skip
-               else _instrument(path, simplified=not simplified))
+        alt = (_instrument(path, simplified=True, skip={*skip, *ab_skip}) if ab_skip
+               else _instrument(path, simplified=not simplified, skip=skip))
         other = _session(alt.SerializeToString(), threads)
     rounds = 5
     per_block = max(1, -(-reps // rounds))
@@ -294,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ab", action="store_true",
                    help="also time the model instrumented with the other simplification "
                         "setting, in the same alternating blocks")
-    p.add_argument("--ab-skip", nargs="+", default=[], choices=list(simplify.PASSES),
-                   help="with --ab: the other model is simplified without these passes")
+    p.add_argument("--all-passes", action="store_true",
+                   help="simplify with every pass, also those off by default "
+                        f"({sorted(simplify.DEFAULT_SKIP)})")
+    p.add_argument("--ab-skip", action="append", default=[], choices=list(simplify.PASSES),
+                   help="with --ab: the other model is simplified without this pass (repeatable)")
     p.add_argument("--rows", type=int, nargs="+", default=None,
                    help="instead: time instrumented models at these batch sizes (a batch of "
                         "masks for one image), per run and per row")
@@ -326,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         other = "without " + "+".join(args.ab_skip)
     extra = " ratio, factors free (Muls removed) |" * free + " ratio, forward part |" * part
     extra += f" ratio, simplification {other} |" * ab
-    print(f"simplification {'off' if args.no_simplify else 'on'}\n")
+    passes = "every pass" if args.all_passes else f"without {sorted(simplify.DEFAULT_SKIP)}"
+    print(f"simplification {'off' if args.no_simplify else 'on, ' + passes}\n")
     print("| model | size | forward ms | instrumented ms | ratio | median ratio | build s |"
           + extra)
     print("|---|---|---|---|---|---|---|" + "---|" * (free + part + ab))
@@ -334,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     profiled: list[tuple[str, str, str]] = []
     for name in names:
         r = bench_one(name, Path(args.cache), args.reps, args.threads, prof, free, part, ab,
-                      simplified, tuple(args.ab_skip))
+                      simplified, tuple(args.ab_skip),
+                      () if args.all_passes else simplify.DEFAULT_SKIP)
         ratios[name] = r["ratio"]
         cell = f" {r['free_ratio']:.2f} ({r['bypassed']:.0f}) |" if free else ""
         cell += f" {r['forward_part_ratio']:.2f} |" if part else ""
