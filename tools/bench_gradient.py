@@ -41,13 +41,13 @@ the passes named by `--ab-skip` left out, so each pass is measured in one proces
 `--profile DIR` writes onnxruntime profiles of the forward and instrumented sessions and
 prints the kernel time per op type of both.
 
-`--rows 1 2 4 8` instead times instrumented models at those batch sizes, every row the same
+`--rows 1,2,4,8` instead times instrumented models at those batch sizes, every row the same
 image with its own mask (a batch of masks for one image), against the forward at batch 1,
 and prints milliseconds per run and per row.
 
     python tools/bench_gradient.py --cache /tmp/nm_bench [--reps 15] [--threads 2]
         [--cpu-time] [--profile DIR] [--free-factors] [--forward-part] [--real]
-        [--no-simplify] [--all-passes] [--ab [--ab-skip PASS]...] [--rows N ...]
+        [--no-simplify] [--all-passes] [--ab [--ab-skip PASS]...] [--rows 1,2,4,8]
         [resnet18 mobilenet_v2 efficientnet_lite0 ...]
 """
 
@@ -302,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"({sorted(simplify.DEFAULT_SKIP)})")
     p.add_argument("--ab-skip", action="append", default=[], choices=list(simplify.PASSES),
                    help="with --ab: the other model is simplified without this pass (repeatable)")
-    p.add_argument("--rows", type=int, nargs="+", default=None,
-                   help="instead: time instrumented models at these batch sizes (a batch of "
-                        "masks for one image), per run and per row")
+    p.add_argument("--rows", type=lambda v: [int(r) for r in v.split(",")], default=None,
+                   help="instead: time instrumented models at these batch sizes, e.g. 1,2,4,8 "
+                        "(a batch of masks for one image), per run and per row")
     args = p.parse_args(argv)
     names = args.names or (list(real_exports.CASES) if args.real else exp.BENCH_ARCHS)
     bad = [n for n in names if n not in exp.ARCHS and n not in real_exports.CASES]
