@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import InputError, ModelContractError
+from .simplify import simplify
 
 MIN_OPSET = 18
 PREFIX = "nm_"
@@ -335,6 +336,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
         for name, (shp, elem) in found.items():
             shapes.setdefault(name, shp)
             dtypes.setdefault(name, elem)
+    nodes = simplify(nodes, consts, shapes, dtypes, [*real_inputs, *(o.name for o in g.output)])
     used = {n for node in nodes for n in (*node.input, *node.output)}
     used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}
     used |= {node.name for node in g.node if node.name}  # emitted node names stay unique too

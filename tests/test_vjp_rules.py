@@ -629,6 +629,12 @@ for cid, attrs in [("cumsum", {}), ("cumsum_exclusive", {"exclusive": 1}),
              inits={"ax": np.array(-2)}))
 
 
+# ---- HardSwish float32 4-D (issue 16, h6-speed): depthwise 1x1 Convs + Clip, NCHWc route
+add(case("hard_swish_f32_nchwc", "HardSwish", [N("HardSwish", ["x"], ["y"])], {"x": (2, 3, 4, 5)},
+         draw=away(-3.0, 3.0, scale=3.0),
+         f32="float32 4-D HardSwish derivative: depthwise Convs with Clip (onnxruntime NCHWc)"))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

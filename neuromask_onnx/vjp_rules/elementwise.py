@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
@@ -133,10 +134,33 @@ def _d_hard_sigmoid(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 @elementwise_rule("HardSwish")
 def _d_hard_swish(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d = 0 (x < -3), x/3 + 1/2 (-3 <= x <= 3), 1 (x > 3)."""
+    shape = op.g.shapes.get(x)
+    if op.g.dtypes.get(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4:
+        return _d_hard_swish_nchwc(op, x, shape[1])
     mid = op.Add(op.Mul(x, _k(op, 1.0 / 3.0, x)), _k(op, 0.5, x))
     above = op.Greater(x, _k(op, 3.0, x))
     below = op.Less(x, _k(op, -3.0, x))
     return op.Where(below, _k(op, 0.0, x), op.Where(above, _k(op, 1.0, x), mid))
+
+
+def _d_hard_swish_nchwc(op: Emitter, x: str, c: int) -> str:
+    """The same derivative from ops onnxruntime runs in its blocked NCHWc layout (the
+    Where / Less / Greater form forces a reorder on each side of every activation, and Where
+    alone cost 37 of 137 ms in a paddle-style MobileNet): three depthwise 1x1 Convs with a
+    fused Clip and one Sum,
+        clip(x/3 + 1/2, -1/2, 3/2) + clip(-A (x + 3), 0, 1/2) + clip(-A (x - 3), -1/2, 0).
+    A is a power of two so large that any x one float32 step away from -3 or 3 saturates its
+    clip; A x is exact and A (x -+ 3) = A x -+ 3A is rounded once, so its sign is exact: the
+    middle form holds at x = -3 and x = 3 as in torch."""
+    a = 2.0**100
+
+    def affine_clip(wv: float, bv: float, lo: float, hi: float) -> str:
+        wk = op.const(np.full((c, 1, 1, 1), wv), like=x)
+        bk = op.const(np.full(c, bv), like=x)
+        return op.Clip(op.Conv(x, wk, bk, group=c), op.const(lo, like=x), op.const(hi, like=x))
+
+    return op.Sum(affine_clip(1.0 / 3.0, 0.5, -0.5, 1.5), affine_clip(-a, -3.0 * a, 0.0, 0.5),
+                  affine_clip(-a, 3.0 * a, -0.5, 0.0))
 
 
 @elementwise_rule("Erf")
