@@ -123,6 +123,21 @@ def input_dims(model: onnx.ModelProto, name: str) -> list[int | str | None]:
     raise ModelContractError(msg)
 
 
+def _inputs_as_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the graph inputs that carry an initializer: they are constants, as onnxruntime
+    treats them unless the caller feeds them. IR 3 lists every initializer as an input too
+    (the ONNX Model Zoo's Caffe2 conversions); IR 4 allows them apart, which shape inference
+    then accepts, so the model is raised to IR 4 at least."""
+    inits = {i.name for i in model.graph.initializer}
+    if not any(vi.name in inits for vi in model.graph.input):
+        return model
+    real = [vi for vi in model.graph.input if vi.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(real)
+    model.ir_version = max(model.ir_version, 4)
+    return model
+
+
 def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(model)
     if opset >= MIN_OPSET:
@@ -298,7 +313,7 @@ def _shapes_by_running(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
 
 def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     """Convert, pin the inputs in `pinned`, fold constants and infer static shapes."""
-    model = _convert_opset(model)
+    model = _convert_opset(_inputs_as_constants(model))
     opset = default_opset(model)
     g = model.graph
     consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}

@@ -629,6 +629,21 @@ for cid, attrs in [("cumsum", {}), ("cumsum_exclusive", {"exclusive": 1}),
              inits={"ax": np.array(-2)}))
 
 
+# ---- LRN (the ONNX Model Zoo's AlexNet, ZFNet-512, Inception v1). onnx 1.23's reference LRN
+# loops over the batch axis where it means the channels, so the float64 cases take N = C
+# (then it is right); the float32 case on onnxruntime (odd sizes only) has N != C.
+REF_LRN_BATCH = "reference LRN loops over the batch axis instead of the channels"
+for cid, shape, attrs in [
+    ("lrn_size3_defaults", (4, 4, 2, 3), {"size": 3}),
+    ("lrn_size5_wide", (3, 3, 2, 2), {"size": 5, "alpha": 0.5, "beta": 0.75, "bias": 2.0}),
+    ("lrn_size4_even", (5, 5, 2, 1), {"size": 4, "alpha": 0.3, "beta": 0.6, "bias": 1.5}),
+    ("lrn_size2_even_beta1", (4, 4, 1, 3), {"size": 2, "alpha": 1.0, "beta": 1.0, "bias": 0.5}),
+]:
+    add(case(cid, "LRN", [N("LRN", ["x"], ["y"], **attrs)], {"x": shape}))
+add(case("lrn_size5_f32_batch1", "LRN",
+         [N("LRN", ["x"], ["y"], size=5, alpha=0.4, beta=0.75, bias=1.0)], {"x": (1, 7, 3, 2)},
+         f32=REF_LRN_BATCH))
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -105,6 +105,29 @@ def _vjp_group_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     return [op.reshape(gx, sx), None, None]
 
 
+@vjp_rule("LRN")
+def _vjp_lrn(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """y = x d^-beta, d = bias + alpha/size S, S_c = sum of x_j^2 over the channel window
+    W(c) = [c - floor((size-1)/2), c + ceil((size-1)/2)]: gx = gy d^-beta - (2 alpha beta /
+    size) x W^T(gy y / d), W^T the window sum with its two reaches swapped."""
+    at = attrs_of(node)
+    x, y = node.input[0], node.output[0]
+    sx = op.g.shape(x)
+    size = int(at["size"])
+    alpha, beta, bias = at.get("alpha", 1e-4), at.get("beta", 0.75), at.get("bias", 1.0)
+    c = sx[1]
+    lo, hi = (size - 1) // 2, size // 2  # floor and ceil of (size - 1) / 2
+    j, k = np.arange(c)[:, None], np.arange(c)[None, :]
+    window = ((j >= k - lo) & (j <= k + hi)).astype(np.float64)  # [j, c]: x_j is in W(c)
+    s = op.axis_matmul(op.Mul(x, x), sx, 1, window, like=x)
+    d = op.Add(_k(op, bias, x), op.Mul(_k(op, alpha / size, x), s))
+    t = op.Div(op.Mul(gy, y), d)
+    back = op.axis_matmul(t, sx, 1, window.T, like=x)
+    gx = op.Sub(op.Mul(gy, op.Pow(d, _k(op, -beta, x))),
+                op.Mul(op.Mul(x, back), _k(op, 2.0 * alpha * beta / size, x)))
+    return [gx]
+
+
 @vjp_rule("Softmax")
 def _vjp_softmax(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = y (gy - sum(gy y, axis))."""
