@@ -644,6 +644,70 @@ add(case("lrn_size5_f32_batch1", "LRN",
          [N("LRN", ["x"], ["y"], size=5, alpha=0.4, beta=0.75, bias=1.0)], {"x": (1, 7, 3, 2)},
          f32=REF_LRN_BATCH))
 
+# ---- the ONNX conformance cases' forms (tests/test_conformance.py)
+add(case("space_to_depth_crd", "SpaceToDepth",
+         [N("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 3, 4, 6)}))
+
+
+def off_integers(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """a / b kept away from integers for Mod (b drawn in [1, 2] by `in_1_2`)."""
+    return (rng.integers(-4, 4, shape) + rng.uniform(0.2, 0.8, shape)) * 1.5
+
+
+def in_1_2(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(1.0, 1.45, shape)
+
+
+def scalar(value: float) -> Draw:
+    return lambda _rng, shape: np.full(shape, value)
+
+
+# Mod on floats: both operands are inputs; a / b stays off the integers (its jumps).
+for fmod in (0, 1):
+    add(case(f"mod_fmod{fmod}", "Mod", [N("Mod", ["a", "b"], ["y"], fmod=fmod)],
+             {"a": (3, 4), "b": (4,)}, draw={"a": off_integers, "b": in_1_2}))
+# Operands read for their type only, computed from the data: a zero gradient (the driver
+# passes them over, vjp_rules.NONDIFF_OPERANDS), as in function-expanded graphs.
+add(case("castlike_like_from_data", "CastLike",
+         [N("Mul", ["x", "x"], ["t"]), N("CastLike", ["x", "t"], ["f"]),
+          N("Mul", ["f", "x"], ["y"])], {"x": (3, 4)}, opset=15))
+add(case("dropout_ratio_input", "Dropout", [N("Dropout", ["x", "r"], ["y"])],
+         {"x": (3, 4), "r": ()}, draw={"x": normal, "r": scalar(0.3)}))
+# ConvTranspose with an output_shape past the windows' span (negative pads, conformance case
+# test_convtranspose_output_shape): the bias reaches the extra positions, the input not.
+add(case("convtranspose_output_shape_beyond_span", "ConvTranspose",
+         [N("ConvTranspose", ["x", "W", "b"], ["y"], strides=[3, 2], output_shape=[10, 8])],
+         {"x": (1, 1, 3, 3), "b": (2,)}, inits={"W": w(1, 2, 3, 3)},
+         f32="reference ConvTranspose rejects output_shape", piecewise_linear=True))
+# Clip bounds that are inputs get their gradient where they are the output.
+add(case("clip_bounds_differentiated", "Clip", [N("Clip", ["x", "lo", "hi"], ["y"])],
+         {"x": (4, 5), "lo": (), "hi": ()},
+         draw={"x": away(-0.5, 0.7), "lo": scalar(-0.5), "hi": scalar(0.7)}))
+add(case("clip_min_above_max", "Clip", [N("Clip", ["x", "lo", "hi"], ["y"])],
+         {"x": (4, 5), "lo": (), "hi": ()},
+         draw={"x": away(0.3), "lo": scalar(0.3), "hi": scalar(-0.2)}))
+
+# ---- arith: Tan, inverse trigonometric / hyperbolic, Shrink, ThresholdedRelu, Swish
+
+
+def in_unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(-0.9, 0.9, shape)
+
+
+def above_one(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(1.1, 3.0, shape)
+
+
+for op, dr in [("Tan", in_unit), ("Asin", in_unit), ("Acos", in_unit), ("Atan", normal),
+               ("Sinh", normal), ("Cosh", normal), ("Asinh", normal), ("Acosh", above_one),
+               ("Atanh", in_unit)]:
+    add(unary(op.lower(), op, dr))
+add(unary("shrink_default", "Shrink", away(-0.5, 0.5)))
+add(unary("shrink_bias", "Shrink", away(-1.0, 1.0, scale=2.0), lambd=1.0, bias=0.3))
+add(unary("thresholded_relu", "ThresholdedRelu", away(0.4), alpha=0.4))
+add(unary("swish_alpha", "Swish", normal, opset=24, alpha=1.7))
+add(unary("swish_default", "Swish", normal, opset=24))
+
 # --------------------------------------------------------------------------- the tests
 
 
