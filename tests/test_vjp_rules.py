@@ -708,6 +708,29 @@ add(unary("thresholded_relu", "ThresholdedRelu", away(0.4), alpha=0.4))
 add(unary("swish_alpha", "Swish", normal, opset=24, alpha=1.7))
 add(unary("swish_default", "Swish", normal, opset=24))
 
+# ---- normalisation and reductions the conformance cases use
+add(case("reduce_logsum_axes_input", "ReduceLogSum",
+         [N("ReduceLogSum", ["x", "ax"], ["y"], keepdims=0)], {"x": R3},
+         inits={"ax": np.array([1])}, draw=positive))
+add(case("reduce_logsum_all_axes", "ReduceLogSum", [N("ReduceLogSum", ["x"], ["y"])],
+         {"x": R3}, draw=positive))
+add(case("reduce_logsum_noop_empty_axes", "ReduceLogSum",
+         [N("ReduceLogSum", ["x"], ["y"], noop_with_empty_axes=1)], {"x": R3}, draw=positive))
+LN_STASH = "LayerNormalization's Mean / InvStdDev are float32 (stash_type) whatever x is"
+add(case("layernorm_mean_invstd_outputs", "LayerNormalization",
+         [N("LayerNormalization", ["x", "s", "b"], ["y", "m", "i"], axis=1, epsilon=1e-3)],
+         {"x": R3}, outputs=("y", "m", "i"), inits={"s": w(3, 4), "b": w(3, 4)}, f32=LN_STASH))
+add(case("layernorm_invstd_output_only", "LayerNormalization",
+         [N("LayerNormalization", ["x", "s"], ["y", "", "i"], axis=-1)],
+         {"x": R3}, outputs=("i",), inits={"s": w(4)}, f32=LN_STASH))
+for cid, attrs in [("rms_norm_last_axis", {}), ("rms_norm_axis1", {"axis": 1, "epsilon": 1e-2})]:
+    add(case(cid, "RMSNormalization", [N("RMSNormalization", ["x", "s"], ["y"], **attrs)],
+             {"x": R3}, inits={"s": w(4) if not attrs else w(3, 4)}, opset=23))
+add(case("lp_norm_p2", "LpNormalization", [N("LpNormalization", ["x"], ["y"], axis=1)],
+         {"x": R3}))
+add(case("lp_norm_p1", "LpNormalization", [N("LpNormalization", ["x"], ["y"], p=1)], {"x": R3},
+         draw=away(0.0), f32="reference LpNormalization p=1 sums x, not |x|"))
+
 # --------------------------------------------------------------------------- the tests
 
 

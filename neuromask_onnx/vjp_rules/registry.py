@@ -30,7 +30,7 @@ ZERO_GRAD_OPS = frozenset({
     "Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And",
     "Or", "Xor", "ArgMax", "ArgMin", "Sign", "Floor", "Ceil", "Round", "IsNaN", "IsInf",
     "NonZero", "ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike",
-    "Bernoulli", "OneHot", "BitShift",
+    "Bernoulli", "OneHot", "BitShift", "Hardmax",
 })
 
 # Operands (by input index) that the op reads only for their type or as shape / index /
