@@ -124,6 +124,21 @@ def input_dims(model: onnx.ModelProto, name: str) -> list[int | str | None]:
     raise ModelContractError(msg)
 
 
+def _inputs_as_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the graph inputs that carry an initializer: they are constants, as onnxruntime
+    treats them unless the caller feeds them. IR 3 lists every initializer as an input too
+    (the ONNX Model Zoo's Caffe2 conversions); IR 4 allows them apart, which shape inference
+    then accepts, so the model is raised to IR 4 at least."""
+    inits = {i.name for i in model.graph.initializer}
+    if not any(vi.name in inits for vi in model.graph.input):
+        return model
+    real = [vi for vi in model.graph.input if vi.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(real)
+    model.ir_version = max(model.ir_version, 4)
+    return model
+
+
 def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(model)
     if opset >= MIN_OPSET:
@@ -297,9 +312,44 @@ def _shapes_by_running(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
     }
 
 
+def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
+                              shapes: dict[str, Shape],
+                              dtypes: dict[str, int]) -> list[onnx.NodeProto]:
+    """SpaceToDepth with mode="CRD" as Reshape -> Transpose -> Reshape.
+
+    No opset's SpaceToDepth has a mode attribute, so onnx.checker rejects it, but onnxruntime
+    and onnx's reference honour it (ONNX's conformance case test_spacetodepth_crd_mode_example):
+    written out in standard ops, the graph is valid and the gradient follows the real function.
+    """
+    out: list[onnx.NodeProto] = []
+    for node in nodes:
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"")
+        x = node.input[0] if node.input else ""
+        if node.op_type != "SpaceToDepth" or mode != b"CRD" or len(shapes.get(x, ())) != 4:
+            out.append(node)
+            continue
+        b = next(int(a.i) for a in node.attribute if a.name == "blocksize")
+        n, c, h, w = shapes[x]
+        base = f"{PREFIX}s2d_{node.output[0]}"
+        split, moved = (n, c, h // b, b, w // b, b), (n, c, b, b, h // b, w // b)
+        consts[f"{base}_split"] = np.array(split, dtype=np.int64)
+        consts[f"{base}_shape"] = np.array(shapes.get(node.output[0], (n, c * b * b, h // b,
+                                                                       w // b)), dtype=np.int64)
+        for name, shp, dt in ((f"{base}_split", (6,), TensorProto.INT64),
+                              (f"{base}_shape", (4,), TensorProto.INT64),
+                              (f"{base}_r", split, dtypes.get(x, TensorProto.FLOAT)),
+                              (f"{base}_t", moved, dtypes.get(x, TensorProto.FLOAT))):
+            shapes[name], dtypes[name] = tuple(shp), dt
+        out += [helper.make_node("Reshape", [x, f"{base}_split"], [f"{base}_r"]),
+                helper.make_node("Transpose", [f"{base}_r"], [f"{base}_t"], perm=[0, 1, 3, 5, 2, 4]),
+                helper.make_node("Reshape", [f"{base}_t", f"{base}_shape"], [node.output[0]],
+                                 name=node.name)]
+    return out
+
+
 def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     """Convert, pin the inputs in `pinned`, fold constants and infer static shapes."""
-    model = _convert_opset(model)
+    model = _convert_opset(_inputs_as_constants(model))
     opset = default_opset(model)
     g = model.graph
     consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -336,6 +386,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
         for name, (shp, elem) in found.items():
             shapes.setdefault(name, shp)
             dtypes.setdefault(name, elem)
+    nodes = _lower_space_to_depth_crd(nodes, consts, shapes, dtypes)
     nodes = simplify(nodes, consts, shapes, dtypes, [*real_inputs, *(o.name for o in g.output)])
     used = {n for node in nodes for n in (*node.input, *node.output)}
     used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}
@@ -473,6 +524,8 @@ class Emitter:
 
     # shape helpers ---------------------------------------------------------------------
     def reshape(self, x: str, shape: Sequence[int]) -> str:
+        if 0 in shape:  # an empty tensor: 0 is a size here, not "copy the input's extent"
+            return self.Reshape(x, self.ints(shape), allowzero=1)
         return self.Reshape(x, self.ints(shape))
 
     def sum_to(self, g: str, from_shape: Shape, to_shape: Shape) -> str:

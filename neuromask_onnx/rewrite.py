@@ -35,7 +35,7 @@ from .graph import (
     load_model,
     prepare,
 )
-from .vjp_rules import FUSED_RULES, VJP_RULES, ZERO_GRAD_OPS
+from .vjp_rules import FUSED_RULES, NONDIFF_OPERANDS, VJP_RULES, ZERO_GRAD_OPS
 
 MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
 LOSS, GRAD_MASK, GRAD_INPUT, PROBS = "nm_loss", "nm_grad_mask", "nm_grad_input", "nm_probs"
@@ -43,6 +43,7 @@ XBAR = "nm_xbar"
 
 OutputKind = Literal["auto", "logits", "softmax", "log_softmax", "sigmoid", "probabilities"]
 Objective = Literal["cross_entropy", "logit", "probability"]
+FUSED = "nm.fused"  # domain of the nodes fuse_for_backward makes (rules in FUSED_RULES)
 _PASSTHROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
 
 
@@ -137,15 +138,18 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
         if all(gy is None for gy in gys):
             continue
         try:
-            gxs = (VJP_RULES.get(node.op_type) or FUSED_RULES[node.op_type])(op, node, gys)
+            rule = FUSED_RULES[node.op_type] if node.domain == FUSED else VJP_RULES[node.op_type]
+            gxs = rule(op, node, gys)
         except NotImplementedError as exc:
             raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
         if len(gxs) != len(node.input):
             msg = f"rule for {node.op_type} returned {len(gxs)} gradients for {len(node.input)} inputs"
             raise AssertionError(msg)
-        for name, gx in zip(node.input, gxs, strict=True):
+        for index, (name, gx) in enumerate(zip(node.input, gxs, strict=True)):
             if not name or name not in op.wanted:
                 continue
+            if gx is None and index in NONDIFF_OPERANDS.get(node.op_type, ()):
+                continue  # read for its type or as shape data: a zero gradient
             if gx is None:
                 detail = f"no gradient flows to its input {name!r}"
                 raise UnsupportedOpError(node.op_type, node.name, node.domain, detail)
@@ -175,7 +179,7 @@ def fuse_for_backward(path: Sequence[onnx.NodeProto],
                 if (sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == x
                         and uses.get(s) == 1):
                     swish = helper.make_node("Swish", [x], [n.output[0]], name=n.name,
-                                             doc_string=s)
+                                             doc_string=s, domain=FUSED)
                     fused.append(swish)
                     dropped.add(id(sig))
                     break

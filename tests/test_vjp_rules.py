@@ -635,6 +635,108 @@ add(case("hard_swish_f32_nchwc", "HardSwish", [N("HardSwish", ["x"], ["y"])], {"
          f32="float32 4-D HardSwish derivative: depthwise Convs with Clip (onnxruntime NCHWc)"))
 
 
+# ---- LRN (the ONNX Model Zoo's AlexNet, ZFNet-512, Inception v1). onnx 1.23's reference LRN
+# loops over the batch axis where it means the channels, so the float64 cases take N = C
+# (then it is right); the float32 case on onnxruntime (odd sizes only) has N != C.
+REF_LRN_BATCH = "reference LRN loops over the batch axis instead of the channels"
+for cid, shape, attrs in [
+    ("lrn_size3_defaults", (4, 4, 2, 3), {"size": 3}),
+    ("lrn_size5_wide", (3, 3, 2, 2), {"size": 5, "alpha": 0.5, "beta": 0.75, "bias": 2.0}),
+    ("lrn_size4_even", (5, 5, 2, 1), {"size": 4, "alpha": 0.3, "beta": 0.6, "bias": 1.5}),
+    ("lrn_size2_even_beta1", (4, 4, 1, 3), {"size": 2, "alpha": 1.0, "beta": 1.0, "bias": 0.5}),
+]:
+    add(case(cid, "LRN", [N("LRN", ["x"], ["y"], **attrs)], {"x": shape}))
+add(case("lrn_size5_f32_batch1", "LRN",
+         [N("LRN", ["x"], ["y"], size=5, alpha=0.4, beta=0.75, bias=1.0)], {"x": (1, 7, 3, 2)},
+         f32=REF_LRN_BATCH))
+
+# ---- the ONNX conformance cases' forms (tests/test_conformance.py)
+add(case("space_to_depth_crd", "SpaceToDepth",
+         [N("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 3, 4, 6)}))
+
+
+def off_integers(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """a / b kept away from integers for Mod (b drawn in [1, 2] by `in_1_2`)."""
+    return (rng.integers(-4, 4, shape) + rng.uniform(0.2, 0.8, shape)) * 1.5
+
+
+def in_1_2(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(1.0, 1.45, shape)
+
+
+def scalar(value: float) -> Draw:
+    return lambda _rng, shape: np.full(shape, value)
+
+
+# Mod on floats: both operands are inputs; a / b stays off the integers (its jumps).
+for fmod in (0, 1):
+    add(case(f"mod_fmod{fmod}", "Mod", [N("Mod", ["a", "b"], ["y"], fmod=fmod)],
+             {"a": (3, 4), "b": (4,)}, draw={"a": off_integers, "b": in_1_2}))
+# Operands read for their type only, computed from the data: a zero gradient (the driver
+# passes them over, vjp_rules.NONDIFF_OPERANDS), as in function-expanded graphs.
+add(case("castlike_like_from_data", "CastLike",
+         [N("Mul", ["x", "x"], ["t"]), N("CastLike", ["x", "t"], ["f"]),
+          N("Mul", ["f", "x"], ["y"])], {"x": (3, 4)}, opset=15))
+add(case("dropout_ratio_input", "Dropout", [N("Dropout", ["x", "r"], ["y"])],
+         {"x": (3, 4), "r": ()}, draw={"x": normal, "r": scalar(0.3)}))
+# ConvTranspose with an output_shape past the windows' span (negative pads, conformance case
+# test_convtranspose_output_shape): the bias reaches the extra positions, the input not.
+add(case("convtranspose_output_shape_beyond_span", "ConvTranspose",
+         [N("ConvTranspose", ["x", "W", "b"], ["y"], strides=[3, 2], output_shape=[10, 8])],
+         {"x": (1, 1, 3, 3), "b": (2,)}, inits={"W": w(1, 2, 3, 3)},
+         f32="reference ConvTranspose rejects output_shape", piecewise_linear=True))
+# Clip bounds that are inputs get their gradient where they are the output.
+add(case("clip_bounds_differentiated", "Clip", [N("Clip", ["x", "lo", "hi"], ["y"])],
+         {"x": (4, 5), "lo": (), "hi": ()},
+         draw={"x": away(-0.5, 0.7), "lo": scalar(-0.5), "hi": scalar(0.7)}))
+add(case("clip_min_above_max", "Clip", [N("Clip", ["x", "lo", "hi"], ["y"])],
+         {"x": (4, 5), "lo": (), "hi": ()},
+         draw={"x": away(0.3), "lo": scalar(0.3), "hi": scalar(-0.2)}))
+
+# ---- arith: Tan, inverse trigonometric / hyperbolic, Shrink, ThresholdedRelu, Swish
+
+
+def in_unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(-0.9, 0.9, shape)
+
+
+def above_one(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(1.1, 3.0, shape)
+
+
+for op, dr in [("Tan", in_unit), ("Asin", in_unit), ("Acos", in_unit), ("Atan", normal),
+               ("Sinh", normal), ("Cosh", normal), ("Asinh", normal), ("Acosh", above_one),
+               ("Atanh", in_unit)]:
+    add(unary(op.lower(), op, dr))
+add(unary("shrink_default", "Shrink", away(-0.5, 0.5)))
+add(unary("shrink_bias", "Shrink", away(-1.0, 1.0, scale=2.0), lambd=1.0, bias=0.3))
+add(unary("thresholded_relu", "ThresholdedRelu", away(0.4), alpha=0.4))
+add(unary("swish_alpha", "Swish", normal, opset=24, alpha=1.7))
+add(unary("swish_default", "Swish", normal, opset=24))
+
+# ---- normalisation and reductions the conformance cases use
+add(case("reduce_logsum_axes_input", "ReduceLogSum",
+         [N("ReduceLogSum", ["x", "ax"], ["y"], keepdims=0)], {"x": R3},
+         inits={"ax": np.array([1])}, draw=positive))
+add(case("reduce_logsum_all_axes", "ReduceLogSum", [N("ReduceLogSum", ["x"], ["y"])],
+         {"x": R3}, draw=positive))
+add(case("reduce_logsum_noop_empty_axes", "ReduceLogSum",
+         [N("ReduceLogSum", ["x"], ["y"], noop_with_empty_axes=1)], {"x": R3}, draw=positive))
+LN_STASH = "LayerNormalization's Mean / InvStdDev are float32 (stash_type) whatever x is"
+add(case("layernorm_mean_invstd_outputs", "LayerNormalization",
+         [N("LayerNormalization", ["x", "s", "b"], ["y", "m", "i"], axis=1, epsilon=1e-3)],
+         {"x": R3}, outputs=("y", "m", "i"), inits={"s": w(3, 4), "b": w(3, 4)}, f32=LN_STASH))
+add(case("layernorm_invstd_output_only", "LayerNormalization",
+         [N("LayerNormalization", ["x", "s"], ["y", "", "i"], axis=-1)],
+         {"x": R3}, outputs=("i",), inits={"s": w(4)}, f32=LN_STASH))
+for cid, attrs in [("rms_norm_last_axis", {}), ("rms_norm_axis1", {"axis": 1, "epsilon": 1e-2})]:
+    add(case(cid, "RMSNormalization", [N("RMSNormalization", ["x", "s"], ["y"], **attrs)],
+             {"x": R3}, inits={"s": w(4) if not attrs else w(3, 4)}, opset=23))
+add(case("lp_norm_p2", "LpNormalization", [N("LpNormalization", ["x"], ["y"], axis=1)],
+         {"x": R3}))
+add(case("lp_norm_p1", "LpNormalization", [N("LpNormalization", ["x"], ["y"], p=1)], {"x": R3},
+         draw=away(0.0), f32="reference LpNormalization p=1 sums x, not |x|"))
+
 # --------------------------------------------------------------------------- the tests
 
 

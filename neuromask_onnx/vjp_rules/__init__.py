@@ -7,11 +7,12 @@ this package registers every rule.
 
 from __future__ import annotations
 
-from . import elementwise, linalg, nn, pooling, shape  # noqa: F401  (registers the rules)
+from . import arith, elementwise, linalg, nn, pooling, shape  # noqa: F401  (registers the rules)
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
 from .registry import (
     FUSED_RULES,
+    NONDIFF_OPERANDS,
     VJP_RULES,
     ZERO_GRAD_OPS,
     Grads,
@@ -25,6 +26,7 @@ from .shape import pad_source_index
 
 __all__ = [
     "FUSED_RULES",
+    "NONDIFF_OPERANDS",
     "VJP_RULES",
     "ZERO_GRAD_OPS",
     "Grads",

@@ -16,6 +16,11 @@ from .registry import Grads, _k, elementwise_rule, vjp_rule
 @vjp_rule("Identity", "Dropout")
 def _vjp_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = gy (Dropout is the identity at inference)."""
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        mode = op.g.const(node.input[2])
+        if mode is None or bool(mode):
+            msg = f"Dropout {node.name!r}: training_mode is true or computed (a random mask)"
+            raise NotImplementedError(msg)
     return [gy, *[None] * (len(node.input) - 1)]
 
 
@@ -247,7 +252,15 @@ def _vjp_clip(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         below = op.Less(y, hi)
         cond = below if cond is None else op.And(cond, below)
     gx = gy if cond is None else op.Mul(gy, op.mask_of(cond, x))
-    return [gx, *[None] * (len(node.input) - 1)]
+    # A bound computed from the data gets the gradient where it is the output, y == bound
+    # (min > max gives everything to max, as min(max(x, lo), hi) does; x on a bound gives
+    # the bound the gradient, x none).
+    gb: list[str | None] = [None, None]
+    for k, b in enumerate((lo, hi)):
+        if b is not None and b in op.wanted:
+            hit = op.mask_of(op.Equal(y, b), x)
+            gb[k] = op.sum_to(op.Mul(gy, hit), op.g.shape(y), op.g.shape(b))
+    return [gx, *gb[:len(node.input) - 1]]
 
 
 # --------------------------------------------------------------------------- broadcasting binary
@@ -330,8 +343,9 @@ def _vjp_where(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     ys, (_, sa, sb) = _shapes(op, node)
     c, a, b = node.input
     zero = _k(op, 0.0, gy)
-    ga = op.sum_to(op.Where(c, gy, zero), ys, sa) if a in op.wanted else None
-    gb = op.sum_to(op.Where(c, zero, gy), ys, sb) if b in op.wanted else None
+    dt = op.g.dtypes[gy]  # not the condition's bool (the emitter's default: input 0)
+    ga = op.sum_to(op.Where(c, gy, zero, _dtype=dt), ys, sa) if a in op.wanted else None
+    gb = op.sum_to(op.Where(c, zero, gy, _dtype=dt), ys, sb) if b in op.wanted else None
     return [None, ga, gb]
 
 

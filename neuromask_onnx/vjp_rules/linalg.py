@@ -221,9 +221,17 @@ def _vjp_conv_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         pads = begins + [t - b for t, b in zip(totals, begins, strict=True)]
     else:
         pads = list(at.get("pads", [0] * (2 * n)))
+    gy_full = gy  # the bias reaches every output position, the cropped ones too
+    if min(pads) < 0:
+        # An output_shape beyond the windows' span: negative pads, output positions that no
+        # input reaches. Their gradient goes nowhere, so crop them off gy.
+        starts = [max(-p, 0) for p in pads[:n]]
+        ends = [sy[2 + i] - max(-pads[n + i], 0) for i in range(n)]
+        gy = op.Slice(gy, op.ints(starts), op.ints(ends), op.ints(range(2, 2 + n)))
+        pads = [max(p, 0) for p in pads]
     gx = op.Conv(gy, w, strides=strides, dilations=dil, group=at.get("group", 1), pads=pads,
                  kernel_shape=kernel)
-    return [gx, None, *_bias_grad(op, node, gy)]
+    return [gx, None, *_bias_grad(op, node, gy_full)]
 
 
 def _parse_einsum(eq: str, shapes: Sequence[Shape]) -> tuple[list[str], str]:

@@ -56,24 +56,74 @@ def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
 
 @vjp_rule("LayerNormalization", multi_output=True)
 def _vjp_layer_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
-    """gx = invstd (h - mean(h) - xhat mean(h xhat)), h = gy scale, over axes >= axis."""
-    if any(g is not None for g in gys[1:]):
-        msg = f"LayerNormalization {node.name!r}: its Mean/InvStdDev outputs feed the output"
-        raise NotImplementedError(msg)
-    gy = gys[0]
-    assert gy is not None
+    """gx = invstd (h - mean(h) - xhat mean(h xhat)), h = gy scale, over axes >= axis; the
+    Mean output adds g_mean / n, the InvStdDev output -g_inv invstd^3 (x - mean) / n."""
+    gy, gmean, ginv = [*gys, None, None][:3]
     at = attrs_of(node)
     x, scale = node.input[:2]
     sx = op.g.shape(x)
     axis = normalize_axes([at.get("axis", -1)], len(sx))[0]
     axes = list(range(axis, len(sx)))
-    h = op.Mul(gy, scale)
-    gx = _normalized_grad(op, x, h, axes, at.get("epsilon", 1e-5))
+    n = int(np.prod([sx[a] for a in axes]))
+    parts = []
+    if gy is not None:
+        h = op.Mul(gy, scale)
+        parts.append(_normalized_grad(op, x, h, axes, at.get("epsilon", 1e-5)))
+    def like_x(v: str) -> str:  # Mean / InvStdDev are stash_type (float32) whatever x is
+        return v if op.g.dtypes.get(v) == op.g.dtypes.get(x) else op.cast_like(v, x)
+
+    if gmean is not None:
+        parts.append(op.expand_to(op.Mul(like_x(gmean), _k(op, 1.0 / n, x)), sx))
+    if ginv is not None:
+        inv = like_x(node.output[2])
+        mean = (like_x(node.output[1]) if len(node.output) > 1 and node.output[1]
+                else op.ReduceMean(x, op.ints(axes), keepdims=1))
+        cube = op.Mul(op.Mul(inv, inv), inv)
+        parts.append(op.Mul(op.Mul(like_x(ginv), op.Mul(cube, _k(op, -1.0 / n, x))),
+                            op.Sub(x, mean)))
+    gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
     for name in node.input[1:]:
         if name and name in op.wanted:
             msg = f"LayerNormalization {node.name!r}: scale or bias that depend on the input"
             raise NotImplementedError(msg)
     return [gx, *[None] * (len(node.input) - 1)]
+
+
+@vjp_rule("RMSNormalization")
+def _vjp_rms_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """y = x r scale, r = (mean(x^2) + eps)^-1/2 over axes >= axis:
+    gx = r h - r^3 x mean(h x), h = gy scale."""
+    at = attrs_of(node)
+    x, scale = node.input[:2]
+    for name in node.input[1:]:
+        if name and name in op.wanted:
+            msg = f"RMSNormalization {node.name!r}: a scale that depends on the input"
+            raise NotImplementedError(msg)
+    sx = op.g.shape(x)
+    axes = op.ints(range(normalize_axes([at.get("axis", -1)], len(sx))[0], len(sx)))
+    ms = op.ReduceMean(op.Mul(x, x), axes, keepdims=1)
+    r = op.Reciprocal(op.Sqrt(op.Add(ms, _k(op, at.get("epsilon", 1e-5), x))))
+    h = op.Mul(gy, scale)
+    mhx = op.ReduceMean(op.Mul(h, x), axes, keepdims=1)
+    gx = op.Sub(op.Mul(r, h), op.Mul(op.Mul(op.Mul(op.Mul(r, r), r), x), mhx))
+    return [gx, *[None] * (len(node.input) - 1)]
+
+
+@vjp_rule("LpNormalization")
+def _vjp_lp_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """y = x / |x|_p along axis (p = 1, 2): gx = (gy - d sum(gy y)) / |x|_p, d = y (p = 2),
+    sign(x) (p = 1)."""
+    at = attrs_of(node)
+    x, y = node.input[0], node.output[0]
+    p = int(at.get("p", 2))
+    if p not in (1, 2):
+        msg = f"LpNormalization {node.name!r}: p={p} (only 1 and 2 are defined)"
+        raise NotImplementedError(msg)
+    ax = op.ints([int(at.get("axis", -1))])
+    norm = (op.ReduceL2 if p == 2 else op.ReduceL1)(x, ax, keepdims=1)
+    d = y if p == 2 else op.Sign(x)
+    s = op.ReduceSum(op.Mul(gy, y), ax, keepdims=1)
+    return [op.Div(op.Sub(gy, op.Mul(d, s)), norm)]
 
 
 @vjp_rule("InstanceNormalization")
@@ -103,6 +153,29 @@ def _vjp_group_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     op.g.shapes[xg] = (sx[0], groups, int(np.prod(sx[1:])) // groups)
     gx = _normalized_grad(op, xg, hg, [2], at.get("epsilon", 1e-5))
     return [op.reshape(gx, sx), None, None]
+
+
+@vjp_rule("LRN")
+def _vjp_lrn(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """y = x d^-beta, d = bias + alpha/size S, S_c = sum of x_j^2 over the channel window
+    W(c) = [c - floor((size-1)/2), c + ceil((size-1)/2)]: gx = gy d^-beta - (2 alpha beta /
+    size) x W^T(gy y / d), W^T the window sum with its two reaches swapped."""
+    at = attrs_of(node)
+    x, y = node.input[0], node.output[0]
+    sx = op.g.shape(x)
+    size = int(at["size"])
+    alpha, beta, bias = at.get("alpha", 1e-4), at.get("beta", 0.75), at.get("bias", 1.0)
+    c = sx[1]
+    lo, hi = (size - 1) // 2, size // 2  # floor and ceil of (size - 1) / 2
+    j, k = np.arange(c)[:, None], np.arange(c)[None, :]
+    window = ((j >= k - lo) & (j <= k + hi)).astype(np.float64)  # [j, c]: x_j is in W(c)
+    s = op.axis_matmul(op.Mul(x, x), sx, 1, window, like=x)
+    d = op.Add(_k(op, bias, x), op.Mul(_k(op, alpha / size, x), s))
+    t = op.Div(op.Mul(gy, y), d)
+    back = op.axis_matmul(t, sx, 1, window.T, like=x)
+    gx = op.Sub(op.Mul(gy, op.Pow(d, _k(op, -beta, x))),
+                op.Mul(op.Mul(x, back), _k(op, 2.0 * alpha * beta / size, x)))
+    return [gx]
 
 
 @vjp_rule("Softmax")

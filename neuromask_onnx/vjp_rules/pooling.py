@@ -38,7 +38,7 @@ def _keep_shape(sx: Shape, axes: Sequence[int]) -> list[int]:
 
 
 @vjp_rule("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2",
-          "ReduceLogSumExp", "ReduceMax", "ReduceMin")
+          "ReduceLogSumExp", "ReduceLogSum", "ReduceMax", "ReduceMin")
 def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = broadcast(gy) times d(reduction)/dx (mean: 1/n, max: ties / #ties, ...)."""
     x, y = node.input[0], node.output[0]
@@ -64,6 +64,8 @@ def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         return [op.Mul(gk, op.Div(x, yk)), *rest]
     if t == "ReduceLogSumExp":
         return [op.Mul(gk, op.Exp(op.Sub(x, yk))), *rest]
+    if t == "ReduceLogSum":  # y = log(sum x): gx = gy / sum x = gy exp(-y)
+        return [op.expand_to(op.Mul(gk, op.Exp(op.Neg(yk))), sx), *rest]
     hit = op.mask_of(op.Equal(x, yk), x)
     count = op.ReduceSum(hit, op.ints(axes), keepdims=1)
     return [op.Mul(op.Div(gk, count), hit), *rest]
@@ -77,6 +79,8 @@ def _reduce_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> str:
         return gy
     if t == "ReduceSumSquare":
         return op.Mul(op.Mul(gy, x), _k(op, 2.0, x))
+    if t == "ReduceLogSum":
+        return op.Div(gy, x)
     return op.Mul(gy, op.Sign(x))
 
 

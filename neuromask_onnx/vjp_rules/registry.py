@@ -30,8 +30,26 @@ ZERO_GRAD_OPS = frozenset({
     "Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And",
     "Or", "Xor", "ArgMax", "ArgMin", "Sign", "Floor", "Ceil", "Round", "IsNaN", "IsInf",
     "NonZero", "ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike",
-    "Bernoulli", "OneHot", "BitShift", "Mod",
+    "Bernoulli", "OneHot", "BitShift", "Hardmax",
 })
+
+# Operands (by input index) that the op reads only for their type or as shape / index /
+# option data: the output is locally constant in them, so their gradient is zero even when
+# they are computed from the mask (function-expanded graphs compute CastLike's `like` and
+# Dropout's ratio from the data). The driver passes them over where a rule returns None.
+NONDIFF_OPERANDS: dict[str, frozenset[int]] = {
+    "CastLike": frozenset({1}),  # `target_type`: only its element type is read
+    "Dropout": frozenset({1, 2}),  # ratio, training_mode: inference Dropout is the identity
+    "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}),
+    "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}), "Split": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}), "Pad": frozenset({1, 3}), "CumSum": frozenset({1}),
+    "Gather": frozenset({1}), "GatherElements": frozenset({1}), "GatherND": frozenset({1}),
+    "TopK": frozenset({1}), "ScatterElements": frozenset({1}), "ScatterND": frozenset({1}),
+    "ReduceSum": frozenset({1}), "ReduceMean": frozenset({1}), "ReduceMax": frozenset({1}),
+    "ReduceMin": frozenset({1}), "ReduceProd": frozenset({1}), "ReduceL1": frozenset({1}),
+    "ReduceL2": frozenset({1}), "ReduceSumSquare": frozenset({1}),
+    "ReduceLogSum": frozenset({1}), "ReduceLogSumExp": frozenset({1}),
+}
 
 
 def vjp_rule(*op_types: str, multi_output: bool = False) -> Callable[[Callable[..., Grads]],
@@ -89,4 +107,5 @@ def supported_ops() -> list[str]:
 
 
 def describe() -> dict[str, Any]:
-    return {"rules": sorted(VJP_RULES), "zero_gradient": sorted(ZERO_GRAD_OPS)}
+    return {"rules": sorted(VJP_RULES), "zero_gradient": sorted(ZERO_GRAD_OPS),
+            "nondifferentiable_operands": {k: sorted(v) for k, v in NONDIFF_OPERANDS.items()}}
