@@ -629,6 +629,78 @@ for cid, attrs in [("cumsum", {}), ("cumsum_exclusive", {"exclusive": 1}),
              inits={"ax": np.array(-2)}))
 
 
+# ---- recurrent (LSTM, GRU, RNN): x and the initial states are inputs, so all their gradients
+# are checked. onnx's reference evaluator ignores sequence_lens, clip, activations and
+# input_forget, and onnxruntime has no layout-1 kernels: each variant runs where its forward
+# is right (float64 reference, else float32 onnxruntime).
+REF_RNN_ATTRS = "reference LSTM/GRU/RNN ignore sequence_lens, clip, activations, input_forget"
+RNN_T, RNN_B, RNN_I, RNN_H = 3, 2, 3, 4
+RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent(cid: str, kind: str, *, direction: str = "forward", layout: int = 0,
+              lens: Sequence[int] | None = None, states: bool = False, peepholes: bool = False,
+              bias: bool = True, f32: str = "", **attrs: Any) -> RuleCase:
+    g, d = RNN_GATES[kind], 2 if direction == "bidirectional" else 1
+    inits: dict[str, Any] = {"W": 0.5 * w(d, g * RNN_H, RNN_I), "R": 0.5 * w(d, g * RNN_H, RNN_H)}
+    names = ["x", "W", "R", "B" if bias else "", "L" if lens is not None else ""]
+    if bias:
+        inits["B"] = 0.5 * w(d, 2 * g * RNN_H)
+    if lens is not None:
+        inits["L"] = np.array(lens, np.int32)
+    xs = (RNN_B, RNN_T, RNN_I) if layout else (RNN_T, RNN_B, RNN_I)
+    ss = (RNN_B, d, RNN_H) if layout else (d, RNN_B, RNN_H)
+    inputs = {"x": xs}
+    if states:
+        inputs["h0"] = ss
+        if kind == "LSTM":
+            inputs["c0"] = ss
+    names += ["h0" if states else ""]
+    if kind == "LSTM":
+        names += ["c0" if states else "", "P" if peepholes else ""]
+        if peepholes:
+            inits["P"] = 0.5 * w(d, 3 * RNN_H)
+    while names[-1] == "":
+        names.pop()
+    outs = ("y", "yh", "yc") if kind == "LSTM" else ("y", "yh")
+    node = N(kind, names, list(outs), hidden_size=RNN_H, direction=direction, layout=layout,
+             **attrs)
+    return case(cid, kind, [node], inputs, outputs=outs, inits=inits, f32=f32)
+
+
+for kind in ("LSTM", "GRU", "RNN"):
+    k = kind.lower()
+    add(recurrent(f"{k}_forward", kind))
+    add(recurrent(f"{k}_reverse", kind, direction="reverse"))
+    add(recurrent(f"{k}_bidirectional_states", kind, direction="bidirectional", states=True))
+    add(recurrent(f"{k}_layout1", kind, layout=1))
+    add(recurrent(f"{k}_layout1_bidirectional_states", kind, layout=1, direction="bidirectional",
+                  states=True))
+    add(recurrent(f"{k}_no_bias", kind, bias=False))
+    add(recurrent(f"{k}_sequence_lens", kind, lens=[3, 1], states=True, f32=REF_RNN_ATTRS))
+    add(recurrent(f"{k}_sequence_lens_bidirectional", kind, lens=[2, 3],
+                  direction="bidirectional", f32=REF_RNN_ATTRS))
+    add(recurrent(f"{k}_clip", kind, clip=0.7, f32=REF_RNN_ATTRS))
+add(recurrent("lstm_peepholes", "LSTM", peepholes=True))
+add(recurrent("lstm_peepholes_bidirectional_states", "LSTM", peepholes=True, states=True,
+              direction="bidirectional"))
+add(recurrent("lstm_input_forget", "LSTM", input_forget=1, f32=REF_RNN_ATTRS))
+add(recurrent("lstm_activations", "LSTM", activations=["HardSigmoid", "LeakyRelu", "Affine"],
+              activation_alpha=[0.3, 0.2, 0.8], activation_beta=[0.4, 0.1], f32=REF_RNN_ATTRS))
+add(recurrent("lstm_activations_bidirectional", "LSTM", direction="bidirectional",
+              activations=["Sigmoid", "ScaledTanh", "Softsign"] * 2,
+              activation_alpha=[0.9, 1.1], activation_beta=[1.2, 0.7], f32=REF_RNN_ATTRS))
+add(recurrent("gru_linear_before_reset", "GRU", linear_before_reset=1))
+add(recurrent("gru_linear_before_reset_bidirectional_states", "GRU", linear_before_reset=1,
+              direction="bidirectional", states=True))
+add(recurrent("gru_activations", "GRU", activations=["HardSigmoid", "Elu"],
+              activation_alpha=[0.3, 0.6], activation_beta=[0.4], f32=REF_RNN_ATTRS))
+add(recurrent("rnn_relu", "RNN", activations=["Relu"], f32=REF_RNN_ATTRS))
+add(recurrent("rnn_activations_bidirectional", "RNN", direction="bidirectional",
+              activations=["Softplus", "ThresholdedRelu"], activation_alpha=[0.05],
+              f32=REF_RNN_ATTRS))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
