@@ -160,7 +160,8 @@ def ops(
     for r in rows:
         on = "-" if r.on_path is None else str(r.on_path)
         typer.echo(f"{r.op_type:<28}{r.count:>6}{on:>9}  {r.status}")
-    blocking = [r.op_type for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
+    blocking = [f"{r.op_type} (at {'; '.join(r.where)})" if r.where else r.op_type
+                for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
     if not traced:
         typer.echo("(the gradient path could not be traced: the input has dynamic dimensions)")
     if blocking:

@@ -315,10 +315,15 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     # Each round can unlock only the next stage: shape inference stops at a value whose shape
     # needs a not-yet-folded operand (swin_t's dynamic window Pad takes 17 rounds). Every
     # round that changes something removes nodes, so this reaches a fixed point.
+    from .control_flow import all_names, expand_control_flow
+
+    names = all_names(nodes) | set(consts) | {vi.name for vi in g.input}
     for _ in range(len(nodes) + 1):
         shapes, dtypes = _infer(model, nodes, consts, real_inputs)
         nodes, changed = _fold(nodes, consts, shapes, opset)
-        if not changed:
+        # Constant Ifs become their branch, static Loops and Scans their unrolled body.
+        nodes, expanded = expand_control_flow(nodes, consts, shapes, names)
+        if not changed and not expanded:
             break
     shapes, dtypes = _infer(model, nodes, consts, real_inputs)
     missing = [o for n in nodes for o in n.output if o and (o not in shapes or o not in dtypes)]
@@ -338,6 +343,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     used = {n for node in nodes for n in (*node.input, *node.output)}
     used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}
     used |= {node.name for node in g.node if node.name}  # emitted node names stay unique too
+    used |= names  # with the names inside subgraphs and those control-flow expansion made
     return Graph(
         model=model,
         nodes=nodes,

@@ -701,6 +701,45 @@ add(recurrent("rnn_activations_bidirectional", "RNN", direction="bidirectional",
               f32=REF_RNN_ATTRS))
 
 
+# ---- control flow: a data-dependent If (constant Ifs, Loops and Scans are inlined or unrolled
+# before differentiation, tests/test_control_flow.py). The branches read x and a weight from
+# the outer scope; the sign of sum(x) picks the branch, so each sampler fixes which one runs.
+
+
+def _if_case(cid: str, draw: Draw, nested: bool = False) -> RuleCase:
+    d = helper.make_tensor_value_info
+    then_nodes = [N("MatMul", ["x", "wt"], ["t0"]), N("Tanh", ["t0"], ["t1"]),
+                  N("Mul", ["t1", "b"], ["t_out"])]
+    if nested:  # the then-branch holds another data-dependent If on its own value's sign
+        inner_then = helper.make_graph([N("Sin", ["t_out"], ["i_out"])], "inner_then", [],
+                                       [d("i_out", D, None)])
+        inner_else = helper.make_graph([N("Mul", ["t_out", "x0"], ["e_out"])], "inner_else",
+                                       [], [d("e_out", D, None)])
+        then_nodes += [N("ReduceSum", ["t_out"], ["t_sum"], keepdims=0),
+                       N("Greater", ["t_sum", "zero"], ["t_pos"]),
+                       N("If", ["t_pos"], ["t_fin"], then_branch=inner_then,
+                         else_branch=inner_else)]
+    then = helper.make_graph(then_nodes, "then", [], [d("t_fin" if nested else "t_out", D, None)])
+    # The else-branch reads x but not b: b's gradient is zero when it runs.
+    other = helper.make_graph([N("Exp", ["x"], ["e0"]), N("MatMul", ["e0", "wt"], ["e_fin"])],
+                              "else", [], [d("e_fin", D, None)])
+    nodes = [N("ReduceSum", ["x"], ["s"], keepdims=0), N("Greater", ["s", "zero"], ["pos"]),
+             N("Slice", ["x", "i0", "i1", "i1"], ["x0"]),
+             N("If", ["pos"], ["y"], then_branch=then, else_branch=other)]
+    return case(cid, "If", nodes, {"x": (2, 3), "b": (2, 4)}, draw={"x": draw, "b": normal},
+                inits={"wt": w(3, 4), "zero": np.array(0.0), "i0": np.array([0]),
+                       "i1": np.array([1])})
+
+
+def negative(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return -positive(rng, shape)
+
+
+add(_if_case("if_data_then", positive))
+add(_if_case("if_data_else", negative))
+add(_if_case("if_data_nested_then", positive, nested=True))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -7,7 +7,7 @@ this package registers every rule.
 
 from __future__ import annotations
 
-from . import elementwise, linalg, nn, pooling, recurrent, shape  # noqa: F401  (registers)
+from . import control, elementwise, linalg, nn, pooling, recurrent, shape  # noqa: F401
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
 from .registry import (
