@@ -197,7 +197,9 @@ def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
     if cond is None or cond.size != 1:
         return None
     take = "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"
-    branch = next(g for a, g in subgraphs(node) if a == take)
+    branch = next((g for a, g in subgraphs(node) if a == take), None)
+    if branch is None or len(branch.output) != len(node.output):
+        return None
     nodes, outs = _copy_body(branch, {}, namer, consts, node.name or "if")
     nodes += [_identity(s, d, namer) for s, d in zip(outs, node.output, strict=True) if d]
     return nodes
@@ -225,7 +227,9 @@ def _unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
                  namer: _Namer) -> list[onnx.NodeProto] | None:
     ins = [*node.input, "", ""]
     trip, cond = ins[0], ins[1]
-    body = next(g for a, g in subgraphs(node) if a == "body")
+    body = next((g for a, g in subgraphs(node) if a == "body"), None)
+    if body is None or len(body.input) < 2 or not body.output:
+        return None
     if not trip or trip not in consts or (cond and cond not in consts):
         return None
     if cond and not bool(consts[cond].all()):
@@ -267,7 +271,9 @@ def _unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
 def _unroll_scan(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, Shape],
                  namer: _Namer) -> list[onnx.NodeProto] | None:
     at = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    body = at["body"]
+    body = at.get("body")
+    if not isinstance(body, onnx.GraphProto) or "num_scan_inputs" not in at:
+        return None
     m = int(at["num_scan_inputs"])
     n_state = len(node.input) - m
     scan_ins = list(node.input[n_state:])

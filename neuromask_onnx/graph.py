@@ -39,8 +39,12 @@ Shape = tuple[int, ...]
 
 
 def load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    """Return a private copy of `model`, reading it from disk (with external data) if a path."""
+    """Return a private copy of `model`, reading it from disk (with external data) if a path;
+    a broken model (undecodable initializer, rejected by onnx.checker) is an InputError."""
+    from .validate import validate
+
     if isinstance(model, onnx.ModelProto):
+        validate(model, "the model")
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
@@ -56,6 +60,7 @@ def load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if not loaded.graph.node and not loaded.graph.output:
         msg = f"{str(path)!r} is not an ONNX model (no graph found); pass an exported .onnx file"
         raise InputError(msg)
+    validate(loaded, repr(str(path)))
     return loaded
 
 

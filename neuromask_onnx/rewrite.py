@@ -273,10 +273,24 @@ def _assemble(g: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfo
     model = finish_model(g, nodes, inputs, outputs, consts, name)
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:  # our bug, not the user's: keep the trace
-        msg = f"neuromask-onnx built an invalid graph: {exc}"
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        _blame_the_model(g)  # a model that cannot run at these shapes is the user's problem
+        msg = f"neuromask-onnx built an invalid graph: {exc}"  # else our bug: keep the trace
         raise AssertionError(msg) from exc
     return model
+
+
+def _blame_the_model(g: Graph) -> None:
+    """Raise ModelContractError if the prepared model itself fails in onnxruntime."""
+    from .validate import runtime_error
+
+    shapes = {i: g.shapes[i] for i in g.inputs if i in g.shapes}
+    problem = runtime_error(g.model, shapes)
+    if problem is not None:
+        shown = {k: list(v) for k, v in shapes.items()}
+        msg = (f"the model does not run in onnxruntime at input shape {shown} ({problem}); "
+               "check the model's weights and shapes, or pass the right --input-shape")
+        raise ModelContractError(msg)
 
 
 def _check_reserved(g: Graph, names: Sequence[str]) -> None:
