@@ -205,21 +205,25 @@ def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
     return nodes
 
 
-def _loop_cond_stays_true(body: onnx.GraphProto) -> bool:
-    """The body's output condition is its input condition passed through, or constant true."""
+def _loop_cond_stays_true(body: onnx.GraphProto, consts: dict[str, np.ndarray]) -> bool:
+    """The body's output condition is its input condition passed through, or a constant
+    true (a body initializer, a Constant node, or an outer-scope constant, maybe through an
+    Identity: torch's exporter writes Identity(outer true))."""
     cond_in, cond_out = body.input[1].name, body.output[0].name
-    if cond_out == cond_in:
-        return True
     inits = {t.name: t for t in body.initializer}
-    if cond_out in inits:
-        return bool(numpy_helper.to_array(inits[cond_out]).all())
-    prod = next((n for n in body.node if cond_out in n.output), None)
-    if prod is None:
-        return False
-    if prod.op_type == "Identity" and prod.input[0] == cond_in:
-        return True
-    if prod.op_type == "Constant" and prod.attribute and prod.attribute[0].name == "value":
-        return bool(numpy_helper.to_array(prod.attribute[0].t).all())
+    for _ in range(len(body.node) + 1):
+        if cond_out == cond_in:
+            return True
+        if cond_out in inits:
+            return bool(numpy_helper.to_array(inits[cond_out]).all())
+        prod = next((n for n in body.node if cond_out in n.output), None)
+        if prod is None:  # an outer-scope value
+            return cond_out in consts and bool(consts[cond_out].all())
+        if prod.op_type == "Constant" and prod.attribute and prod.attribute[0].name == "value":
+            return bool(numpy_helper.to_array(prod.attribute[0].t).all())
+        if prod.op_type != "Identity":
+            return False
+        cond_out = prod.input[0]
     return False
 
 
@@ -236,7 +240,7 @@ def _unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
         return None
     count = int(consts[trip].reshape(-1)[0])
     if count <= 0 or count * max(len(body.node), 1) > UNROLL_LIMIT or not _loop_cond_stays_true(
-            body):
+            body, consts):
         return None
     carried = list(node.input[2:])
     n_state = len(carried)
@@ -347,6 +351,20 @@ def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarra
             out.extend(new)
             changed = True
     return out, changed
+
+
+def fold_local(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Fold the constant parts of copied branch nodes into `g.consts` (Constant nodes,
+    Unsqueeze of constants) and record static shapes: what `prepare` does for the top level."""
+    from .graph import _fold
+
+    for _ in range(len(nodes) + 1):
+        infer_local(g, nodes)
+        nodes, changed = _fold(nodes, g.consts, g.shapes, g.opset)
+        if not changed:
+            break
+    infer_local(g, nodes)
+    return nodes
 
 
 def infer_local(g: Graph, nodes: list[onnx.NodeProto]) -> None:

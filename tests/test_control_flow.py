@@ -182,3 +182,43 @@ def test_a_loop_of_unknown_length_is_refused_with_the_reason() -> None:
     with pytest.raises(UnsupportedOpError, match="trip count"):
         check_vjp(m, {"h0": np.zeros((2, 3)), "x": np.zeros((2, 3)), "M": np.array(3)},
                   rng=np.random.default_rng(0), wrt=["x"])
+
+
+# --------------------------------------------------------------------------- torch.jit.script
+
+
+@pytest.mark.torch
+def test_scripted_control_flow_matches_torch_autograd_on_both_branches(tmp_path: Path) -> None:
+    """A torch.jit.script net: Loop (trip count from the input's shape) and an If on data."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    exp = _load_tool("export_scripted")
+    net = exp.build()
+    path = exp.export(tmp_path / "scripted.onnx", net=net)
+    assert {"Loop", "If"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    sess = ort.InferenceSession(instrument(str(path), batch_size=2).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        x = rng.standard_normal((2, exp.FEATURES)).astype(np.float32)
+        mask = rng.uniform(0.5, 1.0, (2, exp.FEATURES)).astype(np.float32)
+        target = np.array([0, 2], np.int64)
+        mt = torch.tensor(mask, requires_grad=True)
+        xm = torch.tensor(x) * mt
+        with torch.no_grad():
+            h, u = torch.tanh(net.inp(xm)), net.inp(xm)
+            for _ in range(exp.FEATURES // 2):
+                h = torch.tanh(net.rec(h) + u)
+        branch = bool(h.sum() > 0)
+        if branch in seen:
+            continue
+        seen.add(branch)
+        ref = torch.nn.functional.cross_entropy(net(xm), torch.tensor(target), reduction="none")
+        ref.sum().backward()
+        assert mt.grad is not None
+        loss, grad = sess.run(["nm_loss", "nm_grad_mask"],
+                              {"input": x, "nm_mask": mask, "nm_target": target})
+        np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(grad, mt.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert seen == {True, False}

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import onnx
 from onnx import helper
 
-from ..control_flow import _copy_body, _Namer, implicit_inputs, infer_local, subgraphs
+from ..control_flow import _copy_body, _Namer, fold_local, implicit_inputs, subgraphs
 from ..graph import Emitter
 from .registry import Grads, vjp_rule
 
@@ -35,7 +35,7 @@ def _vjp_if(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Gra
     for attr, branch in subgraphs(node):
         copied, outs = _copy_body(branch, {}, _Namer(g.used_names), g.consts,
                                   f"{node.name or 'if'}_{attr}")
-        infer_local(g, copied)
+        copied = fold_local(g, copied)
         seeds = {o: gy for o, gy in zip(outs, gys, strict=True) if gy is not None}
         start, outer = len(op.nodes), op.wanted
         try:
