@@ -52,7 +52,7 @@ def test_ops_never_reports_full_support_for_a_broken_model(tmp_path: Path) -> No
     onnx.save(m, str(path))
     res = CliRunner().invoke(app, ["ops", str(path)])
     assert res.exit_code == 1
-    assert res.output.strip().splitlines() == [
+    assert res.output.strip().splitlines() == [(
         f"error: {str(path)!r} is not a valid ONNX model: node 'Relu_2' (Relux): No Op "
         "registered for Relux with domain_version of 17; re-export the model, or check it "
-        "with onnx.checker.check_model"]
+        "with onnx.checker.check_model")]
