@@ -142,7 +142,7 @@ def test_mutated_fixtures_end_in_success_or_one_line(tmp_path: Path) -> None:
         counts["ok" if res.exit_code == 0 else "error"] += 1
         if broken:
             assert res.exit_code == 1, f"{what}: ops refused the model but instrument took it"
-        if k % 3 == 0 and res.exit_code == 0:
+        if k % 5 == 0 and res.exit_code == 0:
             x = tmp_path / f"x{k}.npy"
             shape = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type
                      .shape.dim][1:]
@@ -150,6 +150,7 @@ def test_mutated_fixtures_end_in_success_or_one_line(tmp_path: Path) -> None:
             res = runner.invoke(app, ["explain", str(path), str(x), "-o", str(tmp_path / f"e{k}"),
                                       "--steps", "2", "-q"])
             _check(res, f"{what}: explain")
+    print(f"instrument: {counts['ok']} succeeded, {counts['error']} refused in one line")
     # The mutations must exercise both outcomes, or the test proves nothing.
     assert counts["ok"] > 20
     assert counts["error"] > 100
