@@ -116,13 +116,16 @@ def rename_reads(node: onnx.NodeProto, old: str, new: str) -> None:
 class _Namer:
     def __init__(self, used: set[str]) -> None:
         self.used = used
+        self.next_suffix: dict[str, int] = {}  # per hint: unrolling stays linear in its size
 
     def fresh(self, hint: str) -> str:
         base = "".join(c if c.isalnum() or c in "_./:-" else "_" for c in f"{PREFIX}cf_{hint}")
-        name, k = base, 0
+        k = self.next_suffix.get(base, 0)
+        name = f"{base}_{k}" if k else base
         while name in self.used:
             k += 1
             name = f"{base}_{k}"
+        self.next_suffix[base] = k + 1
         self.used.add(name)
         return name
 

@@ -380,14 +380,19 @@ class Emitter:
         self.wanted: set[str] = set()
         # Expand outputs -> the smaller value they broadcast (see differentiate's total()).
         self.broadcast_of: dict[str, str] = {}
+        self._next_suffix: dict[str, int] = {}
 
     def fresh(self, hint: str) -> str:
         base = hint if hint.startswith(PREFIX) else PREFIX + hint
         base = "".join(c if c.isalnum() or c in "_./:-" else "_" for c in base)
-        name, k = base, 0
+        # Resume each hint's count where it stopped: scanning from 0 made a rule that emits
+        # thousands of nodes (an unrolled LSTM) quadratic in their number.
+        k = self._next_suffix.get(base, 0)
+        name = f"{base}_{k}" if k else base
         while name in self.g.used_names:
             k += 1
             name = f"{base}_{k}"
+        self._next_suffix[base] = k + 1
         self.g.used_names.add(name)
         return name
 
