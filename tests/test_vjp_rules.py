@@ -738,6 +738,19 @@ def negative(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 add(_if_case("if_data_then", positive))
 add(_if_case("if_data_else", negative))
 add(_if_case("if_data_nested_then", positive, nested=True))
+# An LSTM inside a data-dependent branch (its rule unrolls inside the backward If's branch).
+_lstm_then = helper.make_graph(
+    [N("LSTM", ["x", "lw", "lr"], ["", "yh"], hidden_size=3),
+     N("ReduceSum", ["yh"], ["t_out"], keepdims=0)], "then", [],
+    [helper.make_tensor_value_info("t_out", D, None)])
+_tanh_else = helper.make_graph(
+    [N("Tanh", ["x"], ["e0"]), N("ReduceSum", ["e0"], ["e_out"], keepdims=0)], "else", [],
+    [helper.make_tensor_value_info("e_out", D, None)])
+add(case("if_data_lstm_branch", "If",
+         [N("ReduceSum", ["x"], ["s"], keepdims=0), N("Greater", ["s", "zero"], ["pos"]),
+          N("If", ["pos"], ["y"], then_branch=_lstm_then, else_branch=_tanh_else)],
+         {"x": (3, 2, 2)}, draw=positive,
+         inits={"lw": w(1, 12, 2), "lr": w(1, 12, 3), "zero": np.array(0.0)}))
 
 
 # --------------------------------------------------------------------------- the tests
