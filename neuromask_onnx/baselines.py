@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import InputError
-from .explain import NeuroMask, _apply, available_provider, upsample_matrix
+from .explain import NeuroMask, _apply, _probe_shape, available_provider, by_shape, upsample_matrix
 from .graph import input_dims, load_model
 from .optimize import NeuroMaskConfig
 from .rewrite import GRAD_INPUT, LOSS, PROBS, TARGET, Objective, instrument, prune
@@ -41,13 +41,15 @@ class Classifier:
         input_name / output_name / output_kind / layout / mask_axes: as in `instrument`.
         provider: "auto", "cpu" or "cuda". batch_size: samples per session run (a model with
         a fixed batch axis uses its own). threads: onnxruntime intra-op threads.
+        input_shape: one input's shape without the batch axis, for models whose non-batch
+        dims are dynamic.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, *, input_name: str | None = None,
                  output_name: str | None = None, output_kind: str = "auto",
                  layout: str | None = None, mask_axes: Sequence[int] | None = None,
                  provider: str = "auto", batch_size: int = 64,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, input_shape: Sequence[int] | None = None) -> None:
         if batch_size < 1:
             msg = f"batch size must be at least 1, got {batch_size}"
             raise InputError(msg)
@@ -58,7 +60,9 @@ class Classifier:
         self.opts: dict[str, Any] = {"input_name": input_name, "output_name": output_name,
                                      "output_kind": output_kind, "layout": layout,
                                      "mask_axes": list(mask_axes) if mask_axes else None}
-        probe = self._instrument(1, None, "logit")
+        # Dynamic non-batch dims: probed at `input_shape`; a session per input shape later.
+        self.input_shape = _probe_shape(self.model, input_name, input_shape)
+        probe = self._instrument(1, self.input_shape, "logit")
         props = {p.key: p.value for p in probe.metadata_props}
         self.input_name = props["neuromask.input"]
         self.num_classes = max(int(props["neuromask.num_classes"]), 2)
@@ -124,8 +128,18 @@ class Classifier:
             outs.append([r[:k] for r in res])
         return [np.concatenate([o[i] for o in outs]) for i in range(len(names))]
 
-    def probs(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, K] (float64) of inputs x [N, ...]."""
+    def probs(self, x: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities [N, K] (float64) of inputs x [N, ...], or of a list of inputs
+        that may differ in shape where the model's dims are dynamic."""
+        if not isinstance(x, np.ndarray):
+            xs = [np.asarray(a) for a in x]
+            groups = by_shape(xs)
+            if len(groups) > 1:
+                out = np.zeros((len(xs), self.num_classes))
+                for idx in groups.values():
+                    out[idx] = self.probs(np.stack([xs[i] for i in idx]))
+                return out
+            x = np.stack(xs)
         (p,) = self._run("probs", np.asarray(x), np.zeros(len(x), np.int64))
         return p.astype(np.float64)
 
@@ -158,7 +172,7 @@ class Classifier:
                 self.model, config, input_name=o["input_name"], output_name=o["output_name"],
                 output_kind=o["output_kind"], layout=o["layout"], mask_axes=o["mask_axes"],
                 provider="cuda" if self.provider == "CUDAExecutionProvider" else "cpu",
-                batch_size=1, threads=self.threads)
+                batch_size=1, threads=self.threads, input_shape=self.input_shape)
         return self._neuromask[config]
 
 

@@ -160,7 +160,8 @@ def ops(
     for r in rows:
         on = "-" if r.on_path is None else str(r.on_path)
         typer.echo(f"{r.op_type:<28}{r.count:>6}{on:>9}  {r.status}")
-    blocking = [r.op_type for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
+    blocking = [f"{r.op_type} (at {'; '.join(r.where)})" if r.where else r.op_type
+                for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
     if not traced:
         typer.echo("(the gradient path could not be traced: the input has dynamic dimensions)")
     if blocking:
@@ -337,13 +338,14 @@ def explain(
         loaded = load_inputs(inputs, spec, prep)
         nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
                        output_kind=output_kind.value, layout=layout, provider=provider,  # type: ignore[arg-type]
-                       batch_size=batch_size, labels=names, threads=threads)
+                       batch_size=batch_size, labels=names, threads=threads,
+                       input_shape=loaded[0].tensor.shape if loaded else None)
         wanted = [nm.class_index(t) for t in target] if target else None
         if top_k is not None and top_k < 1:
             msg = f"--top-k must be at least 1, got {top_k}"
             raise InputError(msg)
         if wanted is None:
-            probs = nm.predict(np.stack([x.tensor for x in loaded]))
+            probs = nm.predict([x.tensor for x in loaded])  # shapes may differ (dynamic dims)
             order = np.argsort(-probs, axis=1, kind="stable")[:, : top_k or 1]
             targets = [[int(c) for c in row] for row in order]
         else:
@@ -456,9 +458,10 @@ PrepOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "(default: the model's metadata, else torchvision-imagenet).")]
 
 
-def _load_one_model(model: Path, input_name: str | None, output_name: str | None,
+def _load_one_model(model: Path | Any, input_name: str | None, output_name: str | None,
                     output_kind: OutputKind, layout: str | None, provider: str,
-                    batch_size: int, threads: int | None) -> Any:
+                    batch_size: int, threads: int | None,
+                    input_shape: tuple[int, ...] | None = None) -> Any:
     from .baselines import Classifier
     from .graph import load_model
 
@@ -467,7 +470,36 @@ def _load_one_model(model: Path, input_name: str | None, output_name: str | None
         raise InputError(msg)
     return Classifier(load_model(model), input_name=input_name, output_name=output_name,
                       output_kind=output_kind.value, layout=layout, provider=provider,
-                      batch_size=batch_size, threads=threads)
+                      batch_size=batch_size, threads=threads, input_shape=input_shape)
+
+
+SizeOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--size", help="Model input H,W for images (default: from the model).")]
+
+
+def _load_for_inputs(model: Path, inputs: list[Path], input_name: str | None,
+                     output_name: str | None, output_kind: OutputKind, layout: str | None,
+                     preprocess: str | None, size: str | None, provider: str, batch_size: int,
+                     threads: int | None) -> tuple[Any, Any, list[Any]]:
+    """(classifier, input spec, loaded inputs): the inputs are read first, so a model with
+    dynamic dims takes them from the inputs (.npy shapes, or --size for images)."""
+    from .graph import load_model
+    from .preprocess import describe_input, load_inputs, resolve_preprocessing
+
+    hw = parse_ints(size, "--size")
+    if hw is not None and len(hw) != 2:
+        msg = f"--size takes H,W, got {size!r}"
+        raise InputError(msg)
+    proto = load_model(model)
+    spec = describe_input(proto, input_name, layout)
+    prep = resolve_preprocessing(preprocess, proto)
+    if hw:
+        prep = prep.replace(size=tuple(hw))
+    loaded = load_inputs(inputs, spec, prep)
+    clf = _load_one_model(proto, spec.name, output_name, output_kind, layout, provider,
+                          batch_size, threads,
+                          input_shape=loaded[0].tensor.shape if loaded else None)
+    return clf, spec, loaded
 
 
 def _targets(clf: Any, xs: list[np.ndarray], target: Optional[int]) -> list[int]:  # noqa: UP045
@@ -477,7 +509,7 @@ def _targets(clf: Any, xs: list[np.ndarray], target: Optional[int]) -> list[int]
                   "classes"
             raise InputError(msg)
         return [target] * len(xs)
-    return [int(np.argmax(p)) for p in clf.probs(np.stack(xs))]
+    return [int(np.argmax(p)) for p in clf.probs(xs)]
 
 
 @app.command()
@@ -501,6 +533,7 @@ def evaluate(
     output_kind: KindOpt = OutputKind.auto,
     layout: LayoutOpt = None,
     preprocess: PrepOpt = None,
+    size: SizeOpt = None,
     provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
     threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
@@ -510,16 +543,14 @@ def evaluate(
     import json
 
     from . import metrics
-    from .preprocess import describe_input, load_inputs, resolve_preprocessing
 
     with _errors():
         region = _region_arg(box)
         dele = _removal(deletion_baseline, "--deletion-baseline")
         ins = _removal(insertion_baseline, "--insertion-baseline")
-        clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
-                              batch_size, threads)
-        spec = describe_input(clf.model, clf.input_name, layout)
-        loaded = load_inputs([input_path], spec, resolve_preprocessing(preprocess, clf.model))
+        clf, _spec, loaded = _load_for_inputs(model, [input_path], input_name, output_name,
+                                             output_kind, layout, preprocess, size, provider,
+                                             batch_size, threads)
         if len(loaded) != 1:
             msg = f"{str(input_path)!r} holds {len(loaded)} inputs; evaluate takes one"
             raise InputError(msg)
@@ -577,6 +608,7 @@ def compare(
     output_kind: KindOpt = OutputKind.auto,
     layout: LayoutOpt = None,
     preprocess: PrepOpt = None,
+    size: SizeOpt = None,
     provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
     threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
@@ -593,7 +625,6 @@ def compare(
     from .errors import ConvergenceWarning
     from .optimize import preset
     from .outputs import atomic_write
-    from .preprocess import describe_input, load_inputs, resolve_preprocessing
 
     with _errors():
         names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -616,13 +647,12 @@ def compare(
         if existing and not force:
             msg = f"{existing[0]!r} already exists; pass --force to overwrite"
             raise InputError(msg)
-        clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
-                              batch_size, threads)
-        spec = describe_input(clf.model, clf.input_name, layout)
-        loaded = load_inputs(inputs, spec, resolve_preprocessing(preprocess, clf.model))
+        clf, spec, loaded = _load_for_inputs(model, inputs, input_name, output_name,
+                                             output_kind, layout, preprocess, size, provider,
+                                             batch_size, threads)
         xs = [inp.tensor for inp in loaded]
         targets = _targets(clf, xs, target)
-        probs = clf.probs(np.stack(xs))
+        probs = clf.probs(xs)
         chan = spec.layout.index("C") - 1 if spec.is_image else None
         results: list[report.InputResult] = []
         notes: list[str] = []

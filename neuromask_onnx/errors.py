@@ -15,13 +15,16 @@ class NeuromaskError(Exception):
 class UnsupportedOpError(NeuromaskError):
     """A value that depends on the mask reaches an op that has no VJP rule."""
 
-    def __init__(self, op_type: str, node_name: str, domain: str = "", detail: str = "") -> None:
+    def __init__(self, op_type: str, node_name: str, domain: str = "", detail: str = "",
+                 path: str = "") -> None:
         self.op_type = op_type
         self.node_name = node_name
+        self.path = path  # where a node inside a subgraph sits: "If 'x' / then_branch"
         where = f"{domain}::{op_type}" if domain and domain != "ai.onnx" else op_type
         what = f"has an unsupported form ({detail})" if detail else "has no gradient rule"
+        at = f"at {path} / {op_type} {node_name!r}" if path else f"node {node_name!r}"
         msg = (
-            f"op {where} (node {node_name!r}) is on the path from the input to the output "
+            f"op {where} ({at}) is on the path from the input to the output "
             f"but {what}; run `neuromask ops MODEL.onnx` to list the model's supported and "
             "unsupported ops"
         )

@@ -231,6 +231,8 @@ class NeuroMask:
             session run. Default: 2 on CPU, where a row costs least at batch 1-2
             (tools/bench_gradient.py --rows: +16 % per row at 8 rows on two cores), and all
             of them on CUDA.
+        input_shape: one input's shape without the batch axis, for models whose non-batch
+            dims are dynamic (the shape they are first instrumented at).
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, config: NeuroMaskConfig | None = None,
@@ -238,7 +240,8 @@ class NeuroMask:
                  output_kind: str = "auto", layout: str | None = None,
                  mask_axes: Sequence[int] | None = None, provider: Provider = "auto",
                  batch_size: int = 8, labels: Sequence[str] | None = None,
-                 threads: int | None = None, rows_per_run: int | None = None) -> None:
+                 threads: int | None = None, rows_per_run: int | None = None,
+                 input_shape: Sequence[int] | None = None) -> None:
         if batch_size < 1:
             msg = f"batch size must be at least 1, got {batch_size}"
             raise InputError(msg)
@@ -260,7 +263,9 @@ class NeuroMask:
                       "output_kind": output_kind, "layout": layout,
                       "mask_axes": list(mask_axes) if mask_axes is not None else None}
         # `instrument` picks the input and raises the user-facing errors; do it once here.
-        probe = self._instrumented(1, None)
+        # A model with dynamic non-batch dims is probed at `input_shape` (an input's shape);
+        # each distinct input shape later gets its own instrumented model (`_runner`).
+        probe = self._instrumented(1, _probe_shape(self.model, input_name, input_shape))
         props = {p.key: p.value for p in probe.metadata_props}
         self.input_name = props["neuromask.input"]
         self.num_classes = int(props["neuromask.num_classes"])
@@ -351,12 +356,19 @@ class NeuroMask:
 
     # ----------------------------------------------------------------- public API
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, K] of the unmasked inputs x [N, ...]."""
-        xs = [self._check(a) for a in x]
+    def predict(self, x: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities [N, K] of the unmasked inputs x [N, ...] (or a list of inputs,
+        which may differ in shape where the model's dims are dynamic)."""
+        xs = [self._check(np.asarray(a)) for a in x]
         return self._probs(xs)
 
     def _probs(self, xs: list[np.ndarray]) -> np.ndarray:
+        groups = by_shape(xs)
+        if len(groups) > 1:  # one instrumented model per shape, results in input order
+            every = np.zeros((len(xs), max(self.num_classes, 2)))
+            for idx in groups.values():
+                every[idx] = self._probs([xs[i] for i in idx])
+            return every
         size, pad = self._chunk_size(len(xs))
         out = []
         for lo in range(0, len(xs), size):
@@ -441,13 +453,19 @@ class NeuroMask:
                      ) -> list[list[Explanation]]:
         """Masks for every input and each of its targets; one inner list per input."""
         xs = [self._check(np.asarray(a)) for a in xs]
-        shapes = {a.shape for a in xs}
-        if len(shapes) > 1:
-            msg = f"inputs have different shapes {sorted(shapes)}; the model needs one shape"
-            raise InputError(msg)
         if top_k is not None and top_k < 1:
             msg = f"top-k must be at least 1, got {top_k}"
             raise InputError(msg)
+        groups = by_shape(xs)
+        if len(groups) > 1:
+            # Dynamic dims (the checks above passed): one instrumented model per input shape.
+            rows: list[list[Explanation]] = [[] for _ in xs]
+            for idx in groups.values():
+                part = self.explain_many([xs[i] for i in idx], [targets[i] for i in idx],
+                                         top_k=top_k, callback=callback)
+                for i, row in zip(idx, part, strict=True):
+                    rows[i] = row
+            return rows
         t0 = time.perf_counter()
         probs = self._probs(xs)
         t_predict = time.perf_counter() - t0
@@ -702,6 +720,28 @@ class NeuroMask:
             seed=self.config.seed, provider=r["provider"], timings=timings,
             warnings=tuple(notes), weights=r["weights"], passes=r["passes"],
             details={"areas": r["areas"]} if "areas" in r else {})
+
+
+def by_shape(xs: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
+    """Input indices grouped by shape, in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(xs):
+        groups.setdefault(tuple(a.shape), []).append(i)
+    return groups
+
+
+def _probe_shape(model: onnx.ModelProto, input_name: str | None,
+                 input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """`input_shape` where the chosen input has dynamic non-batch dims, else None."""
+    if input_shape is None:
+        return None
+    real = graph_inputs(model)
+    vi = next((v for v in real if v.name == input_name), real[0] if len(real) == 1 else None)
+    if vi is None:
+        return None
+    dims = input_dims(model, vi.name)
+    dynamic = any(not (isinstance(d, int) and d > 0) for d in dims[1:])
+    return tuple(int(d) for d in input_shape) if dynamic else None
 
 
 def diagnose(mask: np.ndarray, losses: np.ndarray, probs_after: np.ndarray,

@@ -40,8 +40,12 @@ Shape = tuple[int, ...]
 
 
 def load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    """Return a private copy of `model`, reading it from disk (with external data) if a path."""
+    """Return a private copy of `model`, reading it from disk (with external data) if a path;
+    a broken model (undecodable initializer, rejected by onnx.checker) is an InputError."""
+    from .validate import validate
+
     if isinstance(model, onnx.ModelProto):
+        validate(model, "the model")
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
@@ -57,6 +61,7 @@ def load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if not loaded.graph.node and not loaded.graph.output:
         msg = f"{str(path)!r} is not an ONNX model (no graph found); pass an exported .onnx file"
         raise InputError(msg)
+    validate(loaded, repr(str(path)))
     return loaded
 
 
@@ -366,10 +371,15 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     # Each round can unlock only the next stage: shape inference stops at a value whose shape
     # needs a not-yet-folded operand (swin_t's dynamic window Pad takes 17 rounds). Every
     # round that changes something removes nodes, so this reaches a fixed point.
+    from .control_flow import all_names, expand_control_flow
+
+    names = all_names(nodes) | set(consts) | {vi.name for vi in g.input}
     for _ in range(len(nodes) + 1):
         shapes, dtypes = _infer(model, nodes, consts, real_inputs)
         nodes, changed = _fold(nodes, consts, shapes, opset)
-        if not changed:
+        # Constant Ifs become their branch, static Loops and Scans their unrolled body.
+        nodes, expanded = expand_control_flow(nodes, consts, shapes, names)
+        if not changed and not expanded:
             break
     shapes, dtypes = _infer(model, nodes, consts, real_inputs)
     missing = [o for n in nodes for o in n.output if o and (o not in shapes or o not in dtypes)]
@@ -391,6 +401,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     used = {n for node in nodes for n in (*node.input, *node.output)}
     used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}
     used |= {node.name for node in g.node if node.name}  # emitted node names stay unique too
+    used |= names  # with the names inside subgraphs and those control-flow expansion made
     return Graph(
         model=model,
         nodes=nodes,
@@ -422,14 +433,19 @@ class Emitter:
         self.wanted: set[str] = set()
         # Expand outputs -> the smaller value they broadcast (see differentiate's total()).
         self.broadcast_of: dict[str, str] = {}
+        self._next_suffix: dict[str, int] = {}
 
     def fresh(self, hint: str) -> str:
         base = hint if hint.startswith(PREFIX) else PREFIX + hint
         base = "".join(c if c.isalnum() or c in "_./:-" else "_" for c in base)
-        name, k = base, 0
+        # Resume each hint's count where it stopped: scanning from 0 made a rule that emits
+        # thousands of nodes (an unrolled LSTM) quadratic in their number.
+        k = self._next_suffix.get(base, 0)
+        name = f"{base}_{k}" if k else base
         while name in self.g.used_names:
             k += 1
             name = f"{base}_{k}"
+        self._next_suffix[base] = k + 1
         self.g.used_names.add(name)
         return name
 

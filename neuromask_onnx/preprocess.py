@@ -349,10 +349,8 @@ def load_inputs(paths: Sequence[str | Path], spec: InputSpec,
             loaded.extend(_load_npy(path, spec))
         else:
             loaded.append(load_image(path, spec, prep))
-    shapes = {x.tensor.shape for x in loaded}
-    if len(shapes) > 1:
-        msg = f"inputs have different shapes {sorted(shapes)}; the model needs one shape"
-        raise InputError(msg)
+    # Shapes differ only where the model's dims are dynamic: each shape is then instrumented
+    # on its own (NeuroMask and Classifier group their inputs by shape).
     return loaded
 
 

@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import __version__
+from .control_flow import all_inputs, nested_path_nodes, rename_reads, walk_subgraphs
 from .errors import InputError, ModelContractError, UnsupportedOpError
 from .graph import (
     FLOAT_TYPES,
@@ -71,7 +72,7 @@ def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -
     for node in nodes:
         if node.op_type in ZERO_GRAD_OPS:
             continue
-        if any(i in marked for i in node.input):
+        if any(i in marked for i in all_inputs(node)):
             # An unknown type (a custom op's output) counts as float: better a clear
             # "unsupported op" than a silently missing gradient.
             marked.update(o for o in node.output
@@ -84,7 +85,7 @@ def _reaching(nodes: Sequence[onnx.NodeProto], targets: Sequence[str]) -> set[st
     need = set(targets)
     for node in reversed(nodes):
         if any(o in need for o in node.output):
-            need.update(i for i in node.input if i)
+            need.update(i for i in all_inputs(node) if i)
     return need
 
 
@@ -93,7 +94,7 @@ def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets:
     """Nodes that lie on a path from `sources` to `targets`."""
     marked = _marked(nodes, sources, g)
     need = _reaching(nodes, targets)
-    return [n for n in nodes if any(i in marked for i in n.input)
+    return [n for n in nodes if any(i in marked for i in all_inputs(n))
             and any(o in need for o in n.output)]
 
 
@@ -101,15 +102,41 @@ def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return [n for n in nodes if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
 
 
+def unsupported_paths(on_path: Sequence[onnx.NodeProto],
+                      marked: set[str]) -> list[tuple[str, onnx.NodeProto]]:
+    """Unsupported nodes on the gradient path, with where they sit ("" at the top level,
+    "If 'x' / then_branch" inside a subgraph of a node that has a rule)."""
+    found: list[tuple[str, onnx.NodeProto]] = [("", n) for n in unsupported(on_path)]
+    for node in on_path:
+        if node.op_type in VJP_RULES:
+            found += [(where, n) for where, n in nested_path_nodes(node, marked, ZERO_GRAD_OPS)
+                      if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
+    return found
+
+
+_CONTROL_FLOW_DETAIL = {
+    "Loop": "its trip count or condition is not known after constant folding, so it cannot be "
+            "unrolled",
+    "Scan": "its sequence length is not static, so it cannot be unrolled",
+}
+
+
+def check_supported(on_path: Sequence[onnx.NodeProto], marked: set[str]) -> None:
+    """Raise UnsupportedOpError for the first unsupported node on the path, nested or not."""
+    bad = unsupported_paths(on_path, marked)
+    if bad:
+        where, n = bad[0]
+        raise UnsupportedOpError(n.op_type, n.name, n.domain,
+                                 _CONTROL_FLOW_DETAIL.get(n.op_type, ""), path=where)
+
+
 def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str, str],
                   wrt: Sequence[str]) -> dict[str, str | None]:
     """Emit the reverse pass; return the gradient of each `wrt` name (None if it has none)."""
     g = op.g
     on_path = path_nodes(nodes, wrt, list(seeds), g)
-    bad = unsupported(on_path)
-    if bad:
-        raise UnsupportedOpError(bad[0].op_type, bad[0].name, bad[0].domain)
     op.wanted = _marked(nodes, wrt, g)
+    check_supported(on_path, op.wanted)
     contribs: dict[str, list[str]] = {k: [v] for k, v in seeds.items()}
 
     def total(name: str) -> str | None:
@@ -142,10 +169,12 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
             gxs = rule(op, node, gys)
         except NotImplementedError as exc:
             raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
-        if len(gxs) != len(node.input):
-            msg = f"rule for {node.op_type} returned {len(gxs)} gradients for {len(node.input)} inputs"
+        # Subgraph ops (If) also return gradients for the outer-scope values they read.
+        ins = all_inputs(node)
+        if len(gxs) != len(ins):
+            msg = f"rule for {node.op_type} returned {len(gxs)} gradients for {len(ins)} inputs"
             raise AssertionError(msg)
-        for index, (name, gx) in enumerate(zip(node.input, gxs, strict=True)):
+        for index, (name, gx) in enumerate(zip(ins, gxs, strict=True)):
             if not name or name not in op.wanted:
                 continue
             if gx is None and index in NONDIFF_OPERANDS.get(node.op_type, ()):
@@ -197,7 +226,7 @@ def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.
     for node in reversed(nodes):
         if any(o in need for o in node.output):
             kept.append(node)
-            need.update(i for i in node.input if i)
+            need.update(i for i in all_inputs(node) if i)
     return kept[::-1]
 
 
@@ -211,7 +240,7 @@ def pruned(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
     nodes = prune(list(m.graph.node), list(outputs))
     del m.graph.node[:]
     m.graph.node.extend(nodes)
-    read = {i for n in nodes for i in n.input}
+    read = {i for n in nodes for i in all_inputs(n)}
     inits = [t for t in m.graph.initializer if t.name in read]
     del m.graph.initializer[:]
     m.graph.initializer.extend(inits)
@@ -231,7 +260,7 @@ def seed_last(nodes: Sequence[onnx.NodeProto], seeds: Sequence[str]) -> list[onn
     tainted = set(seeds)
     free, chain = [], []
     for n in nodes:
-        if any(i in tainted for i in n.input):
+        if any(i in tainted for i in all_inputs(n)):
             tainted.update(n.output)
             chain.append(n)
         else:
@@ -243,15 +272,29 @@ def _assemble(g: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfo
               outputs: list[onnx.ValueInfoProto], name: str,
               seeds: Sequence[str]) -> onnx.ModelProto:
     nodes = seed_last(prune(nodes, [o.name for o in outputs]), seeds)
-    read = {i for n in nodes for i in n.input} | {o.name for o in outputs}
+    read = {i for n in nodes for i in all_inputs(n)} | {o.name for o in outputs}
     consts = {k: v for k, v in g.consts.items() if k in read}
     model = finish_model(g, nodes, inputs, outputs, consts, name)
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:  # our bug, not the user's: keep the trace
-        msg = f"neuromask-onnx built an invalid graph: {exc}"
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        _blame_the_model(g)  # a model that cannot run at these shapes is the user's problem
+        msg = f"neuromask-onnx built an invalid graph: {exc}"  # else our bug: keep the trace
         raise AssertionError(msg) from exc
     return model
+
+
+def _blame_the_model(g: Graph) -> None:
+    """Raise ModelContractError if the prepared model itself fails in onnxruntime."""
+    from .validate import runtime_error
+
+    shapes = {i: g.shapes[i] for i in g.inputs if i in g.shapes}
+    problem = runtime_error(g.model, shapes)
+    if problem is not None:
+        shown = {k: list(v) for k, v in shapes.items()}
+        msg = (f"the model does not run in onnxruntime at input shape {shown} ({problem}); "
+               "check the model's weights and shapes, or pass the right --input-shape")
+        raise ModelContractError(msg)
 
 
 def _check_reserved(g: Graph, names: Sequence[str]) -> None:
@@ -483,9 +526,7 @@ def instrument(
     mshape = tuple(d if (i == 0 or i in axes) else 1 for i, d in enumerate(shape))
 
     g = prepare(m, {x: shape})
-    bad = unsupported(path_nodes(g.nodes, [x], [out], g))
-    if bad:
-        raise UnsupportedOpError(bad[0].op_type, bad[0].name, bad[0].domain)
+    check_supported(path_nodes(g.nodes, [x], [out], g), _marked(g.nodes, [x], g))
     logits, kind = _find_logits(g, out, output_kind)
     zs = g.shape(logits)
     if zs[0] != batch_size:
@@ -559,13 +600,14 @@ def instrument(
 
 
 def _rename_input(node: onnx.NodeProto, old: str, new: str) -> onnx.NodeProto:
-    if old not in node.input:
+    if old not in all_inputs(node):
         return node
     copy = onnx.NodeProto()
     copy.CopyFrom(node)
     for i, name in enumerate(copy.input):
         if name == old:
             copy.input[i] = new
+    rename_reads(copy, old, new)  # reads of the input from inside subgraphs
     return copy
 
 
@@ -671,29 +713,48 @@ class OpStatus:
     """One op type of a model: how many nodes, how many on the input-to-output path."""
 
     op_type: str
-    count: int
+    count: int  # nodes of this type, inside subgraphs too
     on_path: int | None  # None when the path could not be traced (dynamic shapes)
     status: str  # "rule", "no gradient", "unsupported"
+    where: tuple[str, ...] = ()  # unsupported nodes on the path: "If 'x' / then_branch / Op 'y'"
+
+
+def _op_key(n: onnx.NodeProto) -> str:
+    return n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
 
 
 def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = None,
               output_name: str | None = None,
               input_shape: Sequence[int] | None = None) -> list[OpStatus]:
-    """Which of the model's ops have rules, and which of them lie on the gradient path."""
+    """Which of the model's ops have rules, and which of them lie on the gradient path.
+
+    Nodes inside subgraphs (If branches, Loop and Scan bodies) count as well; the path is
+    traced after constant Ifs are inlined and static Loops and Scans unrolled, and through
+    the subgraphs of the control-flow nodes that remain.
+    """
     from collections import Counter
 
     m = load_model(model)
-    full = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-                   for n in m.graph.node)
+    full = Counter(_op_key(n) for n in m.graph.node)
+    full.update(_op_key(n) for _, n in walk_subgraphs(m.graph.node))
     path: Counter[str] | None = None
+    where: dict[str, list[str]] = {}
     try:
         x = _pick_input(m, input_name).name
         out = _pick_output(m, output_name)
-        g = prepare(m, {x: resolve_shape(input_dims(m, x), 1, input_shape, x)})
-        path = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-                       for n in path_nodes(g.nodes, [x], [out], g))
+        dims = input_dims(m, x)
+        batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else 1
+        g = prepare(m, {x: resolve_shape(dims, batch, input_shape, x)})
+        on_path = path_nodes(g.nodes, [x], [out], g)
+        marked = _marked(g.nodes, [x], g)
+        path = Counter(_op_key(n) for n in on_path)
+        for node in on_path:
+            path.update(_op_key(n) for _, n in nested_path_nodes(node, marked, ZERO_GRAD_OPS))
         for k in path:  # opset conversion may rename ops (Upsample -> Resize)
             full.setdefault(k, path[k])
+        for w, n in unsupported_paths(on_path, marked):
+            where.setdefault(_op_key(n), []).append(
+                f"{w} / {n.op_type} {n.name!r}" if w else f"{n.op_type} {n.name!r}")
     except (ModelContractError, InputError):
         path = None
     rows = []
@@ -701,5 +762,5 @@ def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = N
         status = ("rule" if op_type in VJP_RULES else
                   "no gradient" if op_type in ZERO_GRAD_OPS else "unsupported")
         rows.append(OpStatus(op_type, count, None if path is None else path.get(op_type, 0),
-                             status))
+                             status, tuple(where.get(op_type, ()))))
     return rows

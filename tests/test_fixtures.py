@@ -71,10 +71,15 @@ def fixture(request: pytest.FixtureRequest, rng: np.random.Generator) -> Fixture
 
 
 def to_double(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph in float64: float32 initializers, I/O, Cast targets and fill values."""
+    """The same graph in float64: float32 initializers, I/O, Cast targets and fill values,
+    inside subgraphs (If branches) too."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
+    _graph_to_double(m.graph)
+    return m
+
+
+def _graph_to_double(g: onnx.GraphProto) -> None:
     for vi in [*g.input, *g.output]:
         if vi.type.tensor_type.elem_type == F32:
             vi.type.tensor_type.elem_type = F64
@@ -92,7 +97,8 @@ def to_double(model: onnx.ModelProto) -> onnx.ModelProto:
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32:
                 a.t.CopyFrom(numpy_helper.from_array(
                     numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
-    return m
+            if a.type == onnx.AttributeProto.GRAPH:
+                _graph_to_double(a.g)
 
 
 @pytest.mark.parametrize("backend", ["float32-onnxruntime", "float64-reference"])

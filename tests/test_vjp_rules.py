@@ -737,6 +737,130 @@ add(case("lp_norm_p2", "LpNormalization", [N("LpNormalization", ["x"], ["y"], ax
 add(case("lp_norm_p1", "LpNormalization", [N("LpNormalization", ["x"], ["y"], p=1)], {"x": R3},
          draw=away(0.0), f32="reference LpNormalization p=1 sums x, not |x|"))
 
+# ---- recurrent (LSTM, GRU, RNN): x and the initial states are inputs, so all their gradients
+# are checked. onnx's reference evaluator ignores sequence_lens, clip, activations and
+# input_forget, and onnxruntime has no layout-1 kernels: each variant runs where its forward
+# is right (float64 reference, else float32 onnxruntime).
+REF_RNN_ATTRS = "reference LSTM/GRU/RNN ignore sequence_lens, clip, activations, input_forget"
+RNN_T, RNN_B, RNN_I, RNN_H = 3, 2, 3, 4
+RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent(cid: str, kind: str, *, direction: str = "forward", layout: int = 0,
+              lens: Sequence[int] | None = None, states: bool = False, peepholes: bool = False,
+              bias: bool = True, f32: str = "", **attrs: Any) -> RuleCase:
+    g, d = RNN_GATES[kind], 2 if direction == "bidirectional" else 1
+    inits: dict[str, Any] = {"W": 0.5 * w(d, g * RNN_H, RNN_I), "R": 0.5 * w(d, g * RNN_H, RNN_H)}
+    names = ["x", "W", "R", "B" if bias else "", "L" if lens is not None else ""]
+    if bias:
+        inits["B"] = 0.5 * w(d, 2 * g * RNN_H)
+    if lens is not None:
+        inits["L"] = np.array(lens, np.int32)
+    xs = (RNN_B, RNN_T, RNN_I) if layout else (RNN_T, RNN_B, RNN_I)
+    ss = (RNN_B, d, RNN_H) if layout else (d, RNN_B, RNN_H)
+    inputs = {"x": xs}
+    if states:
+        inputs["h0"] = ss
+        if kind == "LSTM":
+            inputs["c0"] = ss
+    names += ["h0" if states else ""]
+    if kind == "LSTM":
+        names += ["c0" if states else "", "P" if peepholes else ""]
+        if peepholes:
+            inits["P"] = 0.5 * w(d, 3 * RNN_H)
+    while names[-1] == "":
+        names.pop()
+    outs = ("y", "yh", "yc") if kind == "LSTM" else ("y", "yh")
+    node = N(kind, names, list(outs), hidden_size=RNN_H, direction=direction, layout=layout,
+             **attrs)
+    return case(cid, kind, [node], inputs, outputs=outs, inits=inits, f32=f32)
+
+
+for kind in ("LSTM", "GRU", "RNN"):
+    k = kind.lower()
+    add(recurrent(f"{k}_forward", kind))
+    add(recurrent(f"{k}_reverse", kind, direction="reverse"))
+    add(recurrent(f"{k}_bidirectional_states", kind, direction="bidirectional", states=True))
+    add(recurrent(f"{k}_layout1", kind, layout=1))
+    add(recurrent(f"{k}_layout1_bidirectional_states", kind, layout=1, direction="bidirectional",
+                  states=True))
+    add(recurrent(f"{k}_no_bias", kind, bias=False))
+    add(recurrent(f"{k}_sequence_lens", kind, lens=[3, 1], states=True, f32=REF_RNN_ATTRS))
+    add(recurrent(f"{k}_sequence_lens_bidirectional", kind, lens=[2, 3],
+                  direction="bidirectional", f32=REF_RNN_ATTRS))
+    add(recurrent(f"{k}_clip", kind, clip=0.7, f32=REF_RNN_ATTRS))
+add(recurrent("lstm_peepholes", "LSTM", peepholes=True))
+add(recurrent("lstm_peepholes_bidirectional_states", "LSTM", peepholes=True, states=True,
+              direction="bidirectional"))
+add(recurrent("lstm_input_forget", "LSTM", input_forget=1, f32=REF_RNN_ATTRS))
+add(recurrent("lstm_activations", "LSTM", activations=["HardSigmoid", "LeakyRelu", "Affine"],
+              activation_alpha=[0.3, 0.2, 0.8], activation_beta=[0.4, 0.1], f32=REF_RNN_ATTRS))
+add(recurrent("lstm_activations_bidirectional", "LSTM", direction="bidirectional",
+              activations=["Sigmoid", "ScaledTanh", "Softsign"] * 2,
+              activation_alpha=[0.9, 1.1], activation_beta=[1.2, 0.7], f32=REF_RNN_ATTRS))
+add(recurrent("gru_linear_before_reset", "GRU", linear_before_reset=1))
+add(recurrent("gru_linear_before_reset_bidirectional_states", "GRU", linear_before_reset=1,
+              direction="bidirectional", states=True))
+add(recurrent("gru_activations", "GRU", activations=["HardSigmoid", "Elu"],
+              activation_alpha=[0.3, 0.6], activation_beta=[0.4], f32=REF_RNN_ATTRS))
+add(recurrent("rnn_relu", "RNN", activations=["Relu"], f32=REF_RNN_ATTRS))
+add(recurrent("rnn_activations_bidirectional", "RNN", direction="bidirectional",
+              activations=["Softplus", "ThresholdedRelu"], activation_alpha=[0.05],
+              f32=REF_RNN_ATTRS))
+
+
+# ---- control flow: a data-dependent If (constant Ifs, Loops and Scans are inlined or unrolled
+# before differentiation, tests/test_control_flow.py). The branches read x and a weight from
+# the outer scope; the sign of sum(x) picks the branch, so each sampler fixes which one runs.
+
+
+def _if_case(cid: str, draw: Draw, nested: bool = False) -> RuleCase:
+    d = helper.make_tensor_value_info
+    then_nodes = [N("MatMul", ["x", "wt"], ["t0"]), N("Tanh", ["t0"], ["t1"]),
+                  N("Mul", ["t1", "b"], ["t_out"])]
+    if nested:  # the then-branch holds another data-dependent If on its own value's sign
+        inner_then = helper.make_graph([N("Sin", ["t_out"], ["i_out"])], "inner_then", [],
+                                       [d("i_out", D, None)])
+        inner_else = helper.make_graph([N("Mul", ["t_out", "x0"], ["e_out"])], "inner_else",
+                                       [], [d("e_out", D, None)])
+        then_nodes += [N("ReduceSum", ["t_out"], ["t_sum"], keepdims=0),
+                       N("Greater", ["t_sum", "zero"], ["t_pos"]),
+                       N("If", ["t_pos"], ["t_fin"], then_branch=inner_then,
+                         else_branch=inner_else)]
+    then = helper.make_graph(then_nodes, "then", [], [d("t_fin" if nested else "t_out", D, None)])
+    # The else-branch reads x but not b: b's gradient is zero when it runs.
+    other = helper.make_graph([N("Exp", ["x"], ["e0"]), N("MatMul", ["e0", "wt"], ["e_fin"])],
+                              "else", [], [d("e_fin", D, None)])
+    nodes = [N("ReduceSum", ["x"], ["s"], keepdims=0), N("Greater", ["s", "zero"], ["pos"]),
+             N("Slice", ["x", "i0", "i1", "i1"], ["x0"]),
+             N("If", ["pos"], ["y"], then_branch=then, else_branch=other)]
+    return case(cid, "If", nodes, {"x": (2, 3), "b": (2, 4)}, draw={"x": draw, "b": normal},
+                inits={"wt": w(3, 4), "zero": np.array(0.0), "i0": np.array([0]),
+                       "i1": np.array([1])})
+
+
+def negative(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return -positive(rng, shape)
+
+
+add(_if_case("if_data_then", positive))
+add(_if_case("if_data_else", negative))
+add(_if_case("if_data_nested_then", positive, nested=True))
+# An LSTM inside a data-dependent branch (its rule unrolls inside the backward If's branch).
+_lstm_then = helper.make_graph(
+    [N("LSTM", ["x", "lw", "lr"], ["", "yh"], hidden_size=3),
+     N("ReduceSum", ["yh"], ["t_out"], keepdims=0)], "then", [],
+    [helper.make_tensor_value_info("t_out", D, None)])
+_tanh_else = helper.make_graph(
+    [N("Tanh", ["x"], ["e0"]), N("ReduceSum", ["e0"], ["e_out"], keepdims=0)], "else", [],
+    [helper.make_tensor_value_info("e_out", D, None)])
+add(case("if_data_lstm_branch", "If",
+         [N("ReduceSum", ["x"], ["s"], keepdims=0), N("Greater", ["s", "zero"], ["pos"]),
+          N("If", ["pos"], ["y"], then_branch=_lstm_then, else_branch=_tanh_else)],
+         {"x": (3, 2, 2)}, draw=positive,
+         inits={"lw": w(1, 12, 2), "lr": w(1, 12, 3), "zero": np.array(0.0)}))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

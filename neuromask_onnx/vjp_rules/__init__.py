@@ -7,7 +7,16 @@ this package registers every rule.
 
 from __future__ import annotations
 
-from . import arith, elementwise, linalg, nn, pooling, shape  # noqa: F401  (registers the rules)
+from . import (  # noqa: F401  (registers the rules)
+    arith,
+    control,
+    elementwise,
+    linalg,
+    nn,
+    pooling,
+    recurrent,
+    shape,
+)
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
 from .registry import (

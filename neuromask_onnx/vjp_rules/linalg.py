@@ -50,7 +50,7 @@ def _vjp_gemm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """Y = alpha A'B' + beta C: gA' = alpha gy B'^T, gB' = alpha A'^T gy, gC = beta gy."""
     at = attrs_of(node)
     alpha, beta = at.get("alpha", 1.0), at.get("beta", 1.0)
-    ta, tb = at.get("transA", 0), at.get("transB", 0)
+    ta, tb = int(bool(at.get("transA", 0))), int(bool(at.get("transB", 0)))  # nonzero = on
     a, b = node.input[:2]
     c = node.input[2] if len(node.input) > 2 and node.input[2] else None
     ga = gb = gc = None
