@@ -35,7 +35,7 @@ from .graph import (
     load_model,
     prepare,
 )
-from .vjp_rules import FUSED_RULES, VJP_RULES, ZERO_GRAD_OPS
+from .vjp_rules import FUSED_RULES, INTEGER_GRAD_OPS, VJP_RULES, ZERO_GRAD_OPS, rule_for
 
 MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
 LOSS, GRAD_MASK, GRAD_INPUT, PROBS = "nm_loss", "nm_grad_mask", "nm_grad_input", "nm_probs"
@@ -73,8 +73,9 @@ def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -
         if any(i in marked for i in node.input):
             # An unknown type (a custom op's output) counts as float: better a clear
             # "unsupported op" than a silently missing gradient.
-            marked.update(o for o in node.output
-                          if o and g.dtypes.get(o, TensorProto.FLOAT) in FLOAT_TYPES)
+            marked.update(o for j, o in enumerate(node.output)
+                          if o and (g.dtypes.get(o, TensorProto.FLOAT) in FLOAT_TYPES
+                                    or (j == 0 and node.op_type in INTEGER_GRAD_OPS)))
     return marked
 
 
@@ -97,7 +98,7 @@ def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets:
 
 
 def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    return [n for n in nodes if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
+    return [n for n in nodes if rule_for(n) is None and n.op_type not in ZERO_GRAD_OPS]
 
 
 def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str, str],
@@ -137,7 +138,7 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
         if all(gy is None for gy in gys):
             continue
         try:
-            gxs = (VJP_RULES.get(node.op_type) or FUSED_RULES[node.op_type])(op, node, gys)
+            gxs = (rule_for(node) or FUSED_RULES[node.op_type])(op, node, gys)
         except NotImplementedError as exc:
             raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
         if len(gxs) != len(node.input):

@@ -1,23 +1,27 @@
 """Vector-Jacobian rules: one function per ONNX op, emitting standard ONNX ops only.
 
 The registry and its conventions are in `registry`; the rules live in one module per op
-family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`), imported here so that importing
+family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`, `quant` for quantized models,
+`contrib` for onnxruntime's com.microsoft ops), imported here so that importing
 this package registers every rule.
 """
 
 from __future__ import annotations
 
-from . import elementwise, linalg, nn, pooling, shape  # noqa: F401  (registers the rules)
+from . import elementwise, linalg, nn, pooling, quant, shape  # noqa: F401  (registers)
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
 from .registry import (
     FUSED_RULES,
+    INTEGER_GRAD_OPS,
     VJP_RULES,
     ZERO_GRAD_OPS,
     Grads,
     VjpRule,
     describe,
     elementwise_rule,
+    rule_for,
+    rule_key,
     supported_ops,
     vjp_rule,
 )
@@ -25,6 +29,7 @@ from .shape import pad_source_index
 
 __all__ = [
     "FUSED_RULES",
+    "INTEGER_GRAD_OPS",
     "VJP_RULES",
     "ZERO_GRAD_OPS",
     "Grads",
@@ -34,6 +39,8 @@ __all__ = [
     "elementwise_rule",
     "pad_source_index",
     "pool_divisor",
+    "rule_for",
+    "rule_key",
     "supported_ops",
     "transpose_fit",
     "vjp_rule",
