@@ -801,6 +801,83 @@ add(ste_case("qlinear_matmul_both_dynamic", "QLinearMatMul",
                           "bc_lo": np.array(-128 * SB), "bc_hi": np.array(127 * SB)}))
 
 
+# ---- onnxruntime's fused ops (vjp_rules/contrib.py): on onnxruntime, which runs them
+# (float64 where its kernel exists, else float32). Keys name the domain: com.microsoft::Op.
+MSD = "com.microsoft"
+
+
+def ms_case(cid: str, op_type: str, nodes: Sequence[onnx.NodeProto],
+            inputs: dict[str, tuple[int, ...]], *, f32: str = "", **kw: Any) -> RuleCase:
+    c = case(cid, op_type, nodes, inputs, backend="onnxruntime", f32=f32, **kw)
+    c.model.opset_import.append(helper.make_opsetid(MSD, 1))
+    return c
+
+
+def msn(op_type: str, ins: Sequence[str], outs: Sequence[str], **attrs: Any) -> onnx.NodeProto:
+    return N(op_type, list(ins), list(outs), domain=MSD, **attrs)
+
+
+ORT_F32 = "onnxruntime's CPU kernel is float32 only"
+for cid, act in [("fused_conv_tanh", "Tanh"), ("fused_conv_sigmoid", "Sigmoid")]:
+    add(ms_case(cid, MSD + "::FusedConv",
+                [msn("FusedConv", ["x", "W", "b"], ["y"], activation=act, pads=[1, 0, 1, 1],
+                     strides=[2, 1])],
+                {"x": X4, "b": (3,)}, inits={"W": w(3, 4, 3, 3)}, f32=ORT_F32))
+# Piecewise activations behind a depthwise 1x1 identity conv, so the samples can keep the
+# pre-activation away from the kinks (float32 differences across a kink are meaningless).
+for cid, act, params, kinks in [
+    ("fused_conv_relu", "Relu", [], (0.0,)),
+    ("fused_conv_leaky_relu", "LeakyRelu", [0.1], (0.0,)),
+    ("fused_conv_clip", "Clip", [0.0, 0.6], (0.0, 0.6)),
+    ("fused_conv_hard_sigmoid", "HardSigmoid", [0.3, 0.4], (-4 / 3, 2.0)),
+]:
+    add(ms_case(cid, MSD + "::FusedConv",
+                [msn("FusedConv", ["x", "W", "b"], ["y"], activation=act, group=4,
+                     **({"activation_params": params} if params else {}))],
+                {"x": X4}, inits={"W": np.ones((4, 1, 1, 1)), "b": np.zeros(4)},
+                draw=away(*kinks, scale=2.0), f32=ORT_F32, piecewise_linear=True))
+add(ms_case("fused_conv_sum_input", MSD + "::FusedConv",
+            [msn("FusedConv", ["x", "W", "", "z"], ["y"], activation="Relu", group=2)],
+            {"x": X4, "z": (2, 4, 5, 4)}, inits={"W": w(4, 2, 3, 3)}, f32=ORT_F32))
+for cid, attrs, sa, sb, sc in [
+    ("fused_gemm_relu_transB", {"activation": "Relu", "transB": 1, "alpha": 0.7}, (3, 4), (5, 4),
+     (5,)),
+    ("fused_gemm_leaky_transA", {"activation": "LeakyRelu", "activation_alpha": 0.2,
+                                 "transA": 1, "beta": 1.5}, (4, 3), (4, 5), (3, 5)),
+]:
+    add(ms_case(cid, MSD + "::FusedGemm", [msn("FusedGemm", ["a", "b", "c"], ["y"], **attrs)],
+                {"a": sa, "b": sb, "c": sc}, f32=ORT_F32))
+for cid, attrs, sa, sb in [
+    ("fused_matmul_alpha", {"alpha": 0.5}, (2, 3, 4), (4, 5)),
+    ("fused_matmul_transA", {"transA": 1, "alpha": 2.0}, (2, 4, 3), (2, 4, 5)),
+    ("fused_matmul_transB", {"transB": 1}, (3, 4), (2, 5, 4)),
+]:
+    add(ms_case(cid, MSD + "::FusedMatMul", [msn("FusedMatMul", ["a", "b"], ["y"], **attrs)],
+                {"a": sa, "b": sb}))
+add(ms_case("fused_matmul_const_b", MSD + "::FusedMatMul",
+            [msn("FusedMatMul", ["a", "b"], ["y"], transB=1)], {"a": (2, 3, 4)},
+            inits={"b": w(5, 4)}))
+add(ms_case("ms_gelu", MSD + "::Gelu", [msn("Gelu", ["x"], ["y"])], {"x": R3}, f32=ORT_F32))
+add(ms_case("bias_gelu", MSD + "::BiasGelu", [msn("BiasGelu", ["x", "b"], ["y"])],
+            {"x": R3, "b": (4,)}, f32=ORT_F32))
+add(ms_case("fast_gelu_bias", MSD + "::FastGelu", [msn("FastGelu", ["x", "b"], ["y"])],
+            {"x": R3, "b": (4,)}, f32=ORT_F32))
+add(ms_case("fast_gelu", MSD + "::FastGelu", [msn("FastGelu", ["x"], ["y"])], {"x": R3},
+            f32=ORT_F32))
+add(ms_case("quick_gelu", MSD + "::QuickGelu", [msn("QuickGelu", ["x"], ["y"], alpha=1.5)],
+            {"x": R3}))
+add(ms_case("skip_layer_norm", MSD + "::SkipLayerNormalization",
+            [msn("SkipLayerNormalization", ["x", "s", "g", "bt", "bi"], ["y", "", "", "sum"],
+                 epsilon=1e-3)],
+            {"x": R3, "s": R3}, inits={"g": w(4), "bt": w(4), "bi": w(4)}, outputs=["y", "sum"],
+            f32=ORT_F32))
+add(ms_case("skip_layer_norm_broadcast_skip", MSD + "::SkipLayerNormalization",
+            [msn("SkipLayerNormalization", ["x", "s", "g"], ["y"], epsilon=1e-3)],
+            {"x": R3, "s": (3, 4)}, inits={"g": w(4)}, f32=ORT_F32, tol=5e-3))
+add(ms_case("skip_simplified_layer_norm", MSD + "::SkipSimplifiedLayerNormalization",
+            [msn("SkipSimplifiedLayerNormalization", ["x", "s", "g", "bi"], ["y"], epsilon=1e-3)],
+            {"x": R3, "s": R3, "bi": (4,)}, inits={"g": w(4)}, f32=ORT_F32))
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -844,7 +921,8 @@ SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_ba
              "conv_dw_s2_asym_pads", "conv_dw_s2_f32", "maxpool_pads",
              "avgpool_ceil_pads_include", "softmax_opset11_axis1", "slice_step_neg1",
              "resize_linear_half_pixel", "einsum_operand_only_index",
-             "qdq_int8_per_tensor_opset13", "qdq_int16_opset21"]
+             "qdq_int8_per_tensor_opset13", "qdq_int16_opset21", "fused_matmul_transA",
+             "skip_layer_norm", "fused_conv_clip", "quick_gelu"]
 
 
 @pytest.mark.parametrize("cid", SHARPNESS)

@@ -8,7 +8,7 @@ this package registers every rule.
 
 from __future__ import annotations
 
-from . import elementwise, linalg, nn, pooling, quant, shape  # noqa: F401  (registers)
+from . import contrib, elementwise, linalg, nn, pooling, quant, shape  # noqa: F401  (registers)
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
 from .registry import (
