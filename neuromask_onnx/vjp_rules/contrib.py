@@ -105,7 +105,8 @@ def _vjp_fused_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         msg = f"FusedMatMul {node.name!r}: transBatchA / transBatchB"
         raise NotImplementedError(msg)
     alpha = float(at.get("alpha", 1.0))
-    ins, wanted = [], []
+    ins: list[tuple[str, list[int] | None]] = []
+    wanted: list[str] = []
     for name, t in zip(node.input, (at.get("transA", 0), at.get("transB", 0)), strict=True):
         shape = op.g.shape(name)
         if t and len(shape) >= 2:
@@ -189,7 +190,7 @@ def _vjp_quick_gelu(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 def _skip_sum(op: Emitter, node: onnx.NodeProto, bias_at: int) -> str:
     """input + skip (+ bias): the op's own 4th output where the graph kept it."""
     if len(node.output) > 3 and node.output[3]:
-        return node.output[3]
+        return str(node.output[3])
     s = op.Add(node.input[0], node.input[1])
     if len(node.input) > bias_at and node.input[bias_at]:
         s = op.Add(s, node.input[bias_at])
