@@ -126,11 +126,11 @@ def _vjp_fused_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     finally:
         op.wanted = saved
     out: list[str | None] = []
-    for (_, perm), orig, gx in zip(ins, node.input, grads, strict=True):
+    for (_, back), orig, gx in zip(ins, node.input, grads, strict=True):
         if gx is None or orig not in op.wanted:
             out.append(None)
         else:
-            out.append(op.Transpose(gx, perm=perm) if perm is not None else gx)
+            out.append(op.Transpose(gx, perm=back) if back is not None else gx)
     return out
 
 
