@@ -35,6 +35,7 @@ from .graph import (
     load_model,
     prepare,
 )
+from .precision import is_half, upcast_half
 from .vjp_rules import FUSED_RULES, INTEGER_GRAD_OPS, VJP_RULES, ZERO_GRAD_OPS, rule_for
 
 MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
@@ -460,6 +461,8 @@ def instrument(
         msg = f"batch size must be at least 1, got {batch_size}"
         raise InputError(msg)
     m = load_model(model)
+    if is_half(m):  # float16 / bfloat16: differentiate the exact float32 copy (precision.py)
+        m = upcast_half(m)
     x_vi = _pick_input(m, input_name)
     x = x_vi.name
     xdtype = x_vi.type.tensor_type.elem_type
