@@ -6,6 +6,7 @@ half-precision model points the way the float model's does.
 
     python tools/export_efficientnet_lite0.py -o /tmp/effnet.onnx
     python tools/measure_variants.py /tmp/effnet.onnx
+    python tools/measure_variants.py --half-fixtures   # models/variants/ half models vs float64
 
 The int8 copy is onnxruntime.quantization.quantize_static (QDQ, int8, per-channel weights,
 MinMax) calibrated on other photos (retina, colorwheel, logo) and the mirrored test photos;
@@ -84,10 +85,31 @@ def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
                                                                                    strict=True)]
 
 
+def half_fixture_errors() -> None:
+    """<u, nm_grad_mask> of each half-precision fixture vs float64 central differences of the
+    same weights (tests/test_variants.py asserts what this prints)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import test_variants as tv
+
+    for name in ("cnn_nchw_fp16", "tiny_vit_fp16", "cnn_nchw_bf16"):
+        analytic, numeric = tv.half_check(name)
+        print(f"{name:16s} <u, grad> {analytic:.9f}  float64 difference {numeric:.9f}  "
+              f"relative error {abs(analytic - numeric) / abs(numeric):.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path)
+    ap.add_argument("model", type=Path, nargs="?")
+    ap.add_argument("--half-fixtures", action="store_true",
+                    help="check the half-precision fixtures against float64 differences")
     args = ap.parse_args()
+    if args.half_fixtures:
+        half_fixture_errors()
+        return
+    if args.model is None:
+        ap.error("pass a float32 model (or --half-fixtures)")
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     src = onnx.load(str(args.model))
