@@ -190,3 +190,23 @@ def test_ops_report_names_contrib_rules() -> None:
     for key in ("com.microsoft::FusedConv", "com.microsoft::QuickGelu"):
         assert rows[key].status == "rule"
         assert rows[key].on_path
+
+
+def test_rule_lookup_names_the_domain() -> None:
+    """A Gelu of another domain is not onnx's Gelu: it is reported, not differentiated."""
+    from onnx import helper
+
+    from neuromask_onnx.errors import UnsupportedOpError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    for domain, ok in (("", True), ("com.microsoft", True), ("my.ops", False)):
+        node = helper.make_node("Gelu", ["x"], ["y"], domain=domain)
+        opsets = [helper.make_opsetid("", 20)] + ([helper.make_opsetid(domain, 1)] if domain
+                                                   else [])
+        model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=opsets)
+        if ok:
+            assert instrument(model).graph.output
+        else:
+            with pytest.raises(UnsupportedOpError, match="my.ops"):
+                instrument(model)
