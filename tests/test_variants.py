@@ -208,5 +208,5 @@ def test_rule_lookup_names_the_domain() -> None:
         if ok:
             assert instrument(model).graph.output
         else:
-            with pytest.raises(UnsupportedOpError, match="my.ops"):
+            with pytest.raises(UnsupportedOpError, match=r"my\.ops"):
                 instrument(model)
