@@ -274,7 +274,8 @@ class NeuroMask:
         dims = input_dims(self.model, self.input_name)
         self.dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
         self.fixed_batch = self.dims[0] if self.dims else None
-        vi = next(v for v in graph_inputs(self.model) if v.name == self.input_name)
+        # The instrumented model's type: a half-precision model is explained in float32.
+        vi = next(v for v in graph_inputs(probe) if v.name == self.input_name)
         self.dtype = _NP_DTYPES.get(vi.type.tensor_type.elem_type, np.float32)
         if self.labels is not None and len(self.labels) != max(self.num_classes, 2):
             msg = (f"the labels list has {len(self.labels)} names but the model has "

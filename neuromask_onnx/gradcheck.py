@@ -63,24 +63,50 @@ def check_vjp(
     wrt: Sequence[str] | None = None,
     eps: float = 1e-6,
     backend: Literal["reference", "onnxruntime"] = "reference",
+    reference: onnx.ModelProto | str | Path | None = None,
 ) -> GradCheck:
-    """Dot-product test of the VJP graph of `model` at `feeds` in one random direction."""
+    """Dot-product test of the VJP graph of `model` at `feeds` in one random direction.
+
+    With `reference`, the numeric side is the finite difference of that model instead (same
+    input and output names; it runs on the reference evaluator, on the feeds cast to its own
+    input types, float64 where it is a float64 model). This checks a
+    convention that is not the derivative of `model`'s function: the straight-through rule of
+    a quantized model against its dequantized float equivalent, a half-precision model's
+    float32 gradient against the same weights computed in float64.
+    """
     m = load_model(model)
     wrt = list(wrt) if wrt is not None else [
         k for k, v in feeds.items() if np.issubdtype(v.dtype, np.floating)]
     outs = [o.name for o in m.graph.output]
     vm = vjp(m, wrt=wrt, of=outs)
-    forward = runner(m, backend)
     backward = runner(vm, backend)
+    forward = runner(m, backend) if reference is None else _cast_feeds(load_model(reference))
     base = forward(feeds)
-    us = {w: rng.standard_normal(feeds[w].shape).astype(feeds[w].dtype) for w in wrt}
+    us = {w: rng.standard_normal(feeds[w].shape) for w in wrt}
+    if reference is None:
+        us = {w: u.astype(feeds[w].dtype) for w, u in us.items()}
     vs = [rng.standard_normal(b.shape).astype(b.dtype) for b in base]
     plus = forward({**feeds, **{w: feeds[w] + eps * u for w, u in us.items()}})
     minus = forward({**feeds, **{w: feeds[w] - eps * u for w, u in us.items()}})
     numeric = sum(float(np.sum(v.astype(np.float64) * (p.astype(np.float64) - q) / (2 * eps)))
                   for v, p, q in zip(vs, plus, minus, strict=True))
-    vfeeds = {**feeds, **{f"nm_cot_{o}": v for o, v in zip(outs, vs, strict=True)}}
+    vfeeds = {**feeds, **{f"nm_cot_{o}": v.astype(o_t) for o, v, o_t
+                          in zip(outs, vs, _output_types(m), strict=True)}}
     grads = backward(vfeeds)[len(outs):]
     analytic = sum(float(np.sum(us[w].astype(np.float64) * gw))
                    for w, gw in zip(wrt, grads, strict=True))
     return GradCheck(analytic=analytic, numeric=numeric)
+
+
+def _output_types(model: onnx.ModelProto) -> list[np.dtype]:
+    return [np.dtype(onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type))
+            for o in model.graph.output]
+
+
+def _cast_feeds(model: onnx.ModelProto) -> Runner:
+    """A reference-evaluator runner of `model` that casts each feed to its input's type."""
+    run = runner(model, "reference")
+    types = {i.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+             for i in model.graph.input}
+    return lambda feeds: run({k: np.asarray(v).astype(types.get(k, np.asarray(v).dtype))
+                              for k, v in feeds.items()})

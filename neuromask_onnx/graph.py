@@ -26,7 +26,8 @@ from .simplify import simplify
 
 MIN_OPSET = 18
 PREFIX = "nm_"
-FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16})
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
+                         TensorProto.BFLOAT16})
 # Folded constants larger than this stay as nodes: they are side computations (attention
 # masks, dequantised weights) that onnxruntime computes anyway and that we never read.
 _FOLD_LIMIT_BYTES = 64 << 20

@@ -36,7 +36,15 @@ from .graph import (
     load_model,
     prepare,
 )
-from .vjp_rules import FUSED_RULES, NONDIFF_OPERANDS, VJP_RULES, ZERO_GRAD_OPS
+from .precision import is_half, upcast_half
+from .vjp_rules import (
+    FUSED_RULES,
+    INTEGER_GRAD_OPS,
+    NONDIFF_OPERANDS,
+    VJP_RULES,
+    ZERO_GRAD_OPS,
+    rule_for,
+)
 
 MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
 LOSS, GRAD_MASK, GRAD_INPUT, PROBS = "nm_loss", "nm_grad_mask", "nm_grad_input", "nm_probs"
@@ -75,8 +83,9 @@ def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -
         if any(i in marked for i in all_inputs(node)):
             # An unknown type (a custom op's output) counts as float: better a clear
             # "unsupported op" than a silently missing gradient.
-            marked.update(o for o in node.output
-                          if o and g.dtypes.get(o, TensorProto.FLOAT) in FLOAT_TYPES)
+            marked.update(o for j, o in enumerate(node.output)
+                          if o and (g.dtypes.get(o, TensorProto.FLOAT) in FLOAT_TYPES
+                                    or (j == 0 and node.op_type in INTEGER_GRAD_OPS)))
     return marked
 
 
@@ -99,7 +108,7 @@ def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets:
 
 
 def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    return [n for n in nodes if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
+    return [n for n in nodes if rule_for(n) is None and n.op_type not in ZERO_GRAD_OPS]
 
 
 def unsupported_paths(on_path: Sequence[onnx.NodeProto],
@@ -108,9 +117,9 @@ def unsupported_paths(on_path: Sequence[onnx.NodeProto],
     "If 'x' / then_branch" inside a subgraph of a node that has a rule)."""
     found: list[tuple[str, onnx.NodeProto]] = [("", n) for n in unsupported(on_path)]
     for node in on_path:
-        if node.op_type in VJP_RULES:
+        if rule_for(node) is not None:
             found += [(where, n) for where, n in nested_path_nodes(node, marked, ZERO_GRAD_OPS)
-                      if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
+                      if rule_for(n) is None and n.op_type not in ZERO_GRAD_OPS]
     return found
 
 
@@ -165,7 +174,8 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
         if all(gy is None for gy in gys):
             continue
         try:
-            rule = FUSED_RULES[node.op_type] if node.domain == FUSED else VJP_RULES[node.op_type]
+            rule = FUSED_RULES[node.op_type] if node.domain == FUSED else rule_for(node)
+            assert rule is not None, node.op_type  # path_nodes() refused rule-less ops
             gxs = rule(op, node, gys)
         except NotImplementedError as exc:
             raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
@@ -506,6 +516,8 @@ def instrument(
         msg = f"batch size must be at least 1, got {batch_size}"
         raise InputError(msg)
     m = load_model(model)
+    if is_half(m):  # float16 / bfloat16: differentiate the exact float32 copy (precision.py)
+        m = upcast_half(m)
     x_vi = _pick_input(m, input_name)
     x = x_vi.name
     xdtype = x_vi.type.tensor_type.elem_type

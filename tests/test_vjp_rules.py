@@ -10,6 +10,7 @@ opset conversion in `graph.prepare` as well as the rule.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from neuromask_onnx.gradcheck import check_vjp
-from neuromask_onnx.vjp_rules import VJP_RULES
+from neuromask_onnx.vjp_rules import VJP_RULES, rule_key
 
 D, F = TensorProto.DOUBLE, TensorProto.FLOAT
 INT64_MAX = np.iinfo(np.int64).max
@@ -41,6 +42,9 @@ class RuleCase:
     tol: float = 1e-6
     eps: float = 1e-6
     note: str = ""  # why a case runs in float32 on onnxruntime instead
+    # Finite differences of this model instead of `model` (a convention, not a derivative:
+    # the straight-through rule of a quantized model vs its dequantized float equivalent).
+    reference: onnx.ModelProto | None = None
 
 
 
@@ -860,6 +864,250 @@ add(case("if_data_lstm_branch", "If",
          {"x": (3, 2, 2)}, draw=positive,
          inits={"lw": w(1, 12, 2), "lr": w(1, 12, 3), "zero": np.array(0.0)}))
 
+# ---- quantized models (vjp_rules/quant.py): the straight-through rule (STE)
+# A quantized graph is a step function (derivative 0 almost everywhere), so the STE is a
+# convention, not its derivative: these cases compare the VJP of the float32 quantized graph
+# (on onnxruntime: the reference evaluator has no DequantizeLinear-18) with central
+# differences of `reference`, its dequantized float equivalent in float64 (the
+# same graph with the rounding removed: QuantizeLinear + DequantizeLinear become a Clip to the
+# representable range, integer ops their float ops on the dequantized weights). Inputs lie
+# on the quantization grid, so rounding loses nothing and the two gradients agree exactly;
+# saturated entries lie at least one step outside the range.
+U8, I8, I16 = TensorProto.UINT8, TensorProto.INT8, TensorProto.INT16
+
+
+def ste_case(cid: str, op_type: str, nodes: Sequence[onnx.NodeProto],
+             equiv: Sequence[onnx.NodeProto], inputs: dict[str, tuple[int, ...]], *,
+             draw: Draw | dict[str, Draw], inits: dict[str, Any] | None = None,
+             equiv_inits: dict[str, Any] | None = None, opset: int = 18) -> RuleCase:
+    q = case(cid, op_type, nodes, inputs, draw=draw, inits=inits, opset=opset, dtype=F,
+             tol=1e-5, backend="onnxruntime")
+    ref = case(cid + "_float", op_type, equiv, inputs, inits=equiv_inits, dtype=D)
+    return dataclasses.replace(q, reference=ref.model)
+
+
+def off_bounds(k: np.ndarray, kmin: Any, kmax: Any) -> np.ndarray:
+    """Move k = kmin (kmax) one step out: the float equivalent's Clip has a kink there."""
+    return np.where(k == kmin, k - 1, np.where(k == kmax, k + 1, k))
+
+
+def grid(step: float, lo: int, hi: int, kmin: int = -(2**40), kmax: int = 2**40) -> Draw:
+    """Multiples k step of the quantization step, lo <= k <= hi (exact in float32), where
+    [kmin, kmax] is the representable range in steps."""
+
+    def draw(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        return step * off_bounds(rng.integers(lo, hi + 1, shape), kmin, kmax).astype(np.float64)
+
+    return draw
+
+
+def grid_axis(steps: Sequence[float], lo: int, hi: int, kmin: np.ndarray,
+              kmax: np.ndarray) -> Draw:
+    """`grid` per channel (axis 1 of a rank-3 input)."""
+
+    def draw(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        k = off_bounds(rng.integers(lo, hi + 1, shape), kmin.reshape(1, -1, 1),
+                       kmax.reshape(1, -1, 1))
+        return k.astype(np.float64) * np.asarray(steps).reshape(1, -1, 1)
+
+    return draw
+
+
+def qdq(x: str, y: str, s: str, zp: str | None, **attrs: Any) -> list[onnx.NodeProto]:
+    qin = [x, s] + ([zp] if zp else [])
+    din = [y + "_q", s] + ([zp] if zp else [])
+    return [N("QuantizeLinear", qin, [y + "_q"], **attrs),
+            N("DequantizeLinear", din, [y], **{k: v for k, v in attrs.items() if k == "axis"})]
+
+
+def clip(x: str, y: str) -> list[onnx.NodeProto]:
+    return [N("Max", [x, y + "_lo"], [y + "_m"]), N("Min", [y + "_m", y + "_hi"], [y])]
+
+
+# Q then DQ, per tensor, int8, opset 13 (converted): range [(-128 - 3) s, (127 - 3) s].
+S = 2.0 ** -4
+add(ste_case("qdq_int8_per_tensor_opset13", "QuantizeLinear",
+             qdq("x", "y", "s", "zp"), clip("x", "y"), {"x": (2, 3, 4)},
+             draw=grid(S, -160, 160, -131, 124), opset=13,
+             inits={"s": np.array(S, np.float32), "zp": np.array(3, np.int8)},
+             equiv_inits={"y_lo": np.array(-131 * S), "y_hi": np.array(124 * S)}))
+# Per axis, uint8, and a DequantizeLinear with other parameters (catches a scale used the
+# wrong way round in both rules): y = (clip(x) / s1 + z1 - z2) s2.
+S1, S2 = np.array([2.0 ** -4, 2.0 ** -3, 2.0 ** -5]), np.array([0.05, 0.02, 0.1])
+Z1, Z2 = np.array([120, 128, 100], np.uint8), np.array([128, 128, 128], np.uint8)
+add(ste_case("qdq_uint8_per_axis_rescaled", "DequantizeLinear",
+             [N("QuantizeLinear", ["x", "s1", "z1"], ["q"], axis=1),
+              N("DequantizeLinear", ["q", "s2", "z2"], ["y"], axis=1)],
+             [*clip("x", "c"), N("Mul", ["c", "k"], ["ck"]), N("Add", ["ck", "b"], ["y"])],
+             {"x": (2, 3, 4)}, draw=grid_axis(list(S1), -150, 160, -Z1.astype(int), 255 - Z1.astype(int)),
+             opset=13,
+             inits={"s1": S1.astype(np.float32), "z1": Z1, "s2": S2.astype(np.float32),
+                    "z2": Z2},
+             equiv_inits={"c_lo": (-Z1.astype(float) * S1).reshape(1, 3, 1),
+                          "c_hi": ((255 - Z1.astype(float)) * S1).reshape(1, 3, 1),
+                          "k": (S2 / S1).reshape(1, 3, 1),
+                          "b": ((Z1.astype(float) - Z2) * S2).reshape(1, 3, 1)}))
+# Opset 19, no zero point (uint8, zp 0): everything negative saturates to 0.
+add(ste_case("qdq_uint8_no_zero_point_opset19", "QuantizeLinear", qdq("x", "y", "s", None),
+             clip("x", "y"), {"x": (3, 5)}, draw=grid(S, -60, 300, 0, 255), opset=19,
+             inits={"s": np.array(S, np.float32)},
+             equiv_inits={"y_lo": np.array(0.0), "y_hi": np.array(255 * S)}))
+# Opset 21: int16 with a zero point, and output_dtype int8 without one.
+add(ste_case("qdq_int16_opset21", "QuantizeLinear", qdq("x", "y", "s", "zp"), clip("x", "y"),
+             {"x": (3, 5)}, draw=grid(2.0 ** -10, -40000, 40000, -32668, 32867), opset=21,
+             inits={"s": np.array(2.0 ** -10, np.float32), "zp": np.array(-100, np.int16)},
+             equiv_inits={"y_lo": np.array((-32768 + 100) * 2.0 ** -10),
+                          "y_hi": np.array((32767 + 100) * 2.0 ** -10)}))
+add(ste_case("qdq_output_dtype_int8_opset21", "QuantizeLinear",
+             [N("QuantizeLinear", ["x", "s"], ["q"], output_dtype=I8),
+              N("DequantizeLinear", ["q", "s"], ["y"])], clip("x", "y"), {"x": (3, 5)},
+             draw=grid(S, -200, 200, -128, 127), opset=21, inits={"s": np.array(S, np.float32)},
+             equiv_inits={"y_lo": np.array(-128 * S), "y_hi": np.array(127 * S)}))
+# DynamicQuantizeLinear: its range covers x, so DQ(DQL(x)) is the identity's gradient.
+add(ste_case("dynamic_quantize_dequantize", "DynamicQuantizeLinear",
+             [N("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"]),
+              N("DequantizeLinear", ["q", "s", "zp"], ["y"])],
+             [N("Identity", ["x"], ["y"])], {"x": (3, 4)}, draw=normal))
+# Dynamic quantization of a MatMul (onnxruntime.quantization.quantize_dynamic's pattern):
+# DQL -> MatMulInteger (per-column weight zero points) -> Cast -> Mul by both scales.
+WQ = W_RNG.integers(-100, 100, (4, 5)).astype(np.int8)
+WZ, WS = np.array([0, 3, -2, 1, 0], np.int8), 0.02
+add(ste_case("matmul_integer_dynamic", "MatMulInteger",
+             [N("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"]),
+              N("MatMulInteger", ["q", "wq", "zp", "wz"], ["i"]),
+              N("Cast", ["i"], ["f"], to=F), N("Mul", ["s", "ws"], ["sw"]),
+              N("Mul", ["f", "sw"], ["y"])],
+             [N("MatMul", ["x", "w"], ["y"])], {"x": (3, 4)}, draw=normal,
+             inits={"wq": WQ, "wz": WZ, "ws": np.array(WS, np.float32)},
+             equiv_inits={"w": (WQ.astype(float) - WZ) * np.float32(WS)}))
+CQ = W_RNG.integers(-60, 60, (3, 2, 3, 3)).astype(np.int8)
+add(ste_case("conv_integer_dynamic", "ConvInteger",
+             [N("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"]),
+              N("ConvInteger", ["q", "wq", "zp"], ["i"], pads=[1, 0, 1, 2], strides=[2, 1]),
+              N("Cast", ["i"], ["f"], to=F), N("Mul", ["s", "ws"], ["sw"]),
+              N("Mul", ["f", "sw"], ["y"])],
+             [N("Conv", ["x", "w"], ["y"], pads=[1, 0, 1, 2], strides=[2, 1])],
+             {"x": (1, 2, 6, 5)}, draw=normal,
+             inits={"wq": CQ, "ws": np.array(0.01, np.float32)},
+             equiv_inits={"w": CQ.astype(float) * np.float32(0.01)}))
+# QLinearConv: uint8 activations, per-channel int8 weights, int32 bias. The weights are even
+# and the bias odd, so conv(x, W) + B is an odd multiple of sx sw = sy: y never rounds and
+# never lands on its bound 0, where the operator form's "at a bound = saturated" rule and
+# the float Clip would disagree. Negative outputs saturate (a fused Relu's behaviour).
+SX, SWC, SYC = 2.0 ** -3, np.array([2.0 ** -3, 2.0 ** -4, 2.0 ** -3]), 2.0 ** -6
+QW = 2 * W_RNG.integers(-4, 5, (3, 2, 3, 3)).astype(np.int8)
+QB = 2 * W_RNG.integers(-20, 20, 3).astype(np.int32) + 1
+for cid, zy, attrs in [("qlinear_conv_relu_like", 0, {"pads": [1, 1, 1, 1]}),
+                       ("qlinear_conv_strided", 128, {"strides": [2, 2], "pads": [0, 1, 1, 0]})]:
+    sy = SYC * 2 if zy else SYC
+    wf = QW.astype(float) * SWC.reshape(3, 1, 1, 1)
+    hi = (255 - zy) * sy
+    add(ste_case(cid, "QLinearConv",
+                 [N("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+                  N("QLinearConv", ["xq", "sx", "zx", "w", "sw", "zw", "sy", "zy", "b"], ["yq"],
+                    **attrs),
+                  N("DequantizeLinear", ["yq", "sy", "zy"], ["y"])],
+                 [*clip("x", "xc"), N("Conv", ["xc", "wf", "bf"], ["c"], **attrs),
+                  *clip("c", "y")],
+                 {"x": (1, 2, 6, 5)}, draw=grid(SX, -12, 12),
+                 inits={"sx": np.array(SX, np.float32), "zx": np.array(128, np.uint8), "w": QW,
+                        "sw": SWC.astype(np.float32), "zw": np.zeros(3, np.int8),
+                        "sy": np.array(sy, np.float32), "zy": np.array(zy, np.uint8), "b": QB},
+                 equiv_inits={"wf": wf, "bf": QB * SX * SWC, "xc_lo": np.array(-128 * SX),
+                              "xc_hi": np.array(127 * SX), "y_lo": np.array(-zy * sy),
+                              "y_hi": np.array(hi)}))
+# QLinearMatMul with both operands from the input (attention-style), wide output range.
+SA, SB, SYM = 2.0 ** -4, 2.0 ** -3, 2.0 ** -2
+add(ste_case("qlinear_matmul_both_dynamic", "QLinearMatMul",
+             [N("QuantizeLinear", ["a", "sa", "za"], ["aq"]),
+              N("QuantizeLinear", ["b", "sb", "zb"], ["bq"]),
+              N("QLinearMatMul", ["aq", "sa", "za", "bq", "sb", "zb", "sy", "zy"], ["yq"]),
+              N("DequantizeLinear", ["yq", "sy", "zy"], ["y"])],
+             [*clip("a", "ac"), *clip("b", "bc"), N("MatMul", ["ac", "bc"], ["y"])],
+             {"a": (3, 4), "b": (4, 5)}, draw={"a": grid(SA, -150, 150, -128, 127), "b": grid(SB, -20, 20)},
+             inits={"sa": np.array(SA, np.float32), "za": np.array(128, np.uint8),
+                    "sb": np.array(SB, np.float32), "zb": np.array(0, np.int8),
+                    "sy": np.array(SYM, np.float32), "zy": np.array(128, np.uint8)},
+             equiv_inits={"ac_lo": np.array(-128 * SA), "ac_hi": np.array(127 * SA),
+                          "bc_lo": np.array(-128 * SB), "bc_hi": np.array(127 * SB)}))
+
+
+# ---- onnxruntime's fused ops (vjp_rules/contrib.py): on onnxruntime, which runs them
+# (float64 where its kernel exists, else float32). Keys name the domain: com.microsoft::Op.
+MSD = "com.microsoft"
+
+
+def ms_case(cid: str, op_type: str, nodes: Sequence[onnx.NodeProto],
+            inputs: dict[str, tuple[int, ...]], *, f32: str = "", **kw: Any) -> RuleCase:
+    c = case(cid, op_type, nodes, inputs, backend="onnxruntime", f32=f32, **kw)
+    c.model.opset_import.append(helper.make_opsetid(MSD, 1))
+    return c
+
+
+def msn(op_type: str, ins: Sequence[str], outs: Sequence[str], **attrs: Any) -> onnx.NodeProto:
+    return N(op_type, list(ins), list(outs), domain=MSD, **attrs)
+
+
+ORT_F32 = "onnxruntime's CPU kernel is float32 only"
+for cid, act in [("fused_conv_tanh", "Tanh"), ("fused_conv_sigmoid", "Sigmoid")]:
+    add(ms_case(cid, MSD + "::FusedConv",
+                [msn("FusedConv", ["x", "W", "b"], ["y"], activation=act, pads=[1, 0, 1, 1],
+                     strides=[2, 1])],
+                {"x": X4, "b": (3,)}, inits={"W": w(3, 4, 3, 3)}, f32=ORT_F32))
+# Piecewise activations behind a depthwise 1x1 identity conv, so the samples can keep the
+# pre-activation away from the kinks (float32 differences across a kink are meaningless).
+for cid, act, params, kinks in [
+    ("fused_conv_relu", "Relu", [], (0.0,)),
+    ("fused_conv_leaky_relu", "LeakyRelu", [0.1], (0.0,)),
+    ("fused_conv_clip", "Clip", [0.0, 0.6], (0.0, 0.6)),
+    ("fused_conv_hard_sigmoid", "HardSigmoid", [0.3, 0.4], (-4 / 3, 2.0)),
+]:
+    add(ms_case(cid, MSD + "::FusedConv",
+                [msn("FusedConv", ["x", "W", "b"], ["y"], activation=act, group=4,
+                     **({"activation_params": params} if params else {}))],
+                {"x": X4}, inits={"W": np.ones((4, 1, 1, 1)), "b": np.zeros(4)},
+                draw=away(*kinks, scale=2.0), f32=ORT_F32, piecewise_linear=True))
+add(ms_case("fused_conv_sum_input", MSD + "::FusedConv",
+            [msn("FusedConv", ["x", "W", "", "z"], ["y"], activation="Relu", group=2)],
+            {"x": X4, "z": (2, 4, 5, 4)}, inits={"W": w(4, 2, 3, 3)}, f32=ORT_F32))
+for cid, attrs, sa, sb, sc in [
+    ("fused_gemm_relu_transB", {"activation": "Relu", "transB": 1, "alpha": 0.7}, (3, 4), (5, 4),
+     (5,)),
+    ("fused_gemm_leaky_transA", {"activation": "LeakyRelu", "activation_alpha": 0.2,
+                                 "transA": 1, "beta": 1.5}, (4, 3), (4, 5), (3, 5)),
+]:
+    add(ms_case(cid, MSD + "::FusedGemm", [msn("FusedGemm", ["a", "b", "c"], ["y"], **attrs)],
+                {"a": sa, "b": sb, "c": sc}, f32=ORT_F32))
+for cid, attrs, sa, sb in [
+    ("fused_matmul_alpha", {"alpha": 0.5}, (2, 3, 4), (4, 5)),
+    ("fused_matmul_transA", {"transA": 1, "alpha": 2.0}, (2, 4, 3), (2, 4, 5)),
+    ("fused_matmul_transB", {"transB": 1}, (3, 4), (2, 5, 4)),
+]:
+    add(ms_case(cid, MSD + "::FusedMatMul", [msn("FusedMatMul", ["a", "b"], ["y"], **attrs)],
+                {"a": sa, "b": sb}))
+add(ms_case("fused_matmul_const_b", MSD + "::FusedMatMul",
+            [msn("FusedMatMul", ["a", "b"], ["y"], transB=1)], {"a": (2, 3, 4)},
+            inits={"b": w(5, 4)}))
+add(ms_case("ms_gelu", MSD + "::Gelu", [msn("Gelu", ["x"], ["y"])], {"x": R3}, f32=ORT_F32))
+add(ms_case("bias_gelu", MSD + "::BiasGelu", [msn("BiasGelu", ["x", "b"], ["y"])],
+            {"x": R3, "b": (4,)}, f32=ORT_F32))
+add(ms_case("fast_gelu_bias", MSD + "::FastGelu", [msn("FastGelu", ["x", "b"], ["y"])],
+            {"x": R3, "b": (4,)}, f32=ORT_F32))
+add(ms_case("fast_gelu", MSD + "::FastGelu", [msn("FastGelu", ["x"], ["y"])], {"x": R3},
+            f32=ORT_F32))
+add(ms_case("quick_gelu", MSD + "::QuickGelu", [msn("QuickGelu", ["x"], ["y"], alpha=1.5)],
+            {"x": R3}))
+add(ms_case("skip_layer_norm", MSD + "::SkipLayerNormalization",
+            [msn("SkipLayerNormalization", ["x", "s", "g", "bt", "bi"], ["y", "", "", "sum"],
+                 epsilon=1e-3)],
+            {"x": R3, "s": R3}, inits={"g": w(4), "bt": w(4), "bi": w(4)}, outputs=["y", "sum"],
+            f32=ORT_F32))
+add(ms_case("skip_layer_norm_broadcast_skip", MSD + "::SkipLayerNormalization",
+            [msn("SkipLayerNormalization", ["x", "s", "g"], ["y"], epsilon=1e-3)],
+            {"x": R3, "s": (3, 4)}, inits={"g": w(4)}, f32=ORT_F32, tol=5e-3))
+add(ms_case("skip_simplified_layer_norm", MSD + "::SkipSimplifiedLayerNormalization",
+            [msn("SkipSimplifiedLayerNormalization", ["x", "s", "g", "bi"], ["y"], epsilon=1e-3)],
+            {"x": R3, "s": R3, "bi": (4,)}, inits={"g": w(4)}, f32=ORT_F32))
 
 # --------------------------------------------------------------------------- the tests
 
@@ -871,7 +1119,8 @@ def _rule_of(c: RuleCase) -> str:
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_vjp_rule(c: RuleCase, rng: np.random.Generator) -> None:
     feeds = c.sample(rng)
-    result = check_vjp(c.model, feeds, rng=rng, eps=c.eps, backend=c.backend)
+    result = check_vjp(c.model, feeds, rng=rng, eps=c.eps, backend=c.backend,
+                       reference=c.reference)
     assert np.isfinite(result.analytic)
     assert abs(result.numeric) > 1e-8, "degenerate case: the output does not move"
     assert result.error < c.tol, f"{c.id}: {result}"
@@ -893,7 +1142,7 @@ def test_every_rule_has_a_case() -> None:
 def test_cases_use_the_op_they_name() -> None:
     """The op a case claims to test is in its model (Upsample is converted to Resize)."""
     for c in CASES:
-        ops = {n.op_type for n in c.model.graph.node}
+        ops = {rule_key(n) for n in c.model.graph.node}
         assert c.op_type in ops or (c.op_type == "Resize" and "Upsample" in ops), c.id
 
 
@@ -902,7 +1151,9 @@ def test_cases_use_the_op_they_name() -> None:
 SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_batch", "conv_stride_asym_pads",
              "conv_dw_s2_asym_pads", "conv_dw_s2_f32", "maxpool_pads",
              "avgpool_ceil_pads_include", "softmax_opset11_axis1", "slice_step_neg1",
-             "resize_linear_half_pixel", "einsum_operand_only_index"]
+             "resize_linear_half_pixel", "einsum_operand_only_index",
+             "qdq_int8_per_tensor_opset13", "qdq_int16_opset21", "fused_matmul_transA",
+             "skip_layer_norm", "fused_conv_clip", "quick_gelu"]
 
 
 @pytest.mark.parametrize("cid", SHARPNESS)
@@ -917,5 +1168,6 @@ def test_a_wrong_rule_fails(cid: str, rng: np.random.Generator,
         return gx
 
     monkeypatch.setitem(VJP_RULES, c.op_type, off_by_one_percent)
-    result = check_vjp(c.model, c.sample(rng), rng=rng, eps=c.eps, backend=c.backend)
+    result = check_vjp(c.model, c.sample(rng), rng=rng, eps=c.eps, backend=c.backend,
+                       reference=c.reference)
     assert result.error > c.tol

@@ -1,7 +1,8 @@
 """Vector-Jacobian rules: one function per ONNX op, emitting standard ONNX ops only.
 
 The registry and its conventions are in `registry`; the rules live in one module per op
-family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`), imported here so that importing
+family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`, `quant` for quantized models,
+`contrib` for onnxruntime's com.microsoft ops), imported here so that importing
 this package registers every rule.
 """
 
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (registers the rules)
     arith,
+    contrib,
     control,
     elementwise,
     linalg,
     nn,
     pooling,
+    quant,
     recurrent,
     shape,
 )
@@ -21,6 +24,7 @@ from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
 from .registry import (
     FUSED_RULES,
+    INTEGER_GRAD_OPS,
     NONDIFF_OPERANDS,
     VJP_RULES,
     ZERO_GRAD_OPS,
@@ -28,6 +32,8 @@ from .registry import (
     VjpRule,
     describe,
     elementwise_rule,
+    rule_for,
+    rule_key,
     supported_ops,
     vjp_rule,
 )
@@ -35,6 +41,7 @@ from .shape import pad_source_index
 
 __all__ = [
     "FUSED_RULES",
+    "INTEGER_GRAD_OPS",
     "NONDIFF_OPERANDS",
     "VJP_RULES",
     "ZERO_GRAD_OPS",
@@ -45,6 +52,8 @@ __all__ = [
     "elementwise_rule",
     "pad_source_index",
     "pool_divisor",
+    "rule_for",
+    "rule_key",
     "supported_ops",
     "transpose_fit",
     "vjp_rule",

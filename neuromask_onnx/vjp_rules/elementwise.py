@@ -32,9 +32,11 @@ def _vjp_neg(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 @vjp_rule("Cast", "CastLike")
 def _vjp_cast(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
-    """gx = Cast(gy) back to the input's float type."""
+    """gx = Cast(gy) back to the input's float type (a quantized integer's stays gy's)."""
     x = node.input[0]
     dt = op.g.dtypes[x]
+    if not op.g.is_float(x):  # Cast(MatMulInteger(...)): see quant, INTEGER_GRAD_OPS
+        return [gy, *[None] * (len(node.input) - 1)]
     return [op.Cast(gy, to=dt, _dtype=dt), *[None] * (len(node.input) - 1)]
 
 

@@ -52,6 +52,27 @@ NONDIFF_OPERANDS: dict[str, frozenset[int]] = {
 }
 
 
+# Ops whose first output is an integer tensor that still carries a gradient: a quantized
+# value, differentiated as if its integers were reals (the rules in `quant` define the units:
+# d loss / d q, one quantization step at a time). Every other integer value carries none.
+INTEGER_GRAD_OPS = frozenset({
+    "QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+    "MatMulInteger",
+})
+
+
+def rule_key(node: onnx.NodeProto) -> str:
+    """The registry key of a node: its op type, prefixed with `domain::` outside onnx's own.
+
+    onnxruntime's contrib ops reuse onnx names (com.microsoft Gelu next to onnx Gelu-20), so
+    a rule for an op of another domain is registered as e.g. `com.microsoft::FusedConv`; the
+    same spelling `neuromask ops` prints.
+    """
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type
+    return f"{node.domain}::{node.op_type}"
+
+
 def vjp_rule(*op_types: str, multi_output: bool = False) -> Callable[[Callable[..., Grads]],
                                                                      Callable[..., Grads]]:
     """Register a rule for `op_types`; single-output rules receive `gy` as a plain name."""
@@ -99,6 +120,11 @@ def _k(op: Emitter, value: float, like: str) -> str:
 # Rules for node groups the driver merges for the reverse pass (rewrite.fuse_for_backward).
 # They are not ONNX ops, so they live apart from VJP_RULES.
 FUSED_RULES: dict[str, VjpRule] = {}
+
+
+def rule_for(node: onnx.NodeProto) -> VjpRule | None:
+    """The rule of `node` (domain-aware, see `rule_key`), or None."""
+    return VJP_RULES.get(rule_key(node))
 
 
 def supported_ops() -> list[str]:

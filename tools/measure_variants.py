@@ -1,0 +1,137 @@
+"""Cosine between a float32 classifier's mask gradient and those of its int8 and float16 copies.
+
+On real photos (skimage.data), each at the float model's top-1 class, with a uniform mask of
+0.5: the question is whether the gradient of the quantized (straight-through rule) and the
+half-precision model points the way the float model's does.
+
+    python tools/export_efficientnet_lite0.py -o /tmp/effnet.onnx
+    python tools/measure_variants.py /tmp/effnet.onnx
+    python tools/measure_variants.py --half-fixtures   # models/variants/ half models vs float64
+
+The int8 copy is onnxruntime.quantization.quantize_static (QDQ, int8, per-channel weights,
+MinMax) calibrated on other photos (retina, colorwheel, logo) and the mirrored test photos;
+the float16 copy is onnxruntime.transformers.float16.convert_float_to_float16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from neuromask_onnx import instrument, rewrite
+
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+          "immunohistochemistry"]
+CALIBRATION = ["retina", "colorwheel", "logo"]
+
+
+def photo(name: str, size: int = 224) -> np.ndarray:
+    """[3, size, size] float32: centre crop 0.875, resize, (pixel - 127) / 128 (TFLite)."""
+    import skimage.data
+    from PIL import Image
+
+    img = np.asarray(getattr(skimage.data, name)())[..., :3]
+    h, w = img.shape[:2]
+    side = int(min(h, w) * 0.875)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = Image.fromarray(img[top:top + side, left:left + side]).resize((size, size),
+                                                                          Image.BILINEAR)
+    return ((np.asarray(crop, np.float32) - 127.0) / 128.0).transpose(2, 0, 1)
+
+
+def quantize(src: Path, out: Path, batches: list[np.ndarray], name: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.it = iter({name: b[None]} for b in batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
+
+
+def mask_grads(model: onnx.ModelProto | str, x: np.ndarray, target: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    inst = instrument(model, batch_size=len(x))
+    ins = {i.name: i for i in inst.graph.input}
+    xn = next(k for k in ins if not k.startswith("nm_"))
+    types = {k: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+             for k, v in ins.items()}
+    mshape = [d.dim_value for d in ins[rewrite.MASK].type.tensor_type.shape.dim]
+    sess = ort.InferenceSession(inst.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {xn: x.astype(types[xn]), rewrite.MASK: np.full(mshape, 0.5, types[rewrite.MASK]),
+             rewrite.TARGET: target}
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    return out[rewrite.GRAD_MASK].astype(np.float64), out[rewrite.PROBS].astype(np.float64)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return [float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)) for u, v in zip(a, b,
+                                                                                   strict=True)]
+
+
+def half_fixture_errors() -> None:
+    """<u, nm_grad_mask> of each half-precision fixture vs float64 central differences of the
+    same weights (tests/test_variants.py asserts what this prints)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import test_variants as tv
+
+    for name in ("cnn_nchw_fp16", "tiny_vit_fp16", "cnn_nchw_bf16"):
+        analytic, numeric = tv.half_check(name)
+        print(f"{name:16s} <u, grad> {analytic:.9f}  float64 difference {numeric:.9f}  "
+              f"relative error {abs(analytic - numeric) / abs(numeric):.1e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path, nargs="?")
+    ap.add_argument("--half-fixtures", action="store_true",
+                    help="check the half-precision fixtures against float64 differences")
+    args = ap.parse_args()
+    if args.half_fixtures:
+        half_fixture_errors()
+        return
+    if args.model is None:
+        ap.error("pass a float32 model (or --half-fixtures)")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    src = onnx.load(str(args.model))
+    name = src.graph.input[0].name
+    x = np.stack([photo(p) for p in PHOTOS])
+    sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    target = np.argmax(sess.run(None, {name: x})[0], axis=1).astype(np.int64)
+    g32, _ = mask_grads(src, x, target)
+    with tempfile.TemporaryDirectory() as tmp:
+        qpath = Path(tmp) / "int8.onnx"
+        quantize(args.model, qpath, [photo(p) for p in CALIBRATION] + [b[:, :, ::-1] for b in x],
+                 name)
+        g8, p8 = mask_grads(str(qpath), x, target)
+    g16, p16 = mask_grads(convert_float_to_float16(src, keep_io_types=False), x, target)
+    print("photo                 class  cos(int8, fp32)  cos(fp16, fp32)  top1 int8/fp16")
+    for i, p in enumerate(PHOTOS):
+        c8, c16 = cosines(g8, g32)[i], cosines(g16, g32)[i]
+        agree = f"{int(np.argmax(p8[i]) == target[i])}/{int(np.argmax(p16[i]) == target[i])}"
+        print(f"{p:22s}{target[i]:5d}  {c8:15.4f}  {c16:15.6f}  {agree}")
+    print(f"mean                         {np.mean(cosines(g8, g32)):15.4f}  "
+          f"{np.mean(cosines(g16, g32)):15.6f}")
+
+
+if __name__ == "__main__":
+    main()
