@@ -151,7 +151,7 @@ def ops(
         typer.echo("Ops that pass no gradient (shape, comparison, index ops):")
         typer.echo("  " + " ".join(sorted(ZERO_GRAD_OPS)))
         return
-    from .rewrite import op_report
+    from .rewrite import ESTIMATED, op_report
 
     with _errors():
         rows = op_report(model)
@@ -161,10 +161,15 @@ def ops(
         on = "-" if r.on_path is None else str(r.on_path)
         typer.echo(f"{r.op_type:<28}{r.count:>6}{on:>9}  {r.status}")
     blocking = [r.op_type for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
+    estimated = [r.op_type for r in rows if r.status == ESTIMATED and (r.on_path or not traced)]
     if not traced:
         typer.echo("(the gradient path could not be traced: the input has dynamic dimensions)")
     if blocking:
-        typer.echo(f"unsupported on the gradient path: {', '.join(blocking)}")
+        typer.echo(f"unsupported on the gradient path: {', '.join(blocking)} "
+                   "(explain --gradient auto estimates the mask gradient from model runs)")
+    elif estimated:
+        typer.echo(f"every op on the gradient path is supported; {', '.join(estimated)}: "
+                   f"{ESTIMATED}")
     else:
         typer.echo("every op on the gradient path is supported")
 

@@ -213,7 +213,7 @@ class NeuroMask:
                  output_kind: str = "auto", layout: str | None = None,
                  mask_axes: Sequence[int] | None = None, provider: Provider = "auto",
                  batch_size: int = 8, labels: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, gradient: str = "auto") -> None:
         if batch_size < 1:
             msg = f"batch size must be at least 1, got {batch_size}"
             raise InputError(msg)
@@ -227,7 +227,14 @@ class NeuroMask:
                       "output_kind": output_kind, "layout": layout,
                       "mask_axes": list(mask_axes) if mask_axes is not None else None}
         # `instrument` picks the input and raises the user-facing errors; do it once here.
-        probe = self._instrumented(1, None)
+        # gradient: exact (rules), estimate (model runs, `estimate`) or auto (exact if it can).
+        from .estimate import resolve
+
+        self.gradient = "exact"
+        self.gradient_note: str | None = None
+        self.gradient, self.gradient_note, probe = resolve(
+            gradient, lambda: self._instrumented(1, None, True),
+            lambda: self._instrumented(1, None, False))
         props = {p.key: p.value for p in probe.metadata_props}
         self.input_name = props["neuromask.input"]
         self.num_classes = int(props["neuromask.num_classes"])
@@ -247,21 +254,31 @@ class NeuroMask:
 
     # ----------------------------------------------------------------- model plumbing
 
-    def _instrumented(self, batch: int, shape: tuple[int, ...] | None) -> onnx.ModelProto:
+    def _instrumented(self, batch: int, shape: tuple[int, ...] | None,
+                      exact: bool | None = None) -> onnx.ModelProto:
         o = self._opts
         return instrument(self.model, input_name=o["input_name"], output_name=o["output_name"],
                           batch_size=batch, input_shape=shape, layout=o["layout"],
                           mask_axes=o["mask_axes"], output_kind=o["output_kind"],
-                          baseline=self.config.baseline != "zero")
+                          baseline=self.config.baseline != "zero",
+                          gradient=self.gradient == "exact" if exact is None else exact)
 
     def _runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
         key = (batch, shape)
         if key not in self._runners:
             dynamic = any(d is None for d in self.dims[1:])
             t0 = time.perf_counter()
-            m = self._instrumented(batch, shape if dynamic else None)
+            runner: _Runner
+            if self.gradient == "estimate":
+                from .estimate import EstimateRunner
+
+                runner = EstimateRunner(
+                    lambda b: self._instrumented(b, shape if dynamic else None), batch,
+                    self.provider_name, self.threads, self.mask_axes, self.config)
+            else:
+                m = self._instrumented(batch, shape if dynamic else None)
+                runner = _Runner(m, self.provider_name, self.threads)
             self._timings["instrument"] += time.perf_counter() - t0
-            runner = _Runner(m, self.provider_name, self.threads)
             self._timings["session"] += runner.seconds
             self._runners[key] = runner
         return self._runners[key]

@@ -124,6 +124,14 @@ def input_dims(model: onnx.ModelProto, name: str) -> list[int | str | None]:
 
 
 def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not any(imp.domain in ("", "ai.onnx") for imp in model.opset_import) and not any(
+            n.domain in ("", "ai.onnx") for n in model.graph.node):
+        # Only other domains (an onnxmltools graph of ai.onnx.ml ops): nothing to convert;
+        # the default-domain ops we add are written at MIN_OPSET.
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        copy.opset_import.append(helper.make_opsetid("", MIN_OPSET))
+        return copy
     opset = default_opset(model)
     if opset >= MIN_OPSET:
         return model

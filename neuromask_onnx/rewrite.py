@@ -35,7 +35,9 @@ from .graph import (
     load_model,
     prepare,
 )
+from .onnxml import zipmap_sources
 from .vjp_rules import FUSED_RULES, VJP_RULES, ZERO_GRAD_OPS
+from .vjp_rules.registry import NO_GRADIENT_OPS, op_key
 
 MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
 LOSS, GRAD_MASK, GRAD_INPUT, PROBS = "nm_loss", "nm_grad_mask", "nm_grad_input", "nm_probs"
@@ -68,7 +70,7 @@ def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -
     """Float values that depend on `sources` (the only ones that can carry a gradient)."""
     marked = set(sources)
     for node in nodes:
-        if node.op_type in ZERO_GRAD_OPS:
+        if op_key(node) in ZERO_GRAD_OPS:
             continue
         if any(i in marked for i in node.input):
             # An unknown type (a custom op's output) counts as float: better a clear
@@ -97,7 +99,7 @@ def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets:
 
 
 def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    return [n for n in nodes if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
+    return [n for n in nodes if op_key(n) not in VJP_RULES and op_key(n) not in ZERO_GRAD_OPS]
 
 
 def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str, str],
@@ -131,13 +133,13 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
         return contribs[name][0]
 
     for node in reversed(fuse_for_backward(on_path, nodes)):
-        if node.op_type in ZERO_GRAD_OPS:
+        if op_key(node) in ZERO_GRAD_OPS:
             continue
         gys = [total(o) if o else None for o in node.output]
         if all(gy is None for gy in gys):
             continue
         try:
-            gxs = (VJP_RULES.get(node.op_type) or FUSED_RULES[node.op_type])(op, node, gys)
+            gxs = (VJP_RULES.get(op_key(node)) or FUSED_RULES[node.op_type])(op, node, gys)
         except NotImplementedError as exc:
             raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
         if len(gxs) != len(node.input):
@@ -334,8 +336,12 @@ def _pick_output(m: onnx.ModelProto, name: str | None) -> str:
         if name not in [o.name for o in outs]:
             msg = f"model has no output {name!r}; its outputs are {[o.name for o in outs]}"
             raise ModelContractError(msg)
-        return name
+        zipped = {v: k for k, v in zipmap_sources(m).items()}
+        return zipped.get(name, name)
     floats = [o for o in outs if o.type.tensor_type.elem_type in FLOAT_TYPES]
+    sources = zipmap_sources(m)
+    if not floats and sources:  # skl2onnx / onnxmltools: probabilities as a ZipMap of maps
+        return next(iter(sources))
     if not floats:
         msg = f"model has no float output (outputs: {[o.name for o in outs]}); pass --output"
         raise ModelContractError(msg)
@@ -435,6 +441,7 @@ def instrument(
     objective: Objective = "cross_entropy",
     baseline: bool = False,
     wrt: Literal["mask", "input"] = "mask",
+    gradient: bool = True,
 ) -> onnx.ModelProto:
     """Rewrite a classifier so one run returns the loss and its gradient w.r.t. the mask.
 
@@ -451,6 +458,8 @@ def instrument(
             (for gradient saliency methods).
         baseline: add an `nm_baseline` input b: x_bar = b + mask (x - b).
         wrt: "mask" (default) or "input": the gradient returned is `nm_grad_input`, d loss / dx.
+        gradient: False builds the forward part only (outputs `nm_loss` and `nm_probs`, no
+            gradient subgraph, no rule needed): what `estimate` runs for models without rules.
 
     Returns:
         The instrumented model, passing `onnx.checker` (full check).
@@ -479,10 +488,14 @@ def instrument(
     mshape = tuple(d if (i == 0 or i in axes) else 1 for i, d in enumerate(shape))
 
     g = prepare(m, {x: shape})
-    bad = unsupported(path_nodes(g.nodes, [x], [out], g))
+    bad = unsupported(path_nodes(g.nodes, [x], [out], g)) if gradient else []
     if bad:
-        raise UnsupportedOpError(bad[0].op_type, bad[0].name, bad[0].domain)
+        detail = ("no gradient exists; pass --gradient estimate (or auto) to estimate the mask "
+                  "gradient from model runs" if op_key(bad[0]) in NO_GRADIENT_OPS else "")
+        raise UnsupportedOpError(bad[0].op_type, bad[0].name, bad[0].domain, detail)
     logits, kind = _find_logits(g, out, output_kind)
+    if kind == "logits" and output_kind == "auto" and out in zipmap_sources(m):
+        kind = "probabilities"  # a classifier's probability tensor: it feeds a ZipMap
     zs = g.shape(logits)
     if zs[0] != batch_size:
         msg = f"output {out!r} has shape {list(zs)}, which has no batch axis first"
@@ -518,6 +531,10 @@ def instrument(
     loss, probs, seed = _head(op, logits, kind, objective, batch_size, k)
     head = list(op.nodes)
     op.nodes.clear()
+    if not gradient:
+        return _forward_only(g, front + primal + head + op.nodes, x, xdtype, shape, mshape,
+                             batch_size, logits, loss, probs, k, baseline and wrt == "mask",
+                             Spec(x, out, shape, mshape, axes, lay, kind, k, logits), objective)
     grads = differentiate(op, front + primal, {logits: seed}, [source])
     gsrc = grads[source]
     if gsrc is None:
@@ -544,13 +561,40 @@ def instrument(
     model_out = _assemble(g, front + primal + head + op.nodes + tail, inputs, outputs,
                           "neuromask_instrumented", [seed])
     spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits)
-    meta = {"neuromask.version": __version__, "neuromask.input": x, "neuromask.output": out,
-            "neuromask.output_kind": kind, "neuromask.objective": objective,
-            "neuromask.layout": lay, "neuromask.mask_axes": ",".join(map(str, axes)),
-            "neuromask.num_classes": str(k), "neuromask.wrt": wrt,
+    _stamp(model_out, spec, objective, wrt, baseline)
+    return model_out
+
+
+def _stamp(model_out: onnx.ModelProto, spec: Spec, objective: str, wrt: str,
+           baseline: bool) -> None:
+    meta = {"neuromask.version": __version__, "neuromask.input": spec.input_name,
+            "neuromask.output": spec.output_name,
+            "neuromask.output_kind": spec.output_kind, "neuromask.objective": objective,
+            "neuromask.layout": spec.layout,
+            "neuromask.mask_axes": ",".join(map(str, spec.mask_axes)),
+            "neuromask.num_classes": str(spec.num_classes), "neuromask.wrt": wrt,
             "neuromask.baseline": str(bool(baseline)).lower()}
     helper.set_model_props(model_out, meta)
     model_out.doc_string = f"instrumented by neuromask-onnx {__version__}: {spec}"
+
+
+def _forward_only(g: Graph, nodes: list[onnx.NodeProto], x: str, xdtype: int, shape: Shape,
+                  mshape: Shape, n: int, logits: str, loss: str, probs: str, k: int,
+                  baseline: bool, spec: Spec, objective: str) -> onnx.ModelProto:
+    """The instrumented model without its gradient: mask in, loss and probabilities out."""
+    tail = [helper.make_node("Identity", [loss], [LOSS], name="nm_n_loss_fwd"),
+            helper.make_node("Identity", [probs], [PROBS], name="nm_n_probs_fwd")]
+    inputs = [helper.make_tensor_value_info(x, xdtype, list(shape)),
+              helper.make_tensor_value_info(MASK, xdtype, list(mshape)),
+              helper.make_tensor_value_info(TARGET, TensorProto.INT64, [n])]
+    if baseline:
+        inputs.append(helper.make_tensor_value_info(BASELINE, xdtype, list(shape)))
+    outputs = [helper.make_tensor_value_info(LOSS, g.dtypes[logits], [n]),
+               helper.make_tensor_value_info(PROBS, g.dtypes[logits], [n, 2 if k == 1 else k])]
+    model_out = _assemble(g, nodes + tail, inputs, outputs, "neuromask_forward", [])
+    _stamp(model_out, spec, objective, "mask", baseline)
+    helper.set_model_props(model_out, {**{p.key: p.value for p in model_out.metadata_props},
+                                       "neuromask.gradient": "none"})
     return model_out
 
 
@@ -662,6 +706,9 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
         raise
 
 
+ESTIMATED = "no gradient exists; the mask gradient will be estimated"
+
+
 @dataclass(frozen=True)
 class OpStatus:
     """One op type of a model: how many nodes, how many on the input-to-output path."""
@@ -695,7 +742,10 @@ def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = N
     rows = []
     for op_type, count in sorted(full.items()):
         status = ("rule" if op_type in VJP_RULES else
-                  "no gradient" if op_type in ZERO_GRAD_OPS else "unsupported")
+                  "no gradient" if op_type in ZERO_GRAD_OPS else
+                  ESTIMATED if op_type in NO_GRADIENT_OPS else
+                  "output only (the probabilities it maps are explained)"
+                  if op_type == "ai.onnx.ml::ZipMap" else "unsupported")
         rows.append(OpStatus(op_type, count, None if path is None else path.get(op_type, 0),
                              status))
     return rows

@@ -7,7 +7,7 @@ this package registers every rule.
 
 from __future__ import annotations
 
-from . import elementwise, linalg, nn, pooling, shape  # noqa: F401  (registers the rules)
+from . import elementwise, linalg, ml, nn, pooling, shape  # noqa: F401  (registers the rules)
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
 from .registry import (

@@ -31,7 +31,24 @@ ZERO_GRAD_OPS = frozenset({
     "Or", "Xor", "ArgMax", "ArgMin", "Sign", "Floor", "Ceil", "Round", "IsNaN", "IsInf",
     "NonZero", "ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike",
     "Bernoulli", "OneHot", "BitShift", "Mod",
+    # ONNX-ML ops outside the default domain are keyed "domain::op_type" (see `op_key`).
+    "ai.onnx.ml::Binarizer", "ai.onnx.ml::LabelEncoder", "ai.onnx.ml::OneHotEncoder",
 })
+
+# Ops whose outputs are piecewise constant in the input but whose jumps carry the model's
+# whole decision (tree ensembles): their exact gradient is zero almost everywhere, so the mask
+# gradient is estimated from model runs instead (`neuromask_onnx.estimate`).
+NO_GRADIENT_OPS = frozenset({
+    "ai.onnx.ml::TreeEnsembleClassifier", "ai.onnx.ml::TreeEnsembleRegressor",
+    "ai.onnx.ml::TreeEnsemble",
+})
+
+
+def op_key(node: onnx.NodeProto) -> str:
+    """The registry key of a node: its op type, prefixed "domain::" outside the default domain."""
+    if node.domain in ("", "ai.onnx"):
+        return str(node.op_type)
+    return f"{node.domain}::{node.op_type}"
 
 
 def vjp_rule(*op_types: str, multi_output: bool = False) -> Callable[[Callable[..., Grads]],
