@@ -27,6 +27,7 @@ import onnx
 
 from .errors import InputError, UnsupportedOpError
 from .explain import _Runner, upsample_matrix
+from .graph import graph_inputs
 from .optimize import NeuroMaskConfig
 from .rewrite import BASELINE, LOSS, MASK, PROBS, TARGET
 
@@ -114,21 +115,35 @@ class EstimateRunner(_Runner):
         return loss[:, 0].astype(np.float32), grad, probs[:, 0]
 
 
-def resolve(gradient: str, build_exact: Callable[[], onnx.ModelProto],
-            build_forward: Callable[[], onnx.ModelProto]) -> tuple[str, str | None,
-                                                                    onnx.ModelProto]:
-    """(gradient used, the one line saying why it was estimated or None, a probe model)."""
+def probe_batch(model: onnx.ModelProto, input_name: str | None) -> int:
+    """The batch size a first instrumentation can use: the input's fixed one, else 1."""
+    real = graph_inputs(model)
+    vi = next((v for v in real if v.name == input_name), real[0] if len(real) == 1 else None)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        return 1
+    dims = vi.type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else 1
+
+
+def resolve(gradient: str, model: onnx.ModelProto, input_name: str | None,
+            build: Callable[[int, bool], onnx.ModelProto]) -> tuple[str, str | None,
+                                                                 onnx.ModelProto]:
+    """(gradient used, the one line saying why it is estimated or None, a probe model).
+
+    build(batch, exact) instruments the model with (exact) or without its gradient subgraph.
+    """
     if gradient not in ("auto", "exact", "estimate"):
         msg = f"gradient must be auto, exact or estimate, got {gradient!r}"
         raise InputError(msg)
+    n = probe_batch(model, input_name)
     if gradient == "exact":
-        return "exact", None, build_exact()
+        return "exact", None, build(n, True)
     if gradient == "estimate":
-        return "estimate", None, build_forward()
+        return "estimate", None, build(n, False)
     try:
-        return "exact", None, build_exact()
+        return "exact", None, build(n, True)
     except UnsupportedOpError as exc:
-        probe = build_forward()
+        probe = build(n, False)
         note = (f"op {exc.op_type} (node {exc.node_name!r}) has no gradient rule: the mask "
                 f"gradient is estimated from batched model runs ({DIRECTIONS} antithetic "
                 "direction pairs a step)")

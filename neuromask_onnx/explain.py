@@ -233,8 +233,8 @@ class NeuroMask:
         self.gradient = "exact"
         self.gradient_note: str | None = None
         self.gradient, self.gradient_note, probe = resolve(
-            gradient, lambda: self._instrumented(1, None, True),
-            lambda: self._instrumented(1, None, False))
+            gradient, self.model, input_name,
+            lambda b, exact: self._instrumented(b, None, exact))
         props = {p.key: p.value for p in probe.metadata_props}
         self.input_name = props["neuromask.input"]
         self.num_classes = int(props["neuromask.num_classes"])
