@@ -30,6 +30,38 @@ def zipmap_sources(model: onnx.ModelProto) -> dict[str, str]:
             if n.op_type == "ZipMap" and n.domain == "ai.onnx.ml" and n.output[0] in outs}
 
 
+_PROBABILITY_TRANSFORMS = (b"LOGISTIC", b"SOFTMAX", b"SOFTMAX_ZERO", "LOGISTIC", "SOFTMAX",
+                           "SOFTMAX_ZERO")
+
+
+def holds_probabilities(nodes: Sequence[onnx.NodeProto], name: str) -> bool:
+    """Whether value `name` (fed to a ZipMap) holds probabilities rather than scores.
+
+    Walks back through Cast/Identity/Reshape to its producer: an L1 Normalizer, a tree
+    ensemble classifier, a LinearClassifier with a logistic or softmax transform, or an
+    SVMClassifier with Platt probabilities (prob_a) gives probabilities. Anything else
+    (an SVM's decision values, sklearn's one-vs-rest vote arithmetic) gives scores, which the
+    loss treats as logits.
+    """
+    producer = {o: n for n in nodes for o in n.output}
+    node = producer.get(name)
+    while node is not None and node.op_type in ("Cast", "Identity", "Reshape") and (
+            node.domain in ("", "ai.onnx")):
+        node = producer.get(node.input[0])
+    if node is None or node.domain != "ai.onnx.ml":
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Normalizer":
+        return attrs.get("norm") in (b"L1", "L1")
+    if node.op_type in ("TreeEnsembleClassifier", "TreeEnsemble"):
+        return True
+    if node.op_type == "LinearClassifier":
+        return attrs.get("post_transform") in _PROBABILITY_TRANSFORMS
+    if node.op_type == "SVMClassifier":
+        return bool(attrs.get("prob_a"))
+    return False
+
+
 def _zipmap(model: onnx.ModelProto) -> onnx.NodeProto | None:
     srcs = set(zipmap_sources(model).values())
     return next((n for n in model.graph.node if n.op_type == "ZipMap" and n.output[0] in srcs),

@@ -35,7 +35,7 @@ from .graph import (
     load_model,
     prepare,
 )
-from .onnxml import zipmap_sources
+from .onnxml import holds_probabilities, zipmap_sources
 from .vjp_rules import FUSED_RULES, VJP_RULES, ZERO_GRAD_OPS
 from .vjp_rules.registry import NO_GRADIENT_OPS, op_key
 
@@ -494,7 +494,8 @@ def instrument(
                   "gradient from model runs" if op_key(bad[0]) in NO_GRADIENT_OPS else "")
         raise UnsupportedOpError(bad[0].op_type, bad[0].name, bad[0].domain, detail)
     logits, kind = _find_logits(g, out, output_kind)
-    if kind == "logits" and output_kind == "auto" and out in zipmap_sources(m):
+    if (kind == "logits" and output_kind == "auto" and out in zipmap_sources(m)
+            and holds_probabilities(g.nodes, out)):
         kind = "probabilities"  # a classifier's probability tensor: it feeds a ZipMap
     zs = g.shape(logits)
     if zs[0] != batch_size:

@@ -47,8 +47,10 @@ def _rowsum(op: Emitter, v: str) -> str:
     return op.ReduceSum(v, op.ints([-1]), keepdims=1)
 
 
-def _post_vjp(op: Emitter, kind: str, z: str, gz: str, raw: str | None) -> str:
-    """Gradient w.r.t. the raw scores of z = post_transform(raw), from the primal output z."""
+def _post_vjp(op: Emitter, kind: str, z: str, gz: str, raw: str | None, x: str) -> str:
+    """Gradient w.r.t. the raw scores of z = post_transform(raw), from the primal output z;
+    computed in the element type of the op's input x."""
+    z, gz = _as_x(op, z, x), _as_x(op, gz, x)
     if kind == "NONE":
         return gz
     if kind == "LOGISTIC":  # z (1 - z)
@@ -117,7 +119,7 @@ def linear_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None]) 
             raw = op.Add(raw, op.const(np.asarray(a["intercepts"]), like=x))
         if w.shape[0] == 1 and labels == 2:
             raw = op.Concat(op.Neg(raw), raw, axis=-1)
-    graw = _as_x(op, _post_vjp(op, kind, z, gz, raw), x)
+    graw = _as_x(op, _post_vjp(op, kind, z, gz, raw, x), x)
     if w.shape[0] == 1 and labels == 2:
         graw = _pair_sign(op, graw)
     gx = op.MatMul(graw, op.const(w, like=x))
@@ -227,7 +229,7 @@ def _kernel_vjp(op: Emitter, node: onnx.NodeProto, x: str, sv: np.ndarray, gk: s
                     op.const((sv * sv).sum(axis=1)[None, :], like=x))
         k = op.Exp(op.Mul(d2, op.const(-gamma, like=x)))
         gkk = op.Mul(gk, k)
-        inner = op.Sub(op.MatMul(gkk, svc), op.Mul(x, _rowsum(op, gkk)))
+        inner = op.Sub(op.Mul(x, _rowsum(op, gkk)), op.MatMul(gkk, svc))
         return op.Mul(inner, op.const(-2.0 * gamma, like=x))
     t = op.Add(op.Mul(dot, op.const(gamma, like=x)), op.const(coef0, like=x))
     if kind == "POLY":  # (gamma dot + c0)^d: d gamma t^(d-1)
@@ -267,7 +269,7 @@ def svm_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> 
     k = max(len(a.get("classlabels_ints") or []), len(a.get("classlabels_strings") or []), 1)
     if sum(counts) == 0:  # SVM_LINEAR: one score per class
         w = coefs.reshape(k, -1)
-        return [op.MatMul(_as_x(op, _post_vjp(op, kind, z, gz, None), x),
+        return [op.MatMul(_as_x(op, _post_vjp(op, kind, z, gz, None, x), x),
                           op.const(w, like=x))]
     s = sum(counts)
     sv = np.asarray(a["support_vectors"], np.float64).reshape(s, -1)
@@ -279,7 +281,7 @@ def svm_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> 
         si, sj = slice(start[i], start[i] + counts[i]), slice(start[j], start[j] + counts[j])
         cmat[si, p] = c[j - 1, si]
         cmat[sj, p] = c[i, sj]
-    graw = _as_x(op, _post_vjp(op, kind, z, gz, None), x)
+    graw = _as_x(op, _post_vjp(op, kind, z, gz, None, x), x)
     if len(pairs) == 1:
         graw = _pair_sign(op, graw)
     gk = op.MatMul(graw, op.const(cmat.T, like=x))
