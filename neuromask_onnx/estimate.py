@@ -5,8 +5,9 @@ op without a rule stops the exact gradient. `EstimateRunner` has the interface o
 exact runner (`bind`, `run(mask) -> (loss, grad_mask, probs)`) on a forward-only instrumented
 model (`instrument(..., gradient=False)`: mask in, loss and probabilities out). Each `run` is
 one batched session run of 2 d + 1 rows per job: the mask itself and d antithetic pairs
-m +- sigma U_i, with U_i = A u_i a standard normal direction u_i drawn at the mask's own
-resolution (the coarse grid NeuroMask optimises, A its upsampling). Then
+m +- sigma U_i, with U_i = A u_i and u_i random orthogonal directions of norm sqrt(n) drawn
+at the mask's own resolution (the coarse grid of n cells NeuroMask optimises, A its
+upsampling; with d >= n they form a full basis and only n are used). Then
 
     g_coarse = 1 / (2 sigma d) sum_i (L(m + sigma U_i) - L(m - sigma U_i)) u_i
 
@@ -63,7 +64,9 @@ class EstimateRunner(_Runner):
 
     def __init__(self, build: Callable[[int], onnx.ModelProto], batch: int, provider: str,
                  threads: int | None, mask_axes: Sequence[int], config: NeuroMaskConfig,
-                 directions: int = DIRECTIONS, sigma: float = SIGMA) -> None:
+                 directions: int | None = None, sigma: float | None = None) -> None:
+        directions = DIRECTIONS if directions is None else directions
+        sigma = SIGMA if sigma is None else sigma
         if directions < 1 or not sigma > 0:
             msg = (f"the gradient estimate needs at least one direction and a positive sigma, "
                    f"got {directions} and {sigma}")
@@ -96,10 +99,26 @@ class EstimateRunner(_Runner):
         self.feeds = feeds
         self.rng = np.random.default_rng([self.config.seed, _SEED_TAG])
 
+    def _directions(self) -> tuple[np.ndarray, int]:
+        """d directions [d, *coarse] and how many of them are used (the rest are zero).
+
+        The used ones are random orthogonal directions of norm sqrt(n) (n = coarse mask
+        size; QR of a Gaussian block, so E[u u^T] = I). With d >= n the first n form a full
+        basis, which makes the estimate the central difference of the loss along every
+        coordinate, without sampling noise; the other rows repeat the mask unperturbed (a
+        partial second block would bias the estimate toward its directions).
+        """
+        n = int(np.prod(self.coarse))
+        k = min(self.directions, n)
+        q, r = np.linalg.qr(self.rng.standard_normal((n, k)))
+        u = np.zeros((self.directions, n))
+        u[:k] = (q * np.where(np.diag(r) < 0, -1.0, 1.0)).T * np.sqrt(n)
+        return u.reshape(self.directions, *self.coarse), k
+
     def run(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         b, d, s = self.batch, self.directions, self.sigma
         m = mask.astype(np.float64).reshape(b, *self.full)
-        u = self.rng.standard_normal((d, *self.coarse))
+        u, used = self._directions()
         big = _apply(self.mats, u)  # [d, *full]
         rows = np.concatenate([m[:, None], m[:, None] + s * big[None], m[:, None] - s * big[None]],
                               axis=1)  # [b, 2d + 1, *full]
@@ -109,7 +128,7 @@ class EstimateRunner(_Runner):
         self.evaluations += b * self.rows
         loss = np.asarray(loss, np.float64).reshape(b, self.rows)
         probs = np.asarray(probs).reshape(b, self.rows, -1)
-        slope = (loss[:, 1:d + 1] - loss[:, d + 1:]) / (2.0 * s * d)  # [b, d]
+        slope = (loss[:, 1:d + 1] - loss[:, d + 1:]) / (2.0 * s * used)  # [b, d]
         g_coarse = np.tensordot(slope, u, axes=(1, 0))  # [b, *coarse]
         grad = _apply(self.pinvs, g_coarse).reshape(self.mask_shape).astype(mask.dtype)
         return loss[:, 0].astype(np.float32), grad, probs[:, 0]

@@ -716,6 +716,11 @@ add(ml_case("ml_svm_classifier_linear_mode", "SVMClassifier",  # no support vect
              "rho": [0.2],
              "classlabels_ints": [0, 1, 2]}, {"x": (3, 4)}, label=True,
             f32=ORT_ML + " (checked on the runtime users deploy)"))
+# A 1% error in these ML rules must fail (joins SHARPNESS below).
+ML_SHARPNESS = ["ml_linear_classifier_softmax", "ml_linear_classifier_probit",
+                "ml_linear_classifier_binary_logistic", "ml_normalizer_l1", "ml_normalizer_max",
+                "ml_scaler", "ml_array_feature_extractor", "ml_svm_classifier_rbf",
+                "ml_svm_classifier_poly", "ml_svm_regressor_sigmoid", "ml_linear_regressor"]
 add(ml_case("ml_svm_regressor_linear_mode", "SVMRegressor",
             {"kernel_type": "LINEAR", "coefficients": _W34[:4], "rho": [0.25],
              "n_supports": 0}, {"x": (3, 4)}))
@@ -763,7 +768,7 @@ def test_cases_use_the_op_they_name() -> None:
 SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_batch", "conv_stride_asym_pads",
              "conv_dw_s2_asym_pads", "conv_dw_s2_f32", "maxpool_pads",
              "avgpool_ceil_pads_include", "softmax_opset11_axis1", "slice_step_neg1",
-             "resize_linear_half_pixel", "einsum_operand_only_index"]
+             "resize_linear_half_pixel", "einsum_operand_only_index", *ML_SHARPNESS]
 
 
 @pytest.mark.parametrize("cid", SHARPNESS)
