@@ -124,7 +124,7 @@ def test_runs_repeat_and_do_not_depend_on_the_batch() -> None:
 
 
 def test_exact_on_a_forest_says_no_gradient_exists() -> None:
-    with pytest.raises(UnsupportedOpError, match="no gradient exists.*--gradient estimate"):
+    with pytest.raises(UnsupportedOpError, match=r"no gradient exists.*--gradient estimate"):
         NeuroMask(FOREST, CONFIG, gradient="exact", provider="cpu")
 
 
