@@ -296,3 +296,18 @@ def test_time_series_gets_a_series_plot(tmp_path: Path, rng: np.random.Generator
 
     img = Image.open(tmp_path / "o" / "s.series.png")
     assert img.size[0] > 600
+
+
+@pytest.mark.slow
+def test_committed_sklearn_fixtures_are_what_the_tool_writes(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = SK.parent.parent / "tools" / "make_sklearn_models.py"
+    spec = importlib.util.spec_from_file_location("make_sklearn_models", path)
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["-o", str(tmp_path)])
+    for f in sorted(SK.iterdir()):
+        assert (tmp_path / f.name).read_bytes() == f.read_bytes(), f.name

@@ -1,6 +1,8 @@
 """Write the scikit-learn / ONNX-ML fixtures in models/sklearn/ (skl2onnx, seeded training).
 
-    python tools/make_sklearn_models.py     # rewrites models/sklearn/*; prints name, size, sha256
+    python tools/make_sklearn_models.py          # rewrites models/sklearn/*; name, size, sha256
+    python tools/make_sklearn_models.py -o DIR   # the same files in DIR, plus a copy of
+                                                 # models/timeseries_conv1d.onnx (README demo)
 
 Each fixture is a real scikit-learn pipeline trained on a dataset scikit-learn ships (or, for
 the known-answer forest, on seeded synthetic data where only features 0-2 carry the label),
@@ -32,7 +34,15 @@ OPSET = {"": 18, "ai.onnx.ml": 3}
 def _export(est: Any, x: np.ndarray, names: list[str], doc: str) -> onnx.ModelProto:
     from skl2onnx import to_onnx
 
-    m = to_onnx(est, x[:1].astype(np.float32), target_opset=OPSET)
+    import warnings
+
+    with warnings.catch_warnings():  # skl2onnx reads SVC.probA_, deprecated in sklearn 1.9
+        warnings.simplefilter("ignore", FutureWarning)
+        m = to_onnx(est, x[:1].astype(np.float32), target_opset=OPSET)
+    # skl2onnx lists the opsets in hash order: sort them so that reruns write the same bytes.
+    imports = sorted(m.opset_import, key=lambda o: o.domain)
+    del m.opset_import[:]
+    m.opset_import.extend(imports)
     helper.set_model_props(m, {"neuromask.feature_names": json.dumps(names)})
     m.doc_string = doc
     return m
@@ -120,17 +130,24 @@ def ort_sample() -> Path:
     return Path(onnxruntime.__file__).parent / "datasets" / "logreg_iris.onnx"
 
 
-def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--out", type=Path, default=OUT, help="output directory")
+    out = ap.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, build in MODELS.items():
         model, row = build()
-        (OUT / f"{name}.onnx").write_bytes(model.SerializeToString(deterministic=True))
-        np.save(OUT / f"{name}.row.npy", row.astype(np.float32))
-        written.append(OUT / f"{name}.onnx")
-    shutil.copyfile(ort_sample(), OUT / "logreg_iris.onnx")
-    np.save(OUT / "logreg_iris.row.npy", np.array([5.1, 3.5], np.float32))
-    written.append(OUT / "logreg_iris.onnx")
+        (out / f"{name}.onnx").write_bytes(model.SerializeToString(deterministic=True))
+        np.save(out / f"{name}.row.npy", row.astype(np.float32))
+        written.append(out / f"{name}.onnx")
+    shutil.copyfile(ort_sample(), out / "logreg_iris.onnx")
+    np.save(out / "logreg_iris.row.npy", np.array([5.1, 3.5], np.float32))
+    written.append(out / "logreg_iris.onnx")
+    if out.resolve() != OUT.resolve():
+        shutil.copyfile(OUT.parent / "timeseries_conv1d.onnx", out / "timeseries_conv1d.onnx")
     for p in written:
         sha = hashlib.sha256(p.read_bytes()).hexdigest()
         sys.stdout.write(f"{p.name:<28}{p.stat().st_size:>8} B  {sha}\n")
