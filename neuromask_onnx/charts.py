@@ -101,6 +101,7 @@ def series_plot(x: np.ndarray, mask: np.ndarray, title: str = "") -> Image.Image
         xb = left + int((i + 1) * plot_w / t) - 1
         d.rectangle([xa, y0, max(xa, xb), y0 + strip_h], fill=_colour(m[i]))
     pts = [(xpos(i), y0 + strip_h - int(m[i] * strip_h)) for i in range(t)]
+    d.line(pts, fill=_BG, width=4)  # a white halo keeps the line visible on dark cells
     d.line(pts, fill=_INK, width=2)
     d.rectangle([left, y0, left + plot_w, y0 + strip_h], outline=_INK)
     d.text((4, y0 + 2), "mask", fill=_INK, font=font)

@@ -156,10 +156,11 @@ def ops(
     with _errors():
         rows = op_report(model)
     traced = rows and rows[0].on_path is not None
-    typer.echo(f"{'op':<28}{'nodes':>6}{'on path':>9}  status")
+    w = max([28, *(len(r.op_type) + 2 for r in rows)])
+    typer.echo(f"{'op':<{w}}{'nodes':>6}{'on path':>9}  status")
     for r in rows:
         on = "-" if r.on_path is None else str(r.on_path)
-        typer.echo(f"{r.op_type:<28}{r.count:>6}{on:>9}  {r.status}")
+        typer.echo(f"{r.op_type:<{w}}{r.count:>6}{on:>9}  {r.status}")
     blocking = [r.op_type for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
     estimated = [r.op_type for r in rows if r.status == ESTIMATED and (r.on_path or not traced)]
     if not traced:
