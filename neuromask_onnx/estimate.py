@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import InputError, UnsupportedOpError
+from .errors import InputError, ModelContractError, UnsupportedOpError
 from .explain import _Runner, upsample_matrix
 from .graph import graph_inputs
 from .optimize import NeuroMaskConfig
@@ -73,7 +73,16 @@ class EstimateRunner(_Runner):
             raise InputError(msg)
         self.directions, self.sigma, self.config = directions, float(sigma), config
         self.rows = 2 * directions + 1
-        super().__init__(build(batch * self.rows), provider, threads)
+        try:
+            model = build(batch * self.rows)
+        except ModelContractError as exc:
+            if "fixed batch size" not in str(exc):
+                raise
+            msg = (f"the gradient estimate runs {self.rows} perturbed copies of each input in one "
+                   "batch, which this model's fixed batch axis does not allow; re-export it with "
+                   "a dynamic batch axis (or use --gradient exact if every op has a rule)")
+            raise ModelContractError(msg) from None
+        super().__init__(model, provider, threads)
         self.batch = batch
         self.mask_shape = (batch, *self.mask_shape[1:])
         self.full = tuple(int(self.mask_shape[a]) for a in mask_axes)

@@ -131,3 +131,13 @@ def test_exact_on_a_forest_says_no_gradient_exists() -> None:
 def test_bad_gradient_choice() -> None:
     with pytest.raises(InputError, match="gradient must be auto, exact or estimate"):
         NeuroMask(TABULAR, CONFIG, gradient="numeric", provider="cpu")
+
+
+def test_a_fixed_batch_model_cannot_be_estimated() -> None:
+    """logreg_iris takes exactly 3 rows; the estimate needs 3 x 33 in one run."""
+    from neuromask_onnx.errors import ModelContractError
+
+    nm = NeuroMask(MODELS / "sklearn" / "logreg_iris.onnx", CONFIG, gradient="estimate",
+                   provider="cpu")
+    with pytest.raises(ModelContractError, match="fixed batch axis does not allow"):
+        nm.attribute(np.array([5.1, 3.5], np.float32))

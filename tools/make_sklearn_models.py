@@ -19,6 +19,7 @@ import hashlib
 import json
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,6 @@ OPSET = {"": 18, "ai.onnx.ml": 3}
 
 def _export(est: Any, x: np.ndarray, names: list[str], doc: str) -> onnx.ModelProto:
     from skl2onnx import to_onnx
-
-    import warnings
 
     with warnings.catch_warnings():  # skl2onnx reads SVC.probA_, deprecated in sklearn 1.9
         warnings.simplefilter("ignore", FutureWarning)
