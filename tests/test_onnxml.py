@@ -294,8 +294,8 @@ def test_time_series_gets_a_series_plot(tmp_path: Path, rng: np.random.Generator
     assert res.exit_code == 0, res.output
     from PIL import Image
 
-    img = Image.open(tmp_path / "o" / "s.series.png")
-    assert img.size[0] > 600
+    with Image.open(tmp_path / "o" / "s.series.png") as img:
+        assert img.size[0] > 600
 
 
 @pytest.mark.slow
