@@ -151,21 +151,27 @@ def ops(
         typer.echo("Ops that pass no gradient (shape, comparison, index ops):")
         typer.echo("  " + " ".join(sorted(ZERO_GRAD_OPS)))
         return
-    from .rewrite import op_report
+    from .rewrite import ESTIMATED, op_report
 
     with _errors():
         rows = op_report(model)
     traced = rows and rows[0].on_path is not None
-    typer.echo(f"{'op':<28}{'nodes':>6}{'on path':>9}  status")
+    w = max([28, *(len(r.op_type) + 2 for r in rows)])
+    typer.echo(f"{'op':<{w}}{'nodes':>6}{'on path':>9}  status")
     for r in rows:
         on = "-" if r.on_path is None else str(r.on_path)
-        typer.echo(f"{r.op_type:<28}{r.count:>6}{on:>9}  {r.status}")
+        typer.echo(f"{r.op_type:<{w}}{r.count:>6}{on:>9}  {r.status}")
     blocking = [f"{r.op_type} (at {'; '.join(r.where)})" if r.where else r.op_type
                 for r in rows if r.status == "unsupported" and (r.on_path or not traced)]
+    estimated = [r.op_type for r in rows if r.status == ESTIMATED and (r.on_path or not traced)]
     if not traced:
         typer.echo("(the gradient path could not be traced: the input has dynamic dimensions)")
     if blocking:
-        typer.echo(f"unsupported on the gradient path: {', '.join(blocking)}")
+        typer.echo(f"unsupported on the gradient path: {', '.join(blocking)} "
+                   "(explain --gradient auto estimates the mask gradient from model runs)")
+    elif estimated:
+        typer.echo(f"every op on the gradient path is supported; {', '.join(estimated)}: "
+                   f"{ESTIMATED}")
     else:
         typer.echo("every op on the gradient path is supported")
 
@@ -298,11 +304,17 @@ def explain(
         "--threads", help="onnxruntime intra-op threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+    gradient: Annotated[str, typer.Option(
+        "--gradient", help="auto | exact | estimate: the mask gradient from the rules, or "
+        "estimated from model runs (auto: exact when every op has a rule).")] = "auto",
+    feature_names: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--feature-names", help="Text file of feature names, one a line (tabular inputs; "
+        "default: the model's metadata).")] = None,
 ) -> None:
     """Learn a NeuroMask for each input and write mask, PNGs and JSON to the output dir."""
     import warnings
 
-    from . import outputs
+    from . import onnxml, outputs
     from .errors import ConvergenceWarning
     from .explain import NeuroMask, Progress
     from .graph import load_model
@@ -333,26 +345,46 @@ def explain(
             size=tuple(hw) if hw else None, resize=resize, crop_fraction=crop_fraction,
             scale=scale, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
             channel_order=channel_order.upper() if channel_order else None, layout=layout)
-        names = _read_labels(labels) or model_labels(proto)
+        names = _read_labels(labels) or model_labels(proto) or onnxml.class_labels(proto)
         spec = describe_input(proto, input_name, layout)
         loaded = load_inputs(inputs, spec, prep)
+        if gradient not in ("auto", "exact", "estimate"):
+            msg = f"--gradient must be auto, exact or estimate, got {gradient!r}"
+            raise InputError(msg)
+        if len(spec.dims) == 2 and layout is None:  # tabular: no feature grouping, no Laplacian
+            config = config.replace(mask_scale=1 if mask_scale is None else None,
+                                    smooth_weight=0.0 if smooth_weight is None else None)
         nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
                        output_kind=output_kind.value, layout=layout, provider=provider,  # type: ignore[arg-type]
                        batch_size=batch_size, labels=names, threads=threads,
-                       input_shape=loaded[0].tensor.shape if loaded else None)
+                       input_shape=loaded[0].tensor.shape if loaded else None,
+                       gradient=gradient)
+        if nm.gradient_note and not quiet:
+            typer.echo(f"note: {nm.gradient_note}", err=True)
+        fnames = _read_labels(feature_names) if feature_names else onnxml.feature_names(proto)
+        if fnames is not None and nm.layout == "NF" and len(fnames) != spec.dims[-1]:
+            msg = (f"{len(fnames)} feature names for {spec.dims[-1]} features; give one name a "
+                   "line in --feature-names")
+            raise InputError(msg)
         wanted = [nm.class_index(t) for t in target] if target else None
         if top_k is not None and top_k < 1:
             msg = f"--top-k must be at least 1, got {top_k}"
             raise InputError(msg)
+        top1_notes: list[str] = []
+        if wanted is None or onnxml.label_output(proto) is not None:
+            tensors = [x.tensor for x in loaded]
+            probs = nm.predict(tensors)  # shapes may differ (dynamic dims)
+            if len({t.shape for t in tensors}) == 1:
+                top1_notes = onnxml.top1_disagreements(proto, spec.name, np.stack(tensors),
+                                                       probs)
         if wanted is None:
-            probs = nm.predict([x.tensor for x in loaded])  # shapes may differ (dynamic dims)
             order = np.argsort(-probs, axis=1, kind="stable")[:, : top_k or 1]
             targets = [[int(c) for c in row] for row in order]
         else:
             targets = [list(dict.fromkeys(wanted)) for _ in loaded]
         items = [(inp, t, len(ts) > 1) for inp, ts in zip(loaded, targets, strict=True)
                  for t in ts]
-        planned = outputs.plan(out, items, len(nm.mask_axes), force)
+        planned = outputs.plan(out, items, len(nm.mask_axes), force, layout=nm.layout)
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
@@ -375,7 +407,13 @@ def explain(
                     results = nm.explain_many([x.tensor for x in loaded], targets,
                                               callback=show)
         flat = [(inp, ex) for inp, row in zip(loaded, results, strict=True) for ex in row]
-        written = outputs.write(out, planned, flat, model, force)
+        from .estimate import record as gradient_record
+
+        written = outputs.write(out, planned, flat, model, force, feature_names=fnames,
+                                gradient=gradient_record(list(nm._runners.values()),
+                                                         nm.gradient))
+    for note in top1_notes:
+        typer.echo(f"warning: {note}", err=True)
     for w in caught:
         if not quiet and issubclass(w.category, ConvergenceWarning):
             typer.echo(f"warning: {w.message}", err=True)
@@ -393,6 +431,12 @@ def explain(
                       str(ex.steps), f"{ex.timings['per_step']:.4f}",
                       f"{ex.timings['optimize']:.2f}")
     Console().print(table)
+    if nm.layout == "NF":  # tabular: the features by importance
+        from .onnxml import feature_order
+
+        for (_inp, ex), pl in zip(flat, planned, strict=True):
+            top = feature_order(ex.mask, fnames)[:8]
+            typer.echo(f"{pl.stem}: " + ", ".join(f"{f['name']} {f['mask']:.2f}" for f in top))
 
 
 def run() -> None:

@@ -241,7 +241,7 @@ class NeuroMask:
                  mask_axes: Sequence[int] | None = None, provider: Provider = "auto",
                  batch_size: int = 8, labels: Sequence[str] | None = None,
                  threads: int | None = None, rows_per_run: int | None = None,
-                 input_shape: Sequence[int] | None = None) -> None:
+                 input_shape: Sequence[int] | None = None, gradient: str = "auto") -> None:
         if batch_size < 1:
             msg = f"batch size must be at least 1, got {batch_size}"
             raise InputError(msg)
@@ -263,9 +263,17 @@ class NeuroMask:
                       "output_kind": output_kind, "layout": layout,
                       "mask_axes": list(mask_axes) if mask_axes is not None else None}
         # `instrument` picks the input and raises the user-facing errors; do it once here.
+        # gradient: exact (rules), estimate (model runs, `estimate`) or auto (exact if it can).
         # A model with dynamic non-batch dims is probed at `input_shape` (an input's shape);
         # each distinct input shape later gets its own instrumented model (`_runner`).
-        probe = self._instrumented(1, _probe_shape(self.model, input_name, input_shape))
+        from .estimate import resolve
+
+        self.gradient = "exact"
+        self.gradient_note: str | None = None
+        shape0 = _probe_shape(self.model, input_name, input_shape)
+        self.gradient, self.gradient_note, probe = resolve(
+            gradient, self.model, input_name,
+            lambda b, exact: self._instrumented(b, shape0, exact))
         props = {p.key: p.value for p in probe.metadata_props}
         self.input_name = props["neuromask.input"]
         self.num_classes = int(props["neuromask.num_classes"])
@@ -289,7 +297,8 @@ class NeuroMask:
 
     # ----------------------------------------------------------------- model plumbing
 
-    def _instrumented(self, batch: int, shape: tuple[int, ...] | None) -> onnx.ModelProto:
+    def _instrumented(self, batch: int, shape: tuple[int, ...] | None,
+                      exact: bool | None = None) -> onnx.ModelProto:
         o = self._opts
         c = self.config
         classic = c.mode == "classic"
@@ -297,16 +306,25 @@ class NeuroMask:
                           batch_size=batch, input_shape=shape, layout=o["layout"],
                           mask_axes=o["mask_axes"], output_kind=o["output_kind"],
                           objective="cross_entropy" if classic else "probability",
-                          baseline=c.baseline != "zero" if classic else True)
+                          baseline=c.baseline != "zero" if classic else True,
+                          gradient=self.gradient == "exact" if exact is None else exact)
 
     def _runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
         key = (batch, shape)
         if key not in self._runners:
             dynamic = any(d is None for d in self.dims[1:])
             t0 = time.perf_counter()
-            m = self._instrumented(batch, shape if dynamic else None)
+            runner: _Runner
+            if self.gradient == "estimate":
+                from .estimate import EstimateRunner
+
+                runner = EstimateRunner(
+                    lambda b: self._instrumented(b, shape if dynamic else None), batch,
+                    self.provider_name, self.threads, self.mask_axes, self.config)
+            else:
+                m = self._instrumented(batch, shape if dynamic else None)
+                runner = _Runner(m, self.provider_name, self.threads)
             self._timings["instrument"] += time.perf_counter() - t0
-            runner = _Runner(m, self.provider_name, self.threads)
             self._timings["session"] += runner.seconds
             self._runners[key] = runner
         return self._runners[key]

@@ -146,6 +146,14 @@ def _inputs_as_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not any(imp.domain in ("", "ai.onnx") for imp in model.opset_import) and not any(
+            n.domain in ("", "ai.onnx") for n in model.graph.node):
+        # Only other domains (an onnxmltools graph of ai.onnx.ml ops): nothing to convert;
+        # the default-domain ops we add are written at MIN_OPSET.
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        copy.opset_import.append(helper.make_opsetid("", MIN_OPSET))
+        return copy
     opset = default_opset(model)
     if opset >= MIN_OPSET:
         return model
@@ -353,6 +361,33 @@ def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.
     return out
 
 
+def _shapes_by_reference(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                         consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                         names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
+    """The same from onnx's reference evaluator, which runs the element types onnxruntime's
+    kernels lack (ONNX-ML ops in float64); empty if it cannot run the graph either."""
+    from onnx.reference import ReferenceEvaluator
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    del m.graph.output[:]
+    wanted = list(dict.fromkeys(names))
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
+    try:
+        vals = ReferenceEvaluator(m).run(wanted, feeds)
+    except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
+        return {}
+    return {
+        n: (tuple(np.asarray(v).shape), helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype))
+        for n, v in zip(wanted, vals, strict=True)
+        if isinstance(v, np.ndarray) and v.dtype != object
+    }
+
+
 def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     """Convert, pin the inputs in `pinned`, fold constants and infer static shapes."""
     model = _convert_opset(_inputs_as_constants(model))
@@ -393,7 +428,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
         try:
             found = _shapes_by_running(model, nodes, consts, feeds, missing)
         except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
-            found = {}
+            found = _shapes_by_reference(model, nodes, consts, feeds, missing)
         for name, (shp, elem) in found.items():
             shapes.setdefault(name, shp)
             dtypes.setdefault(name, elem)

@@ -75,11 +75,12 @@ class Planned:
 
 
 def plan(out_dir: Path, items: Sequence[tuple[LoadedInput, int, bool]], mask_ndim: int,
-         force: bool = False) -> list[Planned]:
+         force: bool = False, layout: str | None = None) -> list[Planned]:
     """Decide every output path; refuse (before writing anything) to overwrite without force.
 
     items: (input, target class, several targets for this input?). The mask PNG needs a 2-D
-    mask and the overlay also an image input.
+    mask and the overlay also an image input. A 1-D mask over a tabular input (layout NF)
+    gets a bar chart `<stem>.features.png`, over a time series (NTC) `<stem>.series.png`.
     """
     if out_dir.exists() and not out_dir.is_dir():
         msg = f"output {str(out_dir)!r} exists and is not a directory; pick another with -o"
@@ -98,6 +99,10 @@ def plan(out_dir: Path, items: Sequence[tuple[LoadedInput, int, bool]], mask_ndi
             kinds["png"] = ".mask.png"
             if inp.image is not None:
                 kinds["overlay"] = ".overlay.png"
+        elif mask_ndim == 1 and layout == "NF":
+            kinds["chart"] = ".features.png"
+        elif mask_ndim == 1 and layout == "NTC":
+            kinds["series"] = ".series.png"
         planned.append(Planned(stem, {k: out_dir / f"{stem}{sfx}" for k, sfx in kinds.items()}))
     if not force:
         existing = [str(p) for pl in planned for p in pl.paths.values() if p.exists()]
@@ -133,8 +138,25 @@ def png_bytes(img: Image.Image) -> bytes:
 
 
 def record(ex: Explanation, inp: LoadedInput, model_path: Path | None, model_sha: str | None,
-           outputs: dict[str, Path]) -> dict[str, Any]:
-    """The JSON document: enough to reproduce the run and judge its result."""
+           outputs: dict[str, Path], feature_names: Sequence[str] | None = None,
+           gradient: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON document: enough to reproduce the run and judge its result.
+
+    With a bar chart among the outputs it lists the features by importance; `gradient` says
+    which mask gradient was used (exact, or estimated and from how many model runs).
+    """
+    doc = _record(ex, inp, model_path, model_sha, outputs)
+    if gradient is not None:
+        doc["gradient"] = gradient
+    if "chart" in outputs:
+        from .onnxml import feature_order
+
+        doc["features"] = feature_order(ex.mask, feature_names)
+    return doc
+
+
+def _record(ex: Explanation, inp: LoadedInput, model_path: Path | None, model_sha: str | None,
+            outputs: dict[str, Path]) -> dict[str, Any]:
     return {
         "neuromask_onnx": __version__,
         "onnxruntime": ort.__version__,
@@ -165,7 +187,8 @@ def record(ex: Explanation, inp: LoadedInput, model_path: Path | None, model_sha
 
 def write(out_dir: Path, planned: Sequence[Planned],
           items: Sequence[tuple[LoadedInput, Explanation]], model_path: Path | None,
-          force: bool = False) -> list[Path]:
+          force: bool = False, feature_names: Sequence[str] | None = None,
+          gradient: dict[str, Any] | None = None) -> list[Path]:
     """Render everything in memory, check again, then write each file atomically."""
     model_sha = sha256(model_path) if model_path is not None else None
     blobs: list[tuple[Path, bytes]] = []
@@ -183,8 +206,15 @@ def write(out_dir: Path, planned: Sequence[Planned],
                 assert inp.geometry is not None
                 full = inp.geometry.to_original(ex.mask)
                 blobs.append((path, png_bytes(overlay(inp.image, full))))
+            elif kind in ("chart", "series"):
+                from . import charts
+
+                title = f"{inp.name}: class {ex.label or ex.target}, p = {ex.prob_before:.3f}"
+                img = (charts.feature_bars(ex.mask, feature_names, title) if kind == "chart"
+                       else charts.series_plot(inp.tensor, ex.mask, title))
+                blobs.append((path, png_bytes(img)))
             else:
-                doc = record(ex, inp, model_path, model_sha, pl.paths)
+                doc = record(ex, inp, model_path, model_sha, pl.paths, feature_names, gradient)
                 text = json.dumps(doc, indent=2, allow_nan=True) + "\n"
                 blobs.append((path, text.encode()))
     if not force:  # something may have appeared while we computed

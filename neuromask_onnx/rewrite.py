@@ -36,6 +36,7 @@ from .graph import (
     load_model,
     prepare,
 )
+from .onnxml import holds_probabilities, zipmap_sources
 from .precision import is_half, upcast_half
 from .vjp_rules import (
     FUSED_RULES,
@@ -45,6 +46,7 @@ from .vjp_rules import (
     ZERO_GRAD_OPS,
     rule_for,
 )
+from .vjp_rules.registry import NO_GRADIENT_OPS, op_key
 
 MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
 LOSS, GRAD_MASK, GRAD_INPUT, PROBS = "nm_loss", "nm_grad_mask", "nm_grad_input", "nm_probs"
@@ -78,7 +80,7 @@ def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -
     """Float values that depend on `sources` (the only ones that can carry a gradient)."""
     marked = set(sources)
     for node in nodes:
-        if node.op_type in ZERO_GRAD_OPS:
+        if op_key(node) in ZERO_GRAD_OPS:
             continue
         if any(i in marked for i in all_inputs(node)):
             # An unknown type (a custom op's output) counts as float: better a clear
@@ -135,8 +137,10 @@ def check_supported(on_path: Sequence[onnx.NodeProto], marked: set[str]) -> None
     bad = unsupported_paths(on_path, marked)
     if bad:
         where, n = bad[0]
-        raise UnsupportedOpError(n.op_type, n.name, n.domain,
-                                 _CONTROL_FLOW_DETAIL.get(n.op_type, ""), path=where)
+        detail = ("no gradient exists; pass --gradient estimate (or auto) to estimate the mask "
+                  "gradient from model runs" if op_key(n) in NO_GRADIENT_OPS
+                  else _CONTROL_FLOW_DETAIL.get(n.op_type, ""))
+        raise UnsupportedOpError(n.op_type, n.name, n.domain, detail, path=where)
 
 
 def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str, str],
@@ -168,7 +172,7 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
         return contribs[name][0]
 
     for node in reversed(fuse_for_backward(on_path, nodes)):
-        if node.op_type in ZERO_GRAD_OPS:
+        if op_key(node) in ZERO_GRAD_OPS:
             continue
         gys = [total(o) if o else None for o in node.output]
         if all(gy is None for gy in gys):
@@ -391,8 +395,12 @@ def _pick_output(m: onnx.ModelProto, name: str | None) -> str:
         if name not in [o.name for o in outs]:
             msg = f"model has no output {name!r}; its outputs are {[o.name for o in outs]}"
             raise ModelContractError(msg)
-        return name
+        zipped = {v: k for k, v in zipmap_sources(m).items()}
+        return zipped.get(name, name)
     floats = [o for o in outs if o.type.tensor_type.elem_type in FLOAT_TYPES]
+    sources = zipmap_sources(m)
+    if not floats and sources:  # skl2onnx / onnxmltools: probabilities as a ZipMap of maps
+        return next(iter(sources))
     if not floats:
         msg = f"model has no float output (outputs: {[o.name for o in outs]}); pass --output"
         raise ModelContractError(msg)
@@ -492,6 +500,7 @@ def instrument(
     objective: Objective = "cross_entropy",
     baseline: bool = False,
     wrt: Literal["mask", "input"] = "mask",
+    gradient: bool = True,
 ) -> onnx.ModelProto:
     """Rewrite a classifier so one run returns the loss and its gradient w.r.t. the mask.
 
@@ -508,6 +517,8 @@ def instrument(
             (for gradient saliency methods).
         baseline: add an `nm_baseline` input b: x_bar = b + mask (x - b).
         wrt: "mask" (default) or "input": the gradient returned is `nm_grad_input`, d loss / dx.
+        gradient: False builds the forward part only (outputs `nm_loss` and `nm_probs`, no
+            gradient subgraph, no rule needed): what `estimate` runs for models without rules.
 
     Returns:
         The instrumented model, passing `onnx.checker` (full check).
@@ -538,8 +549,12 @@ def instrument(
     mshape = tuple(d if (i == 0 or i in axes) else 1 for i, d in enumerate(shape))
 
     g = prepare(m, {x: shape})
-    check_supported(path_nodes(g.nodes, [x], [out], g), _marked(g.nodes, [x], g))
+    if gradient:
+        check_supported(path_nodes(g.nodes, [x], [out], g), _marked(g.nodes, [x], g))
     logits, kind = _find_logits(g, out, output_kind)
+    if (kind == "logits" and output_kind == "auto" and out in zipmap_sources(m)
+            and holds_probabilities(g.nodes, out)):
+        kind = "probabilities"  # a classifier's probability tensor: it feeds a ZipMap
     zs = g.shape(logits)
     if zs[0] != batch_size:
         msg = f"output {out!r} has shape {list(zs)}, which has no batch axis first"
@@ -575,6 +590,10 @@ def instrument(
     loss, probs, seed = _head(op, logits, kind, objective, batch_size, k)
     head = list(op.nodes)
     op.nodes.clear()
+    if not gradient:
+        return _forward_only(g, front + primal + head + op.nodes, x, xdtype, shape, mshape,
+                             batch_size, logits, loss, probs, k, baseline and wrt == "mask",
+                             Spec(x, out, shape, mshape, axes, lay, kind, k, logits), objective)
     grads = differentiate(op, front + primal, {logits: seed}, [source])
     gsrc = grads[source]
     if gsrc is None:
@@ -601,13 +620,40 @@ def instrument(
     model_out = _assemble(g, front + primal + head + op.nodes + tail, inputs, outputs,
                           "neuromask_instrumented", [seed])
     spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits)
-    meta = {"neuromask.version": __version__, "neuromask.input": x, "neuromask.output": out,
-            "neuromask.output_kind": kind, "neuromask.objective": objective,
-            "neuromask.layout": lay, "neuromask.mask_axes": ",".join(map(str, axes)),
-            "neuromask.num_classes": str(k), "neuromask.wrt": wrt,
+    _stamp(model_out, spec, objective, wrt, baseline)
+    return model_out
+
+
+def _stamp(model_out: onnx.ModelProto, spec: Spec, objective: str, wrt: str,
+           baseline: bool) -> None:
+    meta = {"neuromask.version": __version__, "neuromask.input": spec.input_name,
+            "neuromask.output": spec.output_name,
+            "neuromask.output_kind": spec.output_kind, "neuromask.objective": objective,
+            "neuromask.layout": spec.layout,
+            "neuromask.mask_axes": ",".join(map(str, spec.mask_axes)),
+            "neuromask.num_classes": str(spec.num_classes), "neuromask.wrt": wrt,
             "neuromask.baseline": str(bool(baseline)).lower()}
     helper.set_model_props(model_out, meta)
     model_out.doc_string = f"instrumented by neuromask-onnx {__version__}: {spec}"
+
+
+def _forward_only(g: Graph, nodes: list[onnx.NodeProto], x: str, xdtype: int, shape: Shape,
+                  mshape: Shape, n: int, logits: str, loss: str, probs: str, k: int,
+                  baseline: bool, spec: Spec, objective: str) -> onnx.ModelProto:
+    """The instrumented model without its gradient: mask in, loss and probabilities out."""
+    tail = [helper.make_node("Identity", [loss], [LOSS], name="nm_n_loss_fwd"),
+            helper.make_node("Identity", [probs], [PROBS], name="nm_n_probs_fwd")]
+    inputs = [helper.make_tensor_value_info(x, xdtype, list(shape)),
+              helper.make_tensor_value_info(MASK, xdtype, list(mshape)),
+              helper.make_tensor_value_info(TARGET, TensorProto.INT64, [n])]
+    if baseline:
+        inputs.append(helper.make_tensor_value_info(BASELINE, xdtype, list(shape)))
+    outputs = [helper.make_tensor_value_info(LOSS, g.dtypes[logits], [n]),
+               helper.make_tensor_value_info(PROBS, g.dtypes[logits], [n, 2 if k == 1 else k])]
+    model_out = _assemble(g, nodes + tail, inputs, outputs, "neuromask_forward", [])
+    _stamp(model_out, spec, objective, "mask", baseline)
+    helper.set_model_props(model_out, {**{p.key: p.value for p in model_out.metadata_props},
+                                       "neuromask.gradient": "none"})
     return model_out
 
 
@@ -720,6 +766,9 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
         raise
 
 
+ESTIMATED = "no gradient exists; the mask gradient will be estimated"
+
+
 @dataclass(frozen=True)
 class OpStatus:
     """One op type of a model: how many nodes, how many on the input-to-output path."""
@@ -772,7 +821,10 @@ def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = N
     rows = []
     for op_type, count in sorted(full.items()):
         status = ("rule" if op_type in VJP_RULES else
-                  "no gradient" if op_type in ZERO_GRAD_OPS else "unsupported")
+                  "no gradient" if op_type in ZERO_GRAD_OPS else
+                  ESTIMATED if op_type in NO_GRADIENT_OPS else
+                  "output only (the probabilities it maps are explained)"
+                  if op_type == "ai.onnx.ml::ZipMap" else "unsupported")
         rows.append(OpStatus(op_type, count, None if path is None else path.get(op_type, 0),
                              status, tuple(where.get(op_type, ()))))
     return rows

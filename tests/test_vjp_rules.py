@@ -1109,6 +1109,103 @@ add(ms_case("skip_simplified_layer_norm", MSD + "::SkipSimplifiedLayerNormalizat
             [msn("SkipSimplifiedLayerNormalization", ["x", "s", "g", "bi"], ["y"], epsilon=1e-3)],
             {"x": R3, "s": R3, "bi": (4,)}, inits={"g": w(4)}, f32=ORT_F32))
 
+# ---- ONNX-ML (ai.onnx.ml; rules keyed "ai.onnx.ml::OpType", see vjp_rules/ml.py)
+ML = "ai.onnx.ml::"
+ORT_ML = "onnxruntime's semantics, which the reference evaluator does not share"
+
+
+def ml_case(id: str, op_type: str, attrs: dict[str, Any], inputs: dict[str, tuple[int, ...]],
+            *, label: bool = False, f32: str = "", draw: Draw | dict[str, Draw] = normal,
+            inits: dict[str, Any] | None = None, tol: float = 1e-6) -> RuleCase:
+    """One ai.onnx.ml node; classifiers get a label output that the graph does not return."""
+    ins = list(inputs) + list(inits or {})
+    outs = ["label", "y"] if label else ["y"]
+    node = N(op_type, ins, outs, domain="ai.onnx.ml", **attrs)
+    c = case(id, ML + op_type, [node], inputs, f32=f32, draw=draw, inits=inits, tol=tol)
+    c.model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    if op_type not in ("ArrayFeatureExtractor", "Imputer"):  # the schema's output is float
+        c.model.graph.output[0].type.tensor_type.elem_type = F  # (the reference keeps float64)
+    return c
+
+
+_mlr = np.random.default_rng(7)
+_W34 = (_mlr.standard_normal(12) * 0.5).tolist()
+for post in ("NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"):
+    add(ml_case(f"ml_linear_classifier_{post.lower()}", "LinearClassifier",
+                {"coefficients": _W34, "intercepts": [0.1, -0.2, 0.3],
+                 "classlabels_ints": [0, 1, 2], "post_transform": post},
+                {"x": (3, 4)}, label=True))
+# PROBIT needs raw scores in (0, 1): small weights around an intercept of 0.5.
+add(ml_case("ml_linear_classifier_probit", "LinearClassifier",
+            {"coefficients": [v * 0.1 for v in _W34], "intercepts": [0.5, 0.4, 0.6],
+             "classlabels_ints": [0, 1, 2], "post_transform": "PROBIT"},
+            {"x": (3, 4)}, label=True, tol=1e-5))
+for post in ("NONE", "LOGISTIC"):  # one row, two labels: scores [-s, s] before the transform
+    add(ml_case(f"ml_linear_classifier_binary_{post.lower()}", "LinearClassifier",
+                {"coefficients": _W34[:4], "intercepts": [0.2], "classlabels_ints": [0, 1],
+                 "post_transform": post}, {"x": (3, 4)}, label=True,
+                f32="the reference writes the binary scores in float32"))
+add(ml_case("ml_linear_classifier_first_rows", "LinearClassifier",  # logreg_iris's form
+            {"coefficients": _W34, "intercepts": [0.1, -0.2, 0.3],
+             "classlabels_ints": [0, 1, 2], "post_transform": "LOGISTIC"},
+            {"x": (3, 2)}, label=True, f32=ORT_ML + " (first E x F coefficients)"))
+add(ml_case("ml_linear_regressor", "LinearRegressor",
+            {"coefficients": _W34[:8], "intercepts": [0.5, -1.0], "targets": 2}, {"x": (3, 4)}))
+for norm in ("L1", "L2"):
+    add(ml_case(f"ml_normalizer_{norm.lower()}", "Normalizer", {"norm": norm}, {"x": (3, 5)},
+                draw=away(0.0, margin=0.1)))
+add(ml_case("ml_normalizer_max", "Normalizer", {"norm": "MAX"}, {"x": (3, 5)},
+            draw=distinct, f32=ORT_ML + " (x / max x; the reference divides by max |x|)"))
+add(ml_case("ml_scaler", "Scaler", {"offset": [0.5, -1.0, 2.0], "scale": [2.0, 0.5, -3.0]},
+            {"x": (4, 3)}))
+add(ml_case("ml_scaler_scalar", "Scaler", {"offset": [0.5], "scale": [1.5]}, {"x": (4, 3)}))
+add(ml_case("ml_array_feature_extractor", "ArrayFeatureExtractor", {}, {"x": (3, 5)},
+            inits={"idx": np.array([4, 0, 4, 2], np.int64)}))
+add(ml_case("ml_imputer_nan", "Imputer",
+            {"imputed_value_floats": [1.0, 2.0, 3.0], "replaced_value_float": float("nan")},
+            {"x": (4, 3)}))
+add(ml_case("ml_imputer_value", "Imputer",
+            {"imputed_value_floats": [9.0], "replaced_value_float": 0.0}, {"x": (4, 3)}))
+
+# SVMs: 3 classes, 2 + 3 + 2 support vectors of 4 features; one-vs-one decisions.
+_SV = (_mlr.standard_normal(7 * 4) * 0.7).tolist()
+_SVC_COEF = (_mlr.standard_normal(2 * 7)).tolist()
+for kernel, params in [("LINEAR", [0.0, 0.0, 0.0]), ("POLY", [0.3, 1.0, 3.0]),
+                       ("RBF", [0.4, 0.0, 0.0]), ("SIGMOID", [0.2, 0.1, 0.0])]:
+    svc = {"kernel_type": kernel, "kernel_params": params, "support_vectors": _SV,
+           "vectors_per_class": [2, 3, 2], "coefficients": _SVC_COEF,
+           "rho": [0.1, -0.2, 0.3], "classlabels_ints": [0, 1, 2]}
+    add(ml_case(f"ml_svm_classifier_{kernel.lower()}", "SVMClassifier", svc, {"x": (3, 4)},
+                label=True))
+    add(ml_case(f"ml_svm_regressor_{kernel.lower()}", "SVMRegressor",
+                {"kernel_type": kernel, "kernel_params": params, "support_vectors": _SV,
+                 "n_supports": 7, "coefficients": _SVC_COEF[:7], "rho": [0.25]},
+                {"x": (3, 4)}))
+add(ml_case("ml_svm_classifier_rbf_softmax", "SVMClassifier",
+            {"kernel_type": "RBF", "kernel_params": [0.4, 0.0, 0.0], "support_vectors": _SV,
+             "vectors_per_class": [2, 3, 2], "coefficients": _SVC_COEF,
+             "rho": [0.1, -0.2, 0.3], "classlabels_ints": [0, 1, 2],
+             "post_transform": "SOFTMAX"}, {"x": (3, 4)}, label=True))
+add(ml_case("ml_svm_classifier_binary_rbf", "SVMClassifier",  # scores [-s, s]
+            {"kernel_type": "RBF", "kernel_params": [0.4, 0.0, 0.0], "support_vectors": _SV[:20],
+             "vectors_per_class": [2, 3], "coefficients": _SVC_COEF[:5], "rho": [0.1],
+             "classlabels_ints": [0, 1]}, {"x": (3, 4)}, label=True,
+            f32=ORT_ML + " (checked on the runtime users deploy)"))
+add(ml_case("ml_svm_classifier_linear_mode", "SVMClassifier",  # no support vectors
+            {"kernel_type": "LINEAR", "kernel_params": [0.0, 0.0, 0.0], "coefficients": _W34,
+             "rho": [0.2],
+             "classlabels_ints": [0, 1, 2]}, {"x": (3, 4)}, label=True,
+            f32=ORT_ML + " (checked on the runtime users deploy)"))
+# A 1% error in these ML rules must fail (joins SHARPNESS below).
+ML_SHARPNESS = ["ml_linear_classifier_softmax", "ml_linear_classifier_probit",
+                "ml_linear_classifier_binary_logistic", "ml_normalizer_l1", "ml_normalizer_max",
+                "ml_scaler", "ml_array_feature_extractor", "ml_svm_classifier_rbf",
+                "ml_svm_classifier_poly", "ml_svm_regressor_sigmoid", "ml_linear_regressor"]
+add(ml_case("ml_svm_regressor_linear_mode", "SVMRegressor",
+            {"kernel_type": "LINEAR", "coefficients": _W34[:4], "rho": [0.25],
+             "n_supports": 0}, {"x": (3, 4)}))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -1143,6 +1240,8 @@ def test_cases_use_the_op_they_name() -> None:
     """The op a case claims to test is in its model (Upsample is converted to Resize)."""
     for c in CASES:
         ops = {rule_key(n) for n in c.model.graph.node}
+        ops = {n.op_type for n in c.model.graph.node} | {
+            f"{n.domain}::{n.op_type}" for n in c.model.graph.node if n.domain}
         assert c.op_type in ops or (c.op_type == "Resize" and "Upsample" in ops), c.id
 
 
@@ -1154,6 +1253,7 @@ SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_ba
              "resize_linear_half_pixel", "einsum_operand_only_index",
              "qdq_int8_per_tensor_opset13", "qdq_int16_opset21", "fused_matmul_transA",
              "skip_layer_norm", "fused_conv_clip", "quick_gelu"]
+             "resize_linear_half_pixel", "einsum_operand_only_index", *ML_SHARPNESS]
 
 
 @pytest.mark.parametrize("cid", SHARPNESS)

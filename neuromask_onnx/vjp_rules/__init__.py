@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (registers the rules)
     control,
     elementwise,
     linalg,
+    ml,
     nn,
     pooling,
     quant,

@@ -31,6 +31,8 @@ ZERO_GRAD_OPS = frozenset({
     "Or", "Xor", "ArgMax", "ArgMin", "Sign", "Floor", "Ceil", "Round", "IsNaN", "IsInf",
     "NonZero", "ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike",
     "Bernoulli", "OneHot", "BitShift", "Hardmax",
+    # ONNX-ML ops outside the default domain are keyed "domain::op_type" (see `rule_key`).
+    "ai.onnx.ml::Binarizer", "ai.onnx.ml::LabelEncoder", "ai.onnx.ml::OneHotEncoder",
 })
 
 # Operands (by input index) that the op reads only for their type or as shape / index /
@@ -58,6 +60,15 @@ NONDIFF_OPERANDS: dict[str, frozenset[int]] = {
 INTEGER_GRAD_OPS = frozenset({
     "QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
     "MatMulInteger",
+})
+
+
+# Ops whose outputs are piecewise constant in the input but whose jumps carry the model's
+# whole decision (tree ensembles): their exact gradient is zero almost everywhere, so the mask
+# gradient is estimated from model runs instead (`neuromask_onnx.estimate`).
+NO_GRADIENT_OPS = frozenset({
+    "ai.onnx.ml::TreeEnsembleClassifier", "ai.onnx.ml::TreeEnsembleRegressor",
+    "ai.onnx.ml::TreeEnsemble",
 })
 
 
@@ -135,3 +146,7 @@ def supported_ops() -> list[str]:
 def describe() -> dict[str, Any]:
     return {"rules": sorted(VJP_RULES), "zero_gradient": sorted(ZERO_GRAD_OPS),
             "nondifferentiable_operands": {k: sorted(v) for k, v in NONDIFF_OPERANDS.items()}}
+
+
+op_key = rule_key
+"""The same key under the name the ONNX-ML code uses."""
