@@ -20,6 +20,17 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
+from .cli_serve import (
+    MaxBatchOpt,
+    PythonBackendOpt,
+    ServedOpt,
+    ServerOpt,
+    ServerTimeoutOpt,
+    TritonLabelsOpt,
+    TritonNameOpt,
+    TritonOpt,
+    TritonPrepOpt,
+)
 from .errors import InputError, NeuromaskError
 
 app = typer.Typer(
@@ -95,7 +106,8 @@ def parse_ints(text: str | None, flag: str) -> list[int] | None:
 @app.command()
 def instrument(
     model: ModelArg,
-    output: Annotated[Path, typer.Option("-o", "--out", help="Where to write the model.")],
+    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "-o", "--out", help="Where to write the model.", show_default=False)] = None,
     *,
     input_name: InputOpt = None,
     output_name: OutputOpt = None,
@@ -108,12 +120,37 @@ def instrument(
         Objective.cross_entropy),
     baseline: Annotated[bool, typer.Option(help="Add an nm_baseline input.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+    triton: TritonOpt = None,
+    triton_name: TritonNameOpt = None,
+    python_backend: PythonBackendOpt = False,
+    max_batch_size: MaxBatchOpt = 8,
+    labels: TritonLabelsOpt = None,
+    preprocess: TritonPrepOpt = None,
 ) -> None:
     """Write MODEL with a mask input, a loss and the loss's gradient w.r.t. the mask."""
     from .rewrite import instrument as build
     from .rewrite import save_model
 
+    if triton is not None:  # a Triton model repository (cli_serve.py)
+        from .cli_serve import instrument_triton
+
+        with _errors():
+            if output is not None:
+                msg = "give -o OUT.onnx or --triton REPO, not both"
+                raise InputError(msg)
+            instrument_triton(model, triton, name=triton_name, python_backend=python_backend,
+                              max_batch_size=max_batch_size, labels=labels,
+                              preprocess=preprocess, force=force, input_name=input_name,
+                              output_name=output_name,
+                              input_shape=parse_ints(input_shape, "--input-shape"),
+                              layout=layout, mask_axes=parse_ints(mask_axes, "--mask-axes"),
+                              output_kind=output_kind.value, baseline=True)
+        return
     with _errors():
+        if output is None:
+            msg = "Missing option '-o' / '--out': give -o OUT.onnx, or --triton REPO for a " \
+                  "Triton model repository"
+            raise InputError(msg)
         if output.is_dir():
             msg = f"{str(output)!r} is a directory; give a file name such as model.nm.onnx"
             raise InputError(msg)
@@ -209,9 +246,9 @@ def _read_labels(path: Path | None) -> list[str] | None:
 @app.command()
 def explain(
     model: ModelArg,
-    inputs: Annotated[list[Path], typer.Argument(
+    inputs: Annotated[Optional[list[Path]], typer.Argument(  # noqa: UP045
         help="Images (png, jpg, bmp, tiff, webp), .npy tensors or directories of them.",
-        show_default=False)],
+        show_default=False)] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")] = Path(
         "neuromask-output"),
     *,
@@ -297,6 +334,9 @@ def explain(
         "--threads", help="onnxruntime intra-op threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+    server: ServerOpt = None,
+    served_model: ServedOpt = None,
+    server_timeout: ServerTimeoutOpt = 30.0,
 ) -> None:
     """Learn a NeuroMask for each input and write mask, PNGs and JSON to the output dir."""
     import warnings
@@ -327,17 +367,33 @@ def explain(
         if hw is not None and len(hw) != 2:
             msg = f"--size takes H,W, got {size!r}"
             raise InputError(msg)
-        proto = load_model(model)
-        prep = resolve_preprocessing(preprocess, proto).replace(
+        if server is None:
+            if not inputs:
+                msg = "missing argument INPUT...: give the images or tensors to explain"
+                raise InputError(msg)
+            proto = load_model(model)
+            base, names, spec = (resolve_preprocessing(preprocess, proto), model_labels(proto),
+                                 describe_input(proto, input_name, layout))
+        else:  # the model runs on the server (cli_serve.py); MODEL is the first input
+            from .cli_serve import remote_model
+            from .remote import RemoteNeuroMask
+
+            served = remote_model(server, served_model, server_timeout)
+            inputs = [model, *(inputs or [])]
+            base, names, spec = served.preprocessing(preprocess), served.labels(), \
+                served.spec(layout)
+        prep = base.replace(
             size=tuple(hw) if hw else None, resize=resize, crop_fraction=crop_fraction,
             scale=scale, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
             channel_order=channel_order.upper() if channel_order else None, layout=layout)
-        names = _read_labels(labels) or model_labels(proto)
-        spec = describe_input(proto, input_name, layout)
+        names = _read_labels(labels) or names
         loaded = load_inputs(inputs, spec, prep)
-        nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
-                       output_kind=output_kind.value, layout=layout, provider=provider,  # type: ignore[arg-type]
-                       batch_size=batch_size, labels=names, threads=threads)
+        if server is None:
+            nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
+                           output_kind=output_kind.value, layout=layout, provider=provider,  # type: ignore[arg-type]
+                           batch_size=batch_size, labels=names, threads=threads)
+        else:
+            nm = RemoteNeuroMask(served, config, batch_size=batch_size, labels=names)
         wanted = [nm.class_index(t) for t in target] if target else None
         if top_k is not None and top_k < 1:
             msg = f"--top-k must be at least 1, got {top_k}"
@@ -373,7 +429,7 @@ def explain(
                     results = nm.explain_many([x.tensor for x in loaded], targets,
                                               callback=show)
         flat = [(inp, ex) for inp, row in zip(loaded, results, strict=True) for ex in row]
-        written = outputs.write(out, planned, flat, model, force)
+        written = outputs.write(out, planned, flat, model if server is None else None, force)
     for w in caught:
         if not quiet and issubclass(w.category, ConvergenceWarning):
             typer.echo(f"warning: {w.message}", err=True)
@@ -391,6 +447,11 @@ def explain(
                       str(ex.steps), f"{ex.timings['per_step']:.4f}",
                       f"{ex.timings['optimize']:.2f}")
     Console().print(table)
+
+
+from .cli_serve import register as _register_serving
+
+_register_serving(app)  # explain-dataset, serve
 
 
 def run() -> None:

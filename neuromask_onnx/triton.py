@@ -36,7 +36,7 @@ from .outputs import atomic_write
 from .preprocess import Preprocessing, model_labels, model_preprocessing
 
 _PREFIX = "nm_b_"
-_TRITON_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.DOUBLE: "TYPE_FP64",
+_TRITON_TYPES: dict[int, str] = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.DOUBLE: "TYPE_FP64",
                  TensorProto.FLOAT16: "TYPE_FP16", TensorProto.INT64: "TYPE_INT64",
                  TensorProto.INT32: "TYPE_INT32", TensorProto.BOOL: "TYPE_BOOL"}
 PARAM_PREFIX = "neuromask."
@@ -233,8 +233,12 @@ def write_repository(model: onnx.ModelProto | str | Path, repo: str | Path, *,
                      input_name: str | None = None, output_name: str | None = None,
                      input_shape: Sequence[int] | None = None, layout: str | None = None,
                      mask_axes: Sequence[int] | None = None, output_kind: str = "auto",
-                     baseline: bool = False) -> Path:
-    """Instrument `model` and write it as the Triton model `REPO/<name>`; returns that dir."""
+                     baseline: bool = True) -> Path:
+    """Instrument `model` and write it as the Triton model `REPO/<name>`; returns that dir.
+
+    baseline: serve the `nm_baseline` input (default), so every --baseline works remotely
+    (zero sends b = 0); False serves x * mask only (--baseline zero).
+    """
     from .rewrite import instrument
 
     original = load_model(model)
