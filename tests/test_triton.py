@@ -64,28 +64,33 @@ def test_onnxruntime_config_follows_tritons_schema(tmp_path: Path) -> None:
     assert list(ins["input"].dims) == [3, 32, 32]  # no batch axis: Triton adds it
     assert list(ins["nm_mask"].dims) == [1, 32, 32]
     assert list(ins["nm_baseline"].dims) == [3, 32, 32]
-    assert list(ins["nm_target"].dims) == [1] and list(ins["nm_target"].reshape.shape) == []
-    assert list(outs["nm_loss"].dims) == [1] and outs["nm_loss"].HasField("reshape")
+    assert list(ins["nm_target"].dims) == [1]
+    assert list(ins["nm_target"].reshape.shape) == []
+    assert list(outs["nm_loss"].dims) == [1]
+    assert outs["nm_loss"].HasField("reshape")
     assert list(outs["nm_probs"].dims) == [10]
     T = model_config_pb2.DataType
     assert ins["input"].data_type == T.Value("TYPE_FP32")
     assert ins["nm_target"].data_type == T.Value("TYPE_INT64")
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert json.loads(params["neuromask.labels"]) == LABELS
-    assert params["neuromask.mask_axes"] == "2,3" and params["neuromask.num_classes"] == "10"
+    assert params["neuromask.mask_axes"] == "2,3"
+    assert params["neuromask.num_classes"] == "10"
     # the dims agree with the file Triton's onnxruntime backend would load
     s = ort.InferenceSession(str(target / "1" / "model.onnx"))
     for i in s.get_inputs():
         t = ins[i.name]
         want = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)
-        assert i.shape[0] == "batch" and list(i.shape[1:]) == want
+        assert i.shape[0] == "batch"
+        assert list(i.shape[1:]) == want
 
 
 def test_repository_refuses_to_overwrite(tmp_path: Path) -> None:
     write_repository(CNN, tmp_path, name="cnn")
     res = runner.invoke(app, ["instrument", str(CNN), "--triton", str(tmp_path),
                               "--triton-name", "cnn"])
-    assert res.exit_code == 1 and "pass --force" in res.stderr
+    assert res.exit_code == 1
+    assert "pass --force" in res.stderr
     res = runner.invoke(app, ["instrument", str(CNN), "--triton", str(tmp_path),
                               "--triton-name", "cnn", "--force", "--python-backend"])
     assert res.exit_code == 0, res.output
@@ -132,7 +137,8 @@ def test_remote_masks_match_a_local_run(server, scheme: str) -> None:  # type: i
 
     url = server.grpc_url if scheme == "grpc" else server.http_url
     served = ServedModel.connect(url, "cnn")
-    assert served.max_batch_size == 8 and served.labels() == LABELS
+    assert served.max_batch_size == 8
+    assert served.labels() == LABELS
     remote = RemoteNeuroMask(served, CFG, batch_size=2)  # 3 inputs: chunks of 2 and 1
     local = NeuroMask(CNN, CFG, batch_size=2, provider="cpu", labels=LABELS)
     with warnings.catch_warnings():
@@ -163,7 +169,8 @@ def test_cli_explain_against_the_server(server, tmp_path: Path) -> None:  # type
     want = json.loads((tmp_path / "local" / "photo.json").read_text())
     assert got["target"]["index"] == want["target"]["index"]
     assert got["target"]["label"] == LABELS[got["target"]["index"]]  # from the server
-    assert got["provider"] == f"cnn at {server.grpc_url}" and got["model"]["path"] is None
+    assert got["provider"] == f"cnn at {server.grpc_url}"
+    assert got["model"]["path"] is None
     np.testing.assert_allclose(np.load(tmp_path / "remote" / "photo.mask.npy"),
                                np.load(tmp_path / "local" / "photo.mask.npy"), atol=2e-3)
     assert (tmp_path / "remote" / "photo.overlay.png").exists()
@@ -173,7 +180,8 @@ def _error(*args: str) -> str:
     res = runner.invoke(app, ["explain", *args, "--quiet", "--steps", "2"])
     assert res.exit_code == 1, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ")
     return lines[0]
 
 
@@ -183,12 +191,14 @@ def test_one_line_errors(server, tmp_path: Path) -> None:  # type: ignore[no-unt
     npy = tmp_path / "x.npy"
     np.save(npy, np.zeros((3, 32, 32), np.float32))
     msg = _error(str(npy), "--server", server.grpc_url, "--served-model", "nope")
-    assert "no ready model 'nope'" in msg and "cnn" in msg
+    assert "no ready model 'nope'" in msg
+    assert "cnn" in msg
     msg = _error(str(npy), "--server", server.http_url, "--served-model", "plain")
     assert "not an instrumented model" in msg
     msg = _error(str(npy), "--server", f"grpc://127.0.0.1:{free_port()}", "--served-model",
                  "cnn", "--server-timeout", "2")
-    assert "cannot reach the server" in msg and "is the server running" in msg
+    assert "cannot reach the server" in msg
+    assert "is the server running" in msg
     msg = _error(str(npy), "--server", "ftp://x:1", "--served-model", "cnn")
     assert "--server takes grpc://HOST:PORT" in msg
     assert "--served-model" in _error(str(npy), "--server", server.grpc_url)
