@@ -84,5 +84,62 @@ def remote_model(server: str, served_model: str | None, timeout: float = 30.0) -
     return ServedModel.connect(server, served_model, timeout=timeout)
 
 
+def explain_dataset(
+    model: Annotated[Path, typer.Argument(help="The ONNX classifier.", show_default=False)],
+    source: Annotated[Path, typer.Argument(
+        help="A directory of images/.npy, a file list (.txt) or a manifest (.parquet/.csv "
+        "with columns input[, target]).", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")] = Path(
+        "neuromask-dataset"),
+    *,
+    address: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--address", help="Join this Ray cluster (default: start a local one).",
+        show_default=False)] = None,
+    num_cpus: Annotated[int, typer.Option("--num-cpus", min=1,
+                                          help="CPUs of the local Ray.")] = 2,
+    actors: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--actors", min=1, help="Actor pool size (default: --num-cpus).",
+        show_default=False)] = None,
+    object_store_mb: Annotated[int, typer.Option(
+        "--object-store-mb", min=64, help="Object store of the local Ray (MiB).")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            help="Inputs per actor call and session run.")] = 8,
+    preset_name: Annotated[str, typer.Option("--preset", help="NeuroMask preset.")] = "default",
+    steps: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--steps", help="RMSProp steps (default: the preset's).", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--seed", help="Seed of W0.", show_default=False)] = None,
+    preprocess: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--preprocess", help="Preprocessing preset (default: the model's metadata).",
+        show_default=False)] = None,
+    labels: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--labels", help="Class names, one a line.", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+) -> None:
+    """Explain every input of SOURCE on Ray: per-input files plus summary.parquet/.csv;
+    a rerun skips inputs whose outputs are complete."""
+    from .cli import _errors, _read_labels
+    from .dataset import explain_dataset as run
+    from .optimize import preset
+    from .preprocess import preprocessing_preset
+
+    def show(done: int, total: int) -> None:
+        if not quiet:
+            typer.echo(f"{done}/{total} inputs", err=True)
+
+    with _errors():
+        rows = run(model, source, out, config=preset(preset_name).replace(steps=steps, seed=seed),
+                   preprocessing=preprocessing_preset(preprocess) if preprocess else None,
+                   labels=_read_labels(labels), address=address, num_cpus=num_cpus,
+                   actors=actors, batch_size=batch_size, object_store_mb=object_store_mb,
+                   progress=show)
+    bad = [r for r in rows if str(r["status"]).startswith("error")]
+    typer.echo(f"{len(rows)} inputs, {len(rows) - len(bad)} explained, {len(bad)} errors; "
+               f"summary in {out / 'summary.parquet'} and {out / 'summary.csv'}")
+    for r in bad:
+        typer.echo(f"{r['input']}: {r['status']}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the `neuromask` app."""
+    app.command("explain-dataset")(explain_dataset)
