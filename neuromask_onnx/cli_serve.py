@@ -140,6 +140,54 @@ def explain_dataset(
         typer.echo(f"{r['input']}: {r['status']}", err=True)
 
 
+def serve(
+    model: Annotated[Path, typer.Argument(help="The ONNX classifier.", show_default=False)],
+    *,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless "
+                                      "you open it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    name: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--name", help="Model name in the URLs (default: the file's stem).",
+        show_default=False)] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Requests explained at once (one session each).")] = 1,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 1000,
+    max_instances: Annotated[int, typer.Option("--max-instances", min=1)] = 8,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1)] = 16_000_000,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", min=1)] = 20,
+    preprocess: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--preprocess", help="Preprocessing preset (default: the model's metadata).",
+        show_default=False)] = None,
+    labels: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--labels", help="Class names, one a line.", show_default=False)] = None,
+) -> None:
+    """Serve MODEL's explanations with KServe: V1 :predict and :explain on HOST:PORT."""
+    import re
+
+    from .cli import _errors, _read_labels
+    from .preprocess import preprocessing_preset
+    from .serve import Limits, run
+    from .serve import model as build
+
+    with _errors():
+        try:
+            import kserve  # noqa: F401
+        except ImportError:
+            from .errors import InputError
+
+            msg = "serve runs on KServe; pip install 'neuromask-onnx[serve]'"
+            raise InputError(msg) from None
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", model.name.split(".")[0]) or "model"
+        m = build(model, name=name or stem,
+                  preprocessing=preprocessing_preset(preprocess) if preprocess else None,
+                  labels=_read_labels(labels), workers=workers,
+                  limits=Limits(max_body_mb << 20, max_instances, max_pixels, max_steps))
+    typer.echo(f"serving {m.name!r} on http://{host}:{port}/v1/models/{m.name}:explain",
+               err=True)
+    run(m, host=host, port=port)
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the `neuromask` app."""
     app.command("explain-dataset")(explain_dataset)
+    app.command("serve")(serve)
