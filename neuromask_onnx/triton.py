@@ -50,8 +50,8 @@ def batch_loop(model: onnx.ModelProto) -> onnx.ModelProto:
     """The batch-1 model `model` as a model over any batch: an ONNX Loop over axis 0.
 
     Every graph input and output must have a leading axis of size 1; the result has the same
-    names with a symbolic `batch` axis. Initializers stay in the outer graph (the body reads
-    them from the outer scope).
+    names with a symbolic `batch` axis. The weights move into the body graph: outer-scope
+    values are not constants to onnxruntime's optimiser, which then fuses nothing.
     """
     g = model.graph
     init = {t.name for t in g.initializer}
@@ -84,11 +84,14 @@ def batch_loop(model: onnx.ModelProto) -> onnx.ModelProto:
                                            name=f"nm_loop_squeeze_{vi.name}"))
         scan_outs.append(helper.make_tensor_value_info(
             item, vi.type.tensor_type.elem_type, _dims(vi)[1:]))
-    body = helper.make_graph(
+    consts = {name: numpy_helper.from_array(np.array(v, np.int64), name)
+              for name, v in ((axes0, [0]), (one, [1]), (zero, 0))}
+    body = helper.make_graph(  # weights live in the body: onnxruntime folds and fuses them
         body_nodes, "nm_loop_body",
         [helper.make_tensor_value_info(it, TensorProto.INT64, []),
          helper.make_tensor_value_info(cond_in, TensorProto.BOOL, [])],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), *scan_outs],
+        initializer=[*g.initializer, consts[axes0], consts[one]],
         value_info=list(g.value_info))
     trip, shape = "nm_loop_trips", "nm_loop_shape"
     nodes = [helper.make_node("Shape", [ins[0].name], [shape], name="nm_loop_shape"),
@@ -100,11 +103,9 @@ def batch_loop(model: onnx.ModelProto) -> onnx.ModelProto:
         return helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type,
                                              ["batch", *_dims(vi)[1:]])
 
-    consts = [numpy_helper.from_array(np.array(v, np.int64), name)
-              for name, v in ((axes0, [0]), (one, [1]), (zero, 0))]
     outer = helper.make_graph(nodes, g.name or "neuromask_batched",
                               [batched(vi) for vi in ins], [batched(vi) for vi in g.output],
-                              initializer=[*g.initializer, *consts])
+                              initializer=[consts[zero]])
     out = helper.make_model(outer, opset_imports=list(model.opset_import),
                             ir_version=model.ir_version, producer_name=model.producer_name,
                             producer_version=model.producer_version)
@@ -172,6 +173,19 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+# The stub's numpy bridge is built for numpy 1.x; under numpy 2 tensors cross by DLPack.
+_DLPACK = int(np.__version__.split(".")[0]) >= 2
+
+
+def _array(tensor):
+    return np.from_dlpack(tensor) if _DLPACK else tensor.as_numpy()
+
+
+def _tensor(name, value):
+    if _DLPACK:
+        return pb_utils.Tensor.from_dlpack(name, value)
+    return pb_utils.Tensor(name, value)
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -190,7 +204,7 @@ class TritonPythonModel:
         feeds, sizes = {}, []
         for r in requests:
             for name, rank in self.inputs:
-                a = pb_utils.get_input_tensor_by_name(r, name).as_numpy()
+                a = _array(pb_utils.get_input_tensor_by_name(r, name))
                 a = a.reshape(a.shape[0], *a.shape[1:rank]) if a.ndim > rank else a
                 feeds.setdefault(name, []).append(a)
             sizes.append(feeds[self.inputs[0][0]][-1].shape[0])
@@ -202,7 +216,7 @@ class TritonPythonModel:
             for (name, rank), v in zip(self.outputs, values):
                 part = np.ascontiguousarray(v[lo:lo + n])
                 part = part.reshape(n, *([1] * (rank - part.ndim)), *part.shape[1:])
-                tensors.append(pb_utils.Tensor(name, part))
+                tensors.append(_tensor(name, part))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             lo += n
         return responses
