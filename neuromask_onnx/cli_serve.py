@@ -141,8 +141,13 @@ def explain_dataset(
 
 
 def serve(
-    model: Annotated[Path, typer.Argument(help="The ONNX classifier.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="The ONNX classifier (or --predictor-host).", show_default=False)] = None,
     *,
+    predictor_host: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--predictor-host", help="Explain the instrumented model served at this V2 server "
+        "(http://HOST:PORT) instead of MODEL.", show_default=False)] = None,
+    served_model: ServedOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless "
                                       "you open it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
@@ -177,8 +182,9 @@ def serve(
 
             msg = "serve runs on KServe; pip install 'neuromask-onnx[serve]'"
             raise InputError(msg) from None
-        stem = re.sub(r"[^A-Za-z0-9_-]", "_", model.name.split(".")[0]) or "model"
-        m = build(model, name=name or stem,
+        stem = served_model if model is None else model.name.split(".")[0]
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", stem or "model")
+        m = build(model, name=name or stem, predictor=predictor_host, served_model=served_model,
                   preprocessing=preprocessing_preset(preprocess) if preprocess else None,
                   labels=_read_labels(labels), workers=workers,
                   limits=Limits(max_body_mb << 20, max_instances, max_pixels, max_steps))

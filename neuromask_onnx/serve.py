@@ -14,9 +14,10 @@ the instance) may carry `preset`, `steps`, `seed` and `overlay` (true: a base64 
 Everything wrong with a request is a 400 with one sentence (`kserve.errors.InvalidInput`):
 body size, instance count, image pixels and steps have limits (`Limits`).
 
-Requests are independent: each takes one `NeuroMask` from a pool (size `workers`) for the
-whole request and runs in the server's thread pool, so concurrent requests never share a
-session binding. The REST server binds 127.0.0.1 unless told otherwise (KServe's own
+Requests are independent: each takes one worker slot (`workers` of them) for the whole
+request and runs in that slot's own thread, so concurrent requests never share a session
+binding. With `predictor` the slots hold `remote.RemoteNeuroMask`s against a V2 server
+(HTTP only: kserve's and tritonclient's gRPC protos cannot share a process). The REST server binds 127.0.0.1 unless told otherwise (KServe's own
 `ModelServer.start` binds 0.0.0.0 and gRPC [::], so `run` starts KServe's REST server
 itself with the host set, gRPC off).
 """
@@ -57,10 +58,24 @@ def _invalid(msg: str) -> Exception:
     return err
 
 
-def model(path: str | Path, *, name: str, preprocessing: Preprocessing | None = None,
+class _Slot:
+    """One worker: its explainers and the one thread that ever touches them (a session
+    binding is per call, and tritonclient's HTTP client is bound to its gevent thread)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="neuromask")
+        self.nms: dict[bool, NeuroMask] = {}
+
+
+def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | None = None,
           labels: list[str] | None = None, workers: int = 1,
-          limits: Limits | None = None) -> Any:
-    """The kserve.Model serving `path`'s explanations."""
+          limits: Limits | None = None, predictor: str | None = None,
+          served_model: str | None = None) -> Any:
+    """The kserve.Model serving `path`'s explanations, or those of `served_model` on the
+    V2 server `predictor` (http://HOST:PORT; the loop runs here, each step is one infer
+    there, as KServe's own explainers do with --predictor_host)."""
     import kserve
     from PIL import Image
 
@@ -69,32 +84,53 @@ def model(path: str | Path, *, name: str, preprocessing: Preprocessing | None = 
     from .preprocess import describe_input, load_inputs, model_labels, resolve_preprocessing
 
     lim = limits or Limits()
-    proto = load_model(path)
-    spec = describe_input(proto)
-    prep = preprocessing or resolve_preprocessing(None, proto)
-    names = labels if labels is not None else model_labels(proto)
     base = preset("default")
+    if predictor is not None:
+        from .remote import RemoteNeuroMask, ServedModel, parse_url
+
+        if parse_url(predictor)[0] != "http" or not served_model:
+            msg = ("--predictor-host takes http://HOST:PORT and --served-model NAME (kserve "
+                   "and tritonclient's gRPC protos cannot share a process)")
+            raise InputError(msg)
+        served = ServedModel.connect(predictor, served_model)
+        spec = served.spec()
+        prep = preprocessing or served.preprocessing(None)
+        names = labels if labels is not None else served.labels()
+
+        def make(cfg: Any) -> NeuroMask:
+            return RemoteNeuroMask(ServedModel.connect(predictor, served_model), cfg,
+                                   batch_size=lim.max_instances, labels=names)
+    else:
+        if path is None:
+            msg = "serve needs MODEL, or --predictor-host URL --served-model NAME"
+            raise InputError(msg)
+        proto = load_model(path)
+        spec = describe_input(proto)
+        prep = preprocessing or resolve_preprocessing(None, proto)
+        names = labels if labels is not None else model_labels(proto)
+
+        def make(cfg: Any) -> NeuroMask:
+            return NeuroMask(proto, cfg, provider="cpu", batch_size=lim.max_instances,
+                             labels=names, threads=1)
 
     class Model(kserve.Model):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__(name)
-            self.pool: asyncio.Queue[dict[bool, NeuroMask]] | None = None
+            self.pool: asyncio.Queue[_Slot] | None = None
             self.load()
 
         def load(self) -> bool:
             # one explainer per worker and per baseline kind (the session's inputs differ)
-            self.slots: list[dict[bool, NeuroMask]] = [{} for _ in range(workers)]
-            for slot in self.slots:
-                slot[True] = self._explainer(True)
+            self.slots = [_Slot() for _ in range(workers)]
+            for slot in self.slots:  # built in the slot's own thread (see _Slot)
+                slot.nms[True] = slot.thread.submit(self._explainer, True).result()
             self.ready = True
             return True
 
         def _explainer(self, with_baseline: bool) -> NeuroMask:
-            cfg = base.replace(baseline="blur" if with_baseline else "zero")
-            return NeuroMask(proto, cfg, provider="cpu", batch_size=lim.max_instances,
-                             labels=names, threads=1)
+            return make(base.replace(baseline="blur" if with_baseline else "zero"))
 
-        async def _borrow(self) -> dict[bool, NeuroMask]:
+        async def _borrow(self) -> _Slot:
             if self.pool is None:
                 self.pool = asyncio.Queue()
                 for s in self.slots:
@@ -189,7 +225,8 @@ def model(path: str | Path, *, name: str, preprocessing: Preprocessing | None = 
 
             slot = await self._borrow()
             try:
-                return await asyncio.get_running_loop().run_in_executor(None, guarded, slot)
+                return await asyncio.get_running_loop().run_in_executor(slot.thread, guarded,
+                                                                        slot.nms)
             finally:
                 assert self.pool is not None
                 self.pool.put_nowait(slot)
