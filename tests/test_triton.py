@@ -147,7 +147,7 @@ def test_remote_masks_match_a_local_run(server, scheme: str) -> None:  # type: i
         want = local.explain_many(_inputs(), [None, 3, "class 5 \"q\""])
     for (g,), (w,) in zip(got, want, strict=True):
         assert (g.target, g.label, g.steps) == (w.target, w.label, w.steps)
-        np.testing.assert_allclose(g.mask, w.mask, atol=2e-3)
+        np.testing.assert_allclose(g.mask, w.mask, atol=1e-5)
         np.testing.assert_allclose(g.losses, w.losses, rtol=1e-4, atol=1e-5)
         assert g.prob_after == pytest.approx(w.prob_after, abs=1e-4)
         assert g.provider == f"cnn at {url}"
@@ -172,7 +172,7 @@ def test_cli_explain_against_the_server(server, tmp_path: Path) -> None:  # type
     assert got["provider"] == f"cnn at {server.grpc_url}"
     assert got["model"]["path"] is None
     np.testing.assert_allclose(np.load(tmp_path / "remote" / "photo.mask.npy"),
-                               np.load(tmp_path / "local" / "photo.mask.npy"), atol=2e-3)
+                               np.load(tmp_path / "local" / "photo.mask.npy"), atol=1e-5)
     assert (tmp_path / "remote" / "photo.overlay.png").exists()
 
 
