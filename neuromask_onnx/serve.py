@@ -143,7 +143,7 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
             size = int((headers or {}).get("content-length", "0") or 0)
             if size > lim.max_body_bytes:
                 msg = (f"request body is {size} bytes; the limit is "
-                           f"{lim.max_body_bytes}")
+                       f"{lim.max_body_bytes}")
                 raise _invalid(msg)
             if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
                 msg = 'the body must be a JSON object {"instances": [...]}'
@@ -154,7 +154,7 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
                 raise _invalid(msg)
             if len(inst) > lim.max_instances:
                 msg = (f"{len(inst)} instances; the limit is {lim.max_instances} "
-                           "per request")
+                       "per request")
                 raise _invalid(msg)
             return list(inst)
 
@@ -174,11 +174,11 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
                     with Image.open(f) as im:
                         if im.width * im.height > lim.max_pixels:
                             msg = (f"instance {i}: the image has {im.width}x{im.height}"
-                                       f" pixels; the limit is {lim.max_pixels}")
+                                   f" pixels; the limit is {lim.max_pixels}")
                             raise _invalid(msg)
-                except OSError:
+                except (OSError, Image.DecompressionBombError):
                     msg = (f"instance {i}: image_b64 is not an image PIL can read "
-                               "(PNG, JPEG, BMP, TIFF, WebP)")
+                           "(PNG, JPEG, BMP, TIFF, WebP)")
                     raise _invalid(msg) from None
                 (inp,) = load_inputs([f], spec, prep)
                 return inp.tensor, inp
@@ -205,14 +205,14 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
             if steps is not None:
                 if not isinstance(steps, int) or not 1 <= steps <= lim.max_steps:
                     msg = (f"steps must be an integer in 1..{lim.max_steps}, "
-                               f"got {steps!r}")
+                           f"got {steps!r}")
                     raise _invalid(msg)
                 cfg = cfg.replace(steps=steps)
             if p.get("seed") is not None:
                 cfg = cfg.replace(seed=int(p["seed"]))
             if cfg.steps > lim.max_steps:
                 msg = (f"preset {p.get('preset')!r} runs {cfg.steps} steps; the limit "
-                           f"is {lim.max_steps}")
+                       f"is {lim.max_steps}")
                 raise _invalid(msg)
             return cfg
 

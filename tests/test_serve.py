@@ -53,7 +53,8 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "neuromask_onnx", "serve", str(MODEL), "--port", str(port),
              "--preprocess", "raw", "--workers", "2", "--max-steps", "200",
-             "--max-instances", "4"], stdout=out, stderr=subprocess.STDOUT, env=env)
+             "--max-instances", "4", "--max-body-mb", "1"], stdout=out,
+            stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}/v1/models/cnn_nchw"
     try:
         deadline = time.monotonic() + 90
@@ -169,6 +170,7 @@ def test_concurrent_requests_are_independent(url: str) -> None:
     ({"instances": [{"tensor": 1}], "parameters": {"steps": 201}}, "1..200"),
     ({"instances": [{"tensor": 1}], "parameters": {"preset": "nope"}}, "preset"),
     (b"{not json", "request format"),
+    ({"instances": [{"tensor": [0.5] * 300_000}]}, "the limit is 1048576"),
 ])
 def test_bad_requests_are_400_with_one_sentence(url: str, body: Any, text: str) -> None:
     code, doc = _post(url + ":explain", body)
