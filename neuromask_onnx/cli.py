@@ -20,6 +20,17 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
+from .cli_serve import (
+    MaxBatchOpt,
+    PythonBackendOpt,
+    ServedOpt,
+    ServerOpt,
+    ServerTimeoutOpt,
+    TritonLabelsOpt,
+    TritonNameOpt,
+    TritonOpt,
+    TritonPrepOpt,
+)
 from .errors import InputError, NeuromaskError
 
 app = typer.Typer(
@@ -95,7 +106,8 @@ def parse_ints(text: str | None, flag: str) -> list[int] | None:
 @app.command()
 def instrument(
     model: ModelArg,
-    output: Annotated[Path, typer.Option("-o", "--out", help="Where to write the model.")],
+    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "-o", "--out", help="Where to write the model.", show_default=False)] = None,
     *,
     input_name: InputOpt = None,
     output_name: OutputOpt = None,
@@ -104,16 +116,43 @@ def instrument(
     layout: LayoutOpt = None,
     mask_axes: AxesOpt = None,
     output_kind: KindOpt = OutputKind.auto,
-    objective: Annotated[Objective, typer.Option(help="Loss the gradient is taken of.")] = (
-        Objective.cross_entropy),
+    objective: Annotated[Optional[Objective], typer.Option(  # noqa: UP045
+        help="Loss the gradient is taken of (default: cross_entropy; probability with "
+        "--triton, what the default NeuroMask preset runs).")] = None,
     baseline: Annotated[bool, typer.Option(help="Add an nm_baseline input.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+    triton: TritonOpt = None,
+    triton_name: TritonNameOpt = None,
+    python_backend: PythonBackendOpt = False,
+    max_batch_size: MaxBatchOpt = 8,
+    labels: TritonLabelsOpt = None,
+    preprocess: TritonPrepOpt = None,
 ) -> None:
     """Write MODEL with a mask input, a loss and the loss's gradient w.r.t. the mask."""
     from .rewrite import instrument as build
     from .rewrite import save_model
 
+    if triton is not None:  # a Triton model repository (cli_serve.py)
+        from .cli_serve import instrument_triton
+
+        with _errors():
+            if output is not None:
+                msg = "give -o OUT.onnx or --triton REPO, not both"
+                raise InputError(msg)
+            instrument_triton(model, triton, name=triton_name, python_backend=python_backend,
+                              max_batch_size=max_batch_size, labels=labels,
+                              preprocess=preprocess, force=force, input_name=input_name,
+                              output_name=output_name,
+                              input_shape=parse_ints(input_shape, "--input-shape"),
+                              layout=layout, mask_axes=parse_ints(mask_axes, "--mask-axes"),
+                              output_kind=output_kind.value, baseline=True,
+                              objective=objective.value if objective else "probability")
+        return
     with _errors():
+        if output is None:
+            msg = "Missing option '-o' / '--out': give -o OUT.onnx, or --triton REPO for a " \
+                  "Triton model repository"
+            raise InputError(msg)
         if output.is_dir():
             msg = f"{str(output)!r} is a directory; give a file name such as model.nm.onnx"
             raise InputError(msg)
@@ -127,7 +166,7 @@ def instrument(
                   input_shape=parse_ints(input_shape, "--input-shape"), layout=layout,
                   mask_axes=parse_ints(mask_axes, "--mask-axes"),
                   output_kind=output_kind.value,
-                  objective=objective.value,
+                  objective=objective.value if objective else "cross_entropy",
                   baseline=baseline)
         save_model(m, output)
     props = {p.key: p.value for p in m.metadata_props}
@@ -216,9 +255,9 @@ def _read_labels(path: Path | None) -> list[str] | None:
 @app.command()
 def explain(
     model: ModelArg,
-    inputs: Annotated[list[Path], typer.Argument(
+    inputs: Annotated[Optional[list[Path]], typer.Argument(  # noqa: UP045
         help="Images (png, jpg, bmp, tiff, webp), .npy tensors or directories of them.",
-        show_default=False)],
+        show_default=False)] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")] = Path(
         "neuromask-output"),
     *,
@@ -310,6 +349,9 @@ def explain(
     feature_names: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--feature-names", help="Text file of feature names, one a line (tabular inputs; "
         "default: the model's metadata).")] = None,
+    server: ServerOpt = None,
+    served_model: ServedOpt = None,
+    server_timeout: ServerTimeoutOpt = 30.0,
 ) -> None:
     """Learn a NeuroMask for each input and write mask, PNGs and JSON to the output dir."""
     import warnings
@@ -340,13 +382,27 @@ def explain(
         if hw is not None and len(hw) != 2:
             msg = f"--size takes H,W, got {size!r}"
             raise InputError(msg)
-        proto = load_model(model)
-        prep = resolve_preprocessing(preprocess, proto).replace(
+        if server is None:
+            if not inputs:
+                msg = "missing argument INPUT...: give the images or tensors to explain"
+                raise InputError(msg)
+            proto = load_model(model)
+            base, names, spec = (resolve_preprocessing(preprocess, proto), model_labels(proto),
+                                 describe_input(proto, input_name, layout))
+        else:  # the model runs on the server (cli_serve.py); MODEL is the first input
+            from .cli_serve import remote_model
+            from .remote import RemoteNeuroMask
+
+            served = remote_model(server, served_model, server_timeout)
+            inputs = [model, *(inputs or [])]
+            base, names, spec = served.preprocessing(preprocess), served.labels(), \
+                served.spec(layout)
+        prep = base.replace(
             size=tuple(hw) if hw else None, resize=resize, crop_fraction=crop_fraction,
             scale=scale, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
             channel_order=channel_order.upper() if channel_order else None, layout=layout)
-        names = _read_labels(labels) or model_labels(proto) or onnxml.class_labels(proto)
-        spec = describe_input(proto, input_name, layout)
+        names = _read_labels(labels) or names or (onnxml.class_labels(proto) if server is None
+                                                  else None)
         loaded = load_inputs(inputs, spec, prep)
         if gradient not in ("auto", "exact", "estimate"):
             msg = f"--gradient must be auto, exact or estimate, got {gradient!r}"
@@ -354,27 +410,33 @@ def explain(
         if len(spec.dims) == 2 and layout is None:  # tabular: no feature grouping, no Laplacian
             config = config.replace(mask_scale=1 if mask_scale is None else None,
                                     smooth_weight=0.0 if smooth_weight is None else None)
-        nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
-                       output_kind=output_kind.value, layout=layout, provider=provider,  # type: ignore[arg-type]
-                       batch_size=batch_size, labels=names, threads=threads,
-                       input_shape=loaded[0].tensor.shape if loaded else None,
-                       gradient=gradient)
-        if nm.gradient_note and not quiet:
-            typer.echo(f"note: {nm.gradient_note}", err=True)
-        fnames = _read_labels(feature_names) if feature_names else onnxml.feature_names(proto)
-        if fnames is not None and nm.layout == "NF" and len(fnames) != spec.dims[-1]:
-            msg = (f"{len(fnames)} feature names for {spec.dims[-1]} features; give one name a "
-                   "line in --feature-names")
-            raise InputError(msg)
+        fnames = None
+        if server is None:
+            nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
+                           output_kind=output_kind.value, layout=layout, provider=provider,  # type: ignore[arg-type]
+                           batch_size=batch_size, labels=names, threads=threads,
+                           input_shape=loaded[0].tensor.shape if loaded else None,
+                           gradient=gradient)
+            if nm.gradient_note and not quiet:
+                typer.echo(f"note: {nm.gradient_note}", err=True)
+            fnames = (_read_labels(feature_names) if feature_names
+                      else onnxml.feature_names(proto))
+            if fnames is not None and nm.layout == "NF" and len(fnames) != spec.dims[-1]:
+                msg = (f"{len(fnames)} feature names for {spec.dims[-1]} features; give one "
+                       "name a line in --feature-names")
+                raise InputError(msg)
+        else:
+            nm = RemoteNeuroMask(served, config, batch_size=batch_size, labels=names)
         wanted = [nm.class_index(t) for t in target] if target else None
         if top_k is not None and top_k < 1:
             msg = f"--top-k must be at least 1, got {top_k}"
             raise InputError(msg)
         top1_notes: list[str] = []
-        if wanted is None or onnxml.label_output(proto) is not None:
+        labelled = server is None and onnxml.label_output(proto) is not None
+        if wanted is None or labelled:
             tensors = [x.tensor for x in loaded]
             probs = nm.predict(tensors)  # shapes may differ (dynamic dims)
-            if len({t.shape for t in tensors}) == 1:
+            if labelled and len({t.shape for t in tensors}) == 1:
                 top1_notes = onnxml.top1_disagreements(proto, spec.name, np.stack(tensors),
                                                        probs)
         if wanted is None:
@@ -409,9 +471,10 @@ def explain(
         flat = [(inp, ex) for inp, row in zip(loaded, results, strict=True) for ex in row]
         from .estimate import record as gradient_record
 
-        written = outputs.write(out, planned, flat, model, force, feature_names=fnames,
+        written = outputs.write(out, planned, flat, model if server is None else None, force,
+                                feature_names=fnames,
                                 gradient=gradient_record(list(nm._runners.values()),
-                                                         nm.gradient))
+                                                         getattr(nm, "gradient", "exact")))
     for note in top1_notes:
         typer.echo(f"warning: {note}", err=True)
     for w in caught:
@@ -437,6 +500,11 @@ def explain(
         for (_inp, ex), pl in zip(flat, planned, strict=True):
             top = feature_order(ex.mask, fnames)[:8]
             typer.echo(f"{pl.stem}: " + ", ".join(f"{f['name']} {f['mask']:.2f}" for f in top))
+
+
+from .cli_serve import register as _register_serving
+
+_register_serving(app)  # explain-dataset, serve
 
 
 def run() -> None:

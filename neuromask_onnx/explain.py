@@ -312,22 +312,28 @@ class NeuroMask:
     def _runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
         key = (batch, shape)
         if key not in self._runners:
-            dynamic = any(d is None for d in self.dims[1:])
-            t0 = time.perf_counter()
-            runner: _Runner
-            if self.gradient == "estimate":
-                from .estimate import EstimateRunner
-
-                runner = EstimateRunner(
-                    lambda b: self._instrumented(b, shape if dynamic else None), batch,
-                    self.provider_name, self.threads, self.mask_axes, self.config)
-            else:
-                m = self._instrumented(batch, shape if dynamic else None)
-                runner = _Runner(m, self.provider_name, self.threads)
-            self._timings["instrument"] += time.perf_counter() - t0
+            runner = self._new_runner(batch, shape)
             self._timings["session"] += runner.seconds
             self._runners[key] = runner
         return self._runners[key]
+
+    def _new_runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
+        """The hook where a run of the instrumented model comes from (`remote` overrides it:
+        anything with `_Runner`'s bind/run, mask_shape, has_baseline, provider, seconds)."""
+        dynamic = any(d is None for d in self.dims[1:])
+        t0 = time.perf_counter()
+        runner: _Runner
+        if self.gradient == "estimate":
+            from .estimate import EstimateRunner
+
+            runner = EstimateRunner(
+                lambda b: self._instrumented(b, shape if dynamic else None), batch,
+                self.provider_name, self.threads, self.mask_axes, self.config)
+        else:
+            m = self._instrumented(batch, shape if dynamic else None)
+            runner = _Runner(m, self.provider_name, self.threads)
+        self._timings["instrument"] += time.perf_counter() - t0
+        return runner
 
     def _chunk_size(self, jobs: int) -> tuple[int, bool]:
         """(session batch, pad?): a fixed batch axis forces its size and padding."""
