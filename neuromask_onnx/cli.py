@@ -1,12 +1,13 @@
-"""The `neuromask` command line: thin commands over one library call each.
+"""The `neuromask` command line: each command parses its flags, calls one library function
+and prints.
 
-Usage:
-    neuromask instrument MODEL.onnx -o OUT.onnx [--input NAME] [--batch-size N]
-    neuromask ops [MODEL.onnx]
-    neuromask --version
-
-Every `NeuromaskError` becomes one line on stderr and exit code 1 (see `_errors`); anything
-else escaping is a bug and keeps its traceback.
+Importing this module imports typer and nothing heavy (no numpy, onnx, onnxruntime): each
+command imports what it needs when it runs, so `--version` and `--help` are instant. The
+NeuroMask hyperparameter flags are generated from `NeuroMaskConfig`'s fields
+(`cliparams.config_command`): a new field is a new flag with no edit here. Choices are Enums,
+counts have `min=`, floats must be finite. Every `NeuromaskError` becomes one line on stderr
+and exit code 1 (`_errors`); so does every usage error (`cliparams.OneLineGroup`). Anything
+else escaping is a bug and keeps its traceback. Ctrl-C: see `entry`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,28 @@ import contextlib
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from . import __version__
+from .cliparams import (
+    OneLineCommand,
+    OneLineGroup,
+    config_command,
+    config_overrides,
+    finite_float,
+)
 from .errors import InputError, NeuromaskError
 
+if TYPE_CHECKING:
+    from .pipeline import Progress
+
 app = typer.Typer(
+    cls=OneLineGroup,
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Explain ONNX classifiers with NeuroMask, on onnxruntime alone.",
@@ -37,7 +50,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except NeuromaskError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(code=1) from None
 
 
@@ -55,6 +68,21 @@ def main(
     """Explain ONNX classifiers with NeuroMask, on onnxruntime alone."""
 
 
+def _load_config() -> type:
+    from .optimize import NeuroMaskConfig
+
+    return NeuroMaskConfig
+
+
+_CFG = "NeuroMask (default: from --preset)"
+_PRE = "Preprocessing (default: from --preprocess)"
+_EVAL = "Evaluation"
+ALIASES = {"learning_rate": ("--lr",)}
+"""Short names kept beside the generated `--field-name` flags."""
+ExplainCommand = config_command(_load_config, panel=_CFG, aliases=ALIASES)
+CompareCommand = config_command(_load_config, prefix="nm-", panel=_CFG, skip=("seed",))
+
+
 class OutputKind(str, Enum):
     auto = "auto"
     logits = "logits"
@@ -70,16 +98,27 @@ class Objective(str, Enum):
     probability = "probability"
 
 
-ModelArg = Annotated[Path, typer.Argument(help="The ONNX classifier.", show_default=False)]
-InputOpt = Annotated[Optional[str], typer.Option("--input", help="Model input to explain.")]  # noqa: UP045
-OutputOpt = Annotated[Optional[str], typer.Option("--output", help="Model output holding the scores.")]  # noqa: UP045
-ShapeOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--input-shape", help="Input shape without the batch axis, e.g. 3,224,224 (dynamic models).")]
-LayoutOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--layout", help="Input layout, e.g. NCHW, NHWC, NTC (default: detected).")]
-AxesOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--mask-axes", help="Comma-separated axes the mask varies over (overrides --layout).")]
-KindOpt = Annotated[OutputKind, typer.Option("--output-kind", help="What the output holds.")]
+class Provider(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Removal(str, Enum):
+    zero = "zero"
+    blur = "blur"
+    mean = "mean"
+
+
+class Resize(str, Enum):
+    stretch = "stretch"
+    center_crop = "center-crop"
+    pad = "pad"
+
+
+class ChannelOrder(str, Enum):
+    RGB = "RGB"
+    BGR = "BGR"
 
 
 def parse_ints(text: str | None, flag: str) -> list[int] | None:
@@ -92,7 +131,90 @@ def parse_ints(text: str | None, flag: str) -> list[int] | None:
         raise InputError(msg) from None
 
 
-@app.command()
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(finite_float(t) for t in text.split(",") if t.strip())
+    except typer.BadParameter:
+        msg = f"{flag} takes comma-separated finite numbers, got {text!r}"
+        raise InputError(msg) from None
+    return values
+
+
+def _opt(*names: str, help: str, panel: str | None = None) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False)
+
+
+def _float_opt(*names: str, help: str, panel: str | None = None) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False,
+                        parser=finite_float, metavar="<float>")
+
+
+ModelArg = Annotated[Path, typer.Argument(help="The ONNX classifier.", show_default=False)]
+InputOpt = Annotated[Optional[str], _opt("--input", help="Model input to explain.")]  # noqa: UP045
+OutputOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+    "--output", help="Model output holding the scores.")]
+ShapeOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+    "--input-shape", help="Input shape without the batch axis, e.g. 3,224,224 (dynamic models).")]
+LayoutOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+    "--layout", help="Input layout, e.g. NCHW, NHWC, NTC (default: detected).")]
+AxesOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+    "--mask-axes", help="Comma-separated axes the mask varies over (overrides --layout).")]
+KindOpt = Annotated[OutputKind, typer.Option("--output-kind", help="What the output holds.")]
+ProviderOpt = Annotated[Provider, typer.Option("--provider", help="Execution provider.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--threads", min=1, help="onnxruntime intra-op threads.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+PixelsOpt = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Refuse images with more pixels than this (checked before "
+    "decoding).")]
+PrepOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+    "--preprocess", help="torchvision-imagenet | inception | caffe | raw (default: what the "
+    "model's metadata says, else torchvision-imagenet).", panel=_PRE)]
+CurveStepsOpt = Annotated[int, typer.Option(
+    "--curve-steps", min=1, help="Deletion/insertion steps (curve points - 1).",
+    rich_help_panel=_EVAL)]
+DelOpt = Annotated[Removal, typer.Option(
+    "--deletion-baseline", help="Removed pixels become this.", rich_help_panel=_EVAL)]
+InsOpt = Annotated[Removal, typer.Option(
+    "--insertion-baseline", help="Insertion starts from this.", rich_help_panel=_EVAL)]
+BoxOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--box", help="Object box y0,x0,y1,x1 in model pixels: adds pointing game and energy.",
+    rich_help_panel=_EVAL)]
+_MAX_PIXELS = 50_000_000  # preprocess.MAX_PIXELS (not imported: it would import numpy)
+
+
+@contextlib.contextmanager
+def _bar(quiet: bool, unit: str) -> Iterator[Progress]:
+    """A progress bar on stderr fed by the library's progress(done, total, what) calls."""
+    if quiet:
+        from .pipeline import noop
+
+        yield noop
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
+    with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+             TextColumn(unit), TimeRemainingColumn(), transient=True,
+             console=Console(stderr=True)) as bar:
+        task = None
+
+        def show(done: int, total: int, what: str) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task(what, total=total)
+            bar.update(task, completed=done, total=total, description=what)
+
+        yield show
+
+
+# --------------------------------------------------------------------------- instrument / ops
+
+
+@app.command(cls=OneLineCommand)
 def instrument(
     model: ModelArg,
     output: Annotated[Path, typer.Option("-o", "--out", help="Where to write the model.")],
@@ -110,10 +232,11 @@ def instrument(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
 ) -> None:
     """Write MODEL with a mask input, a loss and the loss's gradient w.r.t. the mask."""
-    from .rewrite import instrument as build
-    from .rewrite import save_model
-
     with _errors():
+        from .outputs import check_writable
+        from .rewrite import instrument as build
+        from .rewrite import save_model
+
         if output.is_dir():
             msg = f"{str(output)!r} is a directory; give a file name such as model.nm.onnx"
             raise InputError(msg)
@@ -123,13 +246,16 @@ def instrument(
         if not output.parent.is_dir():
             msg = f"directory {str(output.parent)!r} does not exist; create it first"
             raise InputError(msg)
+        check_writable(output.parent)
         m = build(model, input_name=input_name, output_name=output_name, batch_size=batch_size,
                   input_shape=parse_ints(input_shape, "--input-shape"), layout=layout,
                   mask_axes=parse_ints(mask_axes, "--mask-axes"),
-                  output_kind=output_kind.value,
-                  objective=objective.value,
-                  baseline=baseline)
-        save_model(m, output)
+                  output_kind=output_kind.value, objective=objective.value, baseline=baseline)
+        try:
+            save_model(m, output)
+        except OSError as exc:
+            msg = f"cannot write {str(output)!r}: {exc.strerror or exc}"
+            raise InputError(msg) from None
     props = {p.key: p.value for p in m.metadata_props}
     typer.echo(f"wrote {output}: input {props['neuromask.input']!r} "
                f"(layout {props['neuromask.layout']}), output {props['neuromask.output']!r} "
@@ -137,23 +263,22 @@ def instrument(
                f"{len(m.graph.node)} nodes")
 
 
-@app.command()
+@app.command(cls=OneLineCommand)
 def ops(
     model: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
         help="List this model's ops and whether each has a rule.", show_default=False)] = None,
 ) -> None:
     """List the supported ops, or which of MODEL's ops are supported."""
-    from .vjp_rules import VJP_RULES, ZERO_GRAD_OPS
-
-    if model is None:
-        typer.echo("Ops with gradient rules:")
-        typer.echo("  " + " ".join(sorted(VJP_RULES)))
-        typer.echo("Ops that pass no gradient (shape, comparison, index ops):")
-        typer.echo("  " + " ".join(sorted(ZERO_GRAD_OPS)))
-        return
-    from .rewrite import op_report
-
     with _errors():
+        from .rewrite import op_report
+        from .vjp_rules import VJP_RULES, ZERO_GRAD_OPS
+
+        if model is None:
+            typer.echo("Ops with gradient rules:")
+            typer.echo("  " + " ".join(sorted(VJP_RULES)))
+            typer.echo("Ops that pass no gradient (shape, comparison, index ops):")
+            typer.echo("  " + " ".join(sorted(ZERO_GRAD_OPS)))
+            return
         rows = op_report(model)
     traced = rows and rows[0].on_path is not None
     typer.echo(f"{'op':<28}{'nodes':>6}{'on path':>9}  status")
@@ -170,44 +295,11 @@ def ops(
 
 
 # --------------------------------------------------------------------------- explain
-# neuromask explain MODEL INPUT... [-o DIR]: config flags map one-to-one onto NeuroMaskConfig
-# fields (tests/test_cli_explain.py checks it); preprocessing flags onto Preprocessing.
-
-from typing import Any
-
-import numpy as np
-
-_CFG = "NeuroMask (default: from --preset)"
-_PRE = "Preprocessing (default: from --preprocess)"
 
 
-def _opt(*names: str, help: str, panel: str = _CFG) -> Any:
-    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False)
-
-
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        msg = f"{flag} takes comma-separated numbers, got {text!r}"
-        raise InputError(msg) from None
-
-
-def _read_labels(path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"cannot read labels file {str(path)!r} ({type(exc).__name__}); one label a line"
-        raise InputError(msg) from None
-    return [ln.strip() for ln in lines if ln.strip()]
-
-
-@app.command()
+@app.command(cls=ExplainCommand)
 def explain(
+    ctx: typer.Context,
     model: ModelArg,
     inputs: Annotated[list[Path], typer.Argument(
         help="Images (png, jpg, bmp, tiff, webp), .npy tensors or directories of them.",
@@ -224,263 +316,87 @@ def explain(
     labels: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--labels", help="Text file of class names, one a line, line i = class i.")] = None,
     top_k: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        "--top-k", "-k", help="Explain each of the top K classes.")] = None,
+        "--top-k", "-k", min=1, help="Explain each of the top K classes.")] = None,
     preset_name: Annotated[str, typer.Option(
         "--preset", help="Hyperparameters: default, reference, reference-cifar, paper.",
         rich_help_panel=_CFG)] = "default",
-    steps: Annotated[Optional[int], _opt("--steps", help="RMSProp steps.")] = None,  # noqa: UP045
-    learning_rate: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--learning-rate", "--lr", help="RMSProp step size.")] = None,
-    decay: Annotated[Optional[float], _opt("--decay", help="RMSProp decay.")] = None,  # noqa: UP045
-    epsilon: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--epsilon", help="RMSProp epsilon (inside the root).")] = None,
-    momentum: Annotated[Optional[float], _opt("--momentum", help="RMSProp momentum.")] = None,  # noqa: UP045
-    temperature: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--temperature", help="T in mask = sigmoid(W / T).")] = None,
-    tau: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--tau", help="Init range U(-tau, tau) and sparsity offset.")] = None,
-    pred_weight: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--pred-weight", help="lambda_p (cross-entropy).")] = None,
-    sparse_weight: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--sparse-weight", help="lambda_sp (sparsity).")] = None,
-    smooth_weight: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--smooth-weight", help="lambda_sm (smoothness).")] = None,
-    sparse_reduce: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--sparse-reduce", help="sum | mean.")] = None,
-    smooth_norm: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--smooth-norm", help="l1 | squared.")] = None,
-    smooth_reduce: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--smooth-reduce", help="sum | mean.")] = None,
-    laplacian_size: Annotated[Optional[int], _opt(  # noqa: UP045
-        "--laplacian-size", help="3 or 5.")] = None,
-    tolerance: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--tolerance", help="Early-stop relative tolerance (0: off).")] = None,
-    patience: Annotated[Optional[int], _opt(  # noqa: UP045
-        "--patience", help="Early-stop window in steps.")] = None,
-    baseline: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--baseline", help="Masked-out value: zero | blur | mean | noise.")] = None,
-    blur_sigma: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--blur-sigma", help="Sigma (pixels) of the blur baseline.")] = None,
-    noise_std: Annotated[Optional[float], _opt(  # noqa: UP045
-        "--noise-std", help="Std (in channel stds) of the noise baseline.")] = None,
-    mask_scale: Annotated[Optional[int], _opt(  # noqa: UP045
-        "--mask-scale", help="Mask resolution = input / this, upsampled.")] = None,
-    upsample: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--upsample", help="bilinear | nearest.")] = None,
-    restarts: Annotated[Optional[int], _opt(  # noqa: UP045
-        "--restarts", help="Random starts per target; lowest loss wins.")] = None,
-    seed: Annotated[Optional[int], _opt("--seed", help="Seed of W0.")] = None,  # noqa: UP045
-    preprocess: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--preprocess", help="torchvision-imagenet | inception | caffe | raw "
-        "(default: what the model's metadata says, else torchvision-imagenet).",
-        rich_help_panel=_PRE)] = None,
+    preprocess: PrepOpt = None,
     size: Annotated[Optional[str], _opt(  # noqa: UP045
         "--size", help="Model input H,W (default: from the model).", panel=_PRE)] = None,
-    resize: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--resize", help="stretch | center-crop | pad.", panel=_PRE)] = None,
-    crop_fraction: Annotated[Optional[float], _opt(  # noqa: UP045
+    resize: Annotated[Optional[Resize], _opt(  # noqa: UP045
+        "--resize", help="How the image meets the model's size.", panel=_PRE)] = None,
+    crop_fraction: Annotated[Optional[float], _float_opt(  # noqa: UP045
         "--crop-fraction", help="center-crop: crop / resized size.", panel=_PRE)] = None,
-    scale: Annotated[Optional[float], _opt(  # noqa: UP045
+    scale: Annotated[Optional[float], _float_opt(  # noqa: UP045
         "--scale", help="Pixel (0-255) multiplier before mean/std.", panel=_PRE)] = None,
     mean: Annotated[Optional[str], _opt(  # noqa: UP045
         "--mean", help="Per-channel mean, comma-separated.", panel=_PRE)] = None,
     std: Annotated[Optional[str], _opt(  # noqa: UP045
         "--std", help="Per-channel std, comma-separated.", panel=_PRE)] = None,
-    channel_order: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--channel-order", help="RGB | BGR.", panel=_PRE)] = None,
+    channel_order: Annotated[Optional[ChannelOrder], typer.Option(  # noqa: UP045
+        "--channel-order", case_sensitive=False, rich_help_panel=_PRE,
+        show_default=False)] = None,
     layout: LayoutOpt = None,
-    provider: Annotated[str, typer.Option(
-        "--provider", help="auto | cpu | cuda.")] = "auto",
+    provider: ProviderOpt = Provider.auto,
     batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", help="Jobs per session run.")] = 8,
-    threads: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        "--threads", help="onnxruntime intra-op threads.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+        "--batch-size", "-b", min=1, help="Jobs per session run.")] = 8,
+    threads: ThreadsOpt = None,
+    max_pixels: PixelsOpt = _MAX_PIXELS,
+    force: ForceOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
     """Learn a NeuroMask for each input and write mask, PNGs and JSON to the output dir."""
-    import warnings
-
-    from . import outputs
-    from .errors import ConvergenceWarning
-    from .explain import NeuroMask, Progress
-    from .graph import load_model
-    from .optimize import preset
-    from .preprocess import describe_input, load_inputs, model_labels, resolve_preprocessing
-
     with _errors():
-        if provider not in ("auto", "cpu", "cuda"):
-            msg = f"--provider must be auto, cpu or cuda, got {provider!r}"
-            raise InputError(msg)
-        if batch_size < 1:
-            msg = f"--batch-size must be at least 1, got {batch_size}"
-            raise InputError(msg)
-        config = preset(preset_name).replace(
-            steps=steps, learning_rate=learning_rate, decay=decay, epsilon=epsilon,
-            momentum=momentum, temperature=temperature, tau=tau, pred_weight=pred_weight,
-            sparse_weight=sparse_weight, smooth_weight=smooth_weight,
-            sparse_reduce=sparse_reduce, smooth_norm=smooth_norm, smooth_reduce=smooth_reduce,
-            laplacian_size=laplacian_size, tolerance=tolerance, patience=patience,
-            baseline=baseline, blur_sigma=blur_sigma, noise_std=noise_std,
-            mask_scale=mask_scale, upsample=upsample, restarts=restarts, seed=seed)
+        from .optimize import preset
+        from .pipeline import explain_files, parse_targets
+
+        config = preset(preset_name).replace(**config_overrides(ctx))
         hw = parse_ints(size, "--size")
         if hw is not None and len(hw) != 2:
             msg = f"--size takes H,W, got {size!r}"
             raise InputError(msg)
-        proto = load_model(model)
-        prep = resolve_preprocessing(preprocess, proto).replace(
-            size=tuple(hw) if hw else None, resize=resize, crop_fraction=crop_fraction,
-            scale=scale, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-            channel_order=channel_order.upper() if channel_order else None, layout=layout)
-        names = _read_labels(labels) or model_labels(proto)
-        spec = describe_input(proto, input_name, layout)
-        loaded = load_inputs(inputs, spec, prep)
-        nm = NeuroMask(proto, config, input_name=spec.name, output_name=output_name,
-                       output_kind=output_kind.value, layout=layout, provider=provider,  # type: ignore[arg-type]
-                       batch_size=batch_size, labels=names, threads=threads)
-        wanted = [nm.class_index(t) for t in target] if target else None
-        if top_k is not None and top_k < 1:
-            msg = f"--top-k must be at least 1, got {top_k}"
-            raise InputError(msg)
-        if wanted is None:
-            probs = nm.predict(np.stack([x.tensor for x in loaded]))
-            order = np.argsort(-probs, axis=1, kind="stable")[:, : top_k or 1]
-            targets = [[int(c) for c in row] for row in order]
-        else:
-            targets = [list(dict.fromkeys(wanted)) for _ in loaded]
-        items = [(inp, t, len(ts) > 1) for inp, ts in zip(loaded, targets, strict=True)
-                 for t in ts]
-        planned = outputs.plan(out, items, len(nm.mask_axes), force)
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            if quiet:
-                results = nm.explain_many([x.tensor for x in loaded], targets)
-            else:
-                from rich.progress import BarColumn, TimeRemainingColumn
-                from rich.progress import Progress as Bar
-
-                with Bar("[progress.description]{task.description}", BarColumn(),
-                         "{task.completed}/{task.total} steps", TimeRemainingColumn(),
-                         transient=True) as bar:
-                    task = bar.add_task("explaining", total=None)
-
-                    def show(p: Progress) -> None:
-                        bar.update(task, total=p.chunks * p.steps,
-                                   completed=(p.chunk - 1) * p.steps + p.step,
-                                   description=f"batch {p.chunk}/{p.chunks}")
-
-                    results = nm.explain_many([x.tensor for x in loaded], targets,
-                                              callback=show)
-        flat = [(inp, ex) for inp, row in zip(loaded, results, strict=True) for ex in row]
-        written = outputs.write(out, planned, flat, model, force)
-    for w in caught:
-        if not quiet and issubclass(w.category, ConvergenceWarning):
-            typer.echo(f"warning: {w.message}", err=True)
+        prep = {"size": tuple(hw) if hw else None, "resize": resize.value if resize else None,
+                "crop_fraction": crop_fraction, "scale": scale,
+                "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"),
+                "channel_order": channel_order.value if channel_order else None,
+                "layout": layout}
+        with _bar(quiet, "steps") as progress:
+            run = explain_files(model, inputs, out, config=config, preprocess=preprocess,
+                                prep_changes=prep, labels=labels, targets=parse_targets(target),
+                                top_k=top_k, input_name=input_name, output_name=output_name,
+                                output_kind=output_kind.value, layout=layout,
+                                provider=provider.value, batch_size=batch_size,
+                                threads=threads, force=force, max_pixels=max_pixels,
+                                progress=progress)
     if quiet:
         return
+    for note in run.warnings:
+        typer.echo(f"warning: {note}", err=True)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"NeuroMask: {len(flat)} mask(s), {len(written)} files in {out}")
+    table = Table(title=f"NeuroMask: {len(run.items)} mask(s), {len(run.written)} files in {out}")
     for col in ("input", "target", "p before", "p after", "steps", "s/step", "seconds"):
         table.add_column(col, justify="left" if col in ("input", "target") else "right")
-    for (_inp, ex), pl in zip(flat, planned, strict=True):
+    for (_inp, ex), stem in zip(run.items, run.stems, strict=True):
         tgt = f"{ex.target} {ex.label}" if ex.label else str(ex.target)
-        table.add_row(pl.stem, tgt, f"{ex.prob_before:.3f}", f"{ex.prob_after:.3f}",
+        table.add_row(stem, tgt, f"{ex.prob_before:.3f}", f"{ex.prob_after:.3f}",
                       str(ex.steps), f"{ex.timings['per_step']:.4f}",
                       f"{ex.timings['optimize']:.2f}")
     Console().print(table)
 
 
 def run() -> None:
-    """Console entry point. A bad flag value or a missing argument is bad input too: it gets
-    one line on stderr and exit code 1, like every other user error, not a usage block."""
-    import sys
+    """Console entry point (kept for old installs; see `entry.run`)."""
+    from .entry import run as entry_run
 
-    from typer.exceptions import TyperException
-
-    try:
-        code = app(standalone_mode=False)
-    except TyperException as exc:
-        fmt = getattr(exc, "format_message", None)
-        text = fmt() if callable(fmt) else str(exc)
-        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `neuromask`: show the help
-            typer.echo(text)
-            sys.exit(0)
-        hint = " (see `neuromask --help`)"
-        typer.echo(f"error: {' '.join(str(text).split())}{hint}", err=True)
-        sys.exit(1)
-    except typer.Abort:
-        typer.echo("error: aborted", err=True)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    entry_run()
 
 
 # --------------------------------------------------------------------------- evaluate / compare
-# neuromask evaluate MODEL INPUT MAP.npy: the metrics of one saliency map.
-# neuromask compare MODEL INPUT... --methods a,b -o DIR: run methods, score them, write
-# compare.csv, compare.json and report.html (all or nothing, like explain).
-
-_EVAL = "Evaluation"
 
 
-def _region_arg(box: str | None) -> list[int] | None:
-    b = parse_ints(box, "--box")
-    if b is not None and len(b) != 4:
-        msg = f"--box takes y0,x0,y1,x1 (model pixels, end-exclusive), got {box!r}"
-        raise InputError(msg)
-    return b
-
-
-def _removal(name: str, flag: str) -> Any:
-    if name not in ("zero", "blur", "mean"):
-        msg = f"{flag} must be zero, blur or mean, got {name!r}"
-        raise InputError(msg)
-    return name
-
-
-StepsOpt = Annotated[int, typer.Option(
-    "--curve-steps", help="Deletion/insertion steps (curve points - 1).", rich_help_panel=_EVAL)]
-DelOpt = Annotated[str, typer.Option(
-    "--deletion-baseline", help="Removed pixels become: zero | blur | mean.",
-    rich_help_panel=_EVAL)]
-InsOpt = Annotated[str, typer.Option(
-    "--insertion-baseline", help="Insertion starts from: zero | blur | mean.",
-    rich_help_panel=_EVAL)]
-BoxOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--box", help="Object box y0,x0,y1,x1 in model pixels: adds pointing game and energy.",
-    rich_help_panel=_EVAL)]
-PrepOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--preprocess", help="torchvision-imagenet | inception | caffe | raw "
-    "(default: the model's metadata, else torchvision-imagenet).")]
-
-
-def _load_one_model(model: Path, input_name: str | None, output_name: str | None,
-                    output_kind: OutputKind, layout: str | None, provider: str,
-                    batch_size: int, threads: int | None) -> Any:
-    from .baselines import Classifier
-    from .graph import load_model
-
-    if batch_size < 1:
-        msg = f"--batch-size must be at least 1, got {batch_size}"
-        raise InputError(msg)
-    return Classifier(load_model(model), input_name=input_name, output_name=output_name,
-                      output_kind=output_kind.value, layout=layout, provider=provider,
-                      batch_size=batch_size, threads=threads)
-
-
-def _targets(clf: Any, xs: list[np.ndarray], target: Optional[int]) -> list[int]:  # noqa: UP045
-    if target is not None:
-        if not 0 <= target < clf.num_classes:
-            msg = f"target class {target} is out of range: the model has {clf.num_classes} " \
-                  "classes"
-            raise InputError(msg)
-        return [target] * len(xs)
-    return [int(np.argmax(p)) for p in clf.probs(np.stack(xs))]
-
-
-@app.command()
+@app.command(cls=OneLineCommand)
 def evaluate(
     model: ModelArg,
     input_path: Annotated[Path, typer.Argument(help="Image or .npy tensor.",
@@ -490,67 +406,55 @@ def evaluate(
         show_default=False)],
     *,
     target: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        "--target", "-t", help="Class index (default: the top-1 class).")] = None,
-    curve_steps: StepsOpt = 50,
-    deletion_baseline: DelOpt = "zero",
-    insertion_baseline: InsOpt = "blur",
+        "--target", "-t", min=0, help="Class index (default: the top-1 class).")] = None,
+    curve_steps: CurveStepsOpt = 50,
+    deletion_baseline: DelOpt = Removal.zero,
+    insertion_baseline: InsOpt = Removal.blur,
     box: BoxOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the tie-breaking order.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0,
+                                      help="Seed of the tie-breaking order.")] = 0,
     input_name: InputOpt = None,
     output_name: OutputOpt = None,
     output_kind: KindOpt = OutputKind.auto,
     layout: LayoutOpt = None,
     preprocess: PrepOpt = None,
-    provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
-    threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
+    provider: ProviderOpt = Provider.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    threads: ThreadsOpt = None,
+    max_pixels: PixelsOpt = _MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Score one saliency map: deletion/insertion AUC, sparsity (+ pointing game, energy)."""
     import json
 
-    from . import metrics
-    from .preprocess import describe_input, load_inputs, resolve_preprocessing
-
     with _errors():
-        region = _region_arg(box)
-        dele = _removal(deletion_baseline, "--deletion-baseline")
-        ins = _removal(insertion_baseline, "--insertion-baseline")
-        clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
-                              batch_size, threads)
-        spec = describe_input(clf.model, clf.input_name, layout)
-        loaded = load_inputs([input_path], spec, resolve_preprocessing(preprocess, clf.model))
-        if len(loaded) != 1:
-            msg = f"{str(input_path)!r} holds {len(loaded)} inputs; evaluate takes one"
-            raise InputError(msg)
-        x = loaded[0].tensor
-        try:
-            sal = np.load(saliency_map, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            msg = f"cannot read {str(saliency_map)!r} as a .npy array ({type(exc).__name__})"
-            raise InputError(msg) from None
-        sal = np.asarray(sal, np.float64)
-        want = clf.mask_shape(x)
-        if sal.shape != want and sal.shape[0] == 1 and sal.shape[1:] in (want, x.shape):
-            sal = sal[0]
-        if sal.shape == x.shape and sal.shape != want:
-            sal = clf.to_map(sal, signed=True)
-        t = _targets(clf, [x], target)[0]
-        scores, _, _ = metrics.evaluate(clf, x, t, metrics.check_map(sal, want),
-                                        steps=curve_steps, baseline=dele,
-                                        insertion_baseline=ins,
-                                        region=np.asarray(region) if region else None,
-                                        seed=seed)
+        from .metrics import METRICS
+        from .pipeline import evaluate_map
+
+        with _bar(quiet or as_json, "stages") as progress:
+            t, scores = evaluate_map(
+                model, input_path, saliency_map, target=target, curve_steps=curve_steps,
+                deletion_baseline=deletion_baseline.value,
+                insertion_baseline=insertion_baseline.value, box=parse_ints(box, "--box"),
+                seed=seed, input_name=input_name, output_name=output_name,
+                output_kind=output_kind.value, layout=layout, preprocess=preprocess,
+                provider=provider.value, batch_size=batch_size, threads=threads,
+                max_pixels=max_pixels, progress=progress)
     if as_json:
         typer.echo(json.dumps({"target": t, **scores}, indent=2))
         return
     typer.echo(f"target {t}")
     for k, v in scores.items():
-        typer.echo(f"{k:<26}{v:>10.4f}  ({metrics.METRICS[k]} is better)")
+        typer.echo(f"{k:<26}{v:>10.4f}  ({METRICS[k]} is better)")
 
 
-@app.command()
+ALL_METHODS = "neuromask,saliency,gradient_x_input,smoothgrad,integrated_gradients,occlusion,rise"
+
+
+@app.command(cls=CompareCommand)
 def compare(
+    ctx: typer.Context,
     model: ModelArg,
     inputs: Annotated[list[Path], typer.Argument(
         help="Images, .npy tensors or directories of them.", show_default=False)],
@@ -558,119 +462,62 @@ def compare(
         "neuromask-compare"),
     *,
     methods: Annotated[str, typer.Option(
-        "--methods", "-m", help="Comma-separated: neuromask, saliency, gradient_x_input, "
-        "smoothgrad, integrated_gradients, occlusion, rise.")] = (
-        "neuromask,saliency,gradient_x_input,smoothgrad,integrated_gradients,occlusion,rise"),
+        "--methods", "-m", help=f"Comma-separated, from: {ALL_METHODS.replace(',', ', ')}.")] = (
+        ALL_METHODS),
     target: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        "--target", "-t", help="Class index (default: each input's top-1 class).")] = None,
+        "--target", "-t", min=0, help="Class index (default: each input's top-1 class).")] = None,
     preset_name: Annotated[str, typer.Option(
-        "--preset", help="NeuroMask preset (see explain --help).")] = "default",
-    nm_steps: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        "--nm-steps", help="NeuroMask steps (default: the preset's).")] = None,
-    curve_steps: StepsOpt = 50,
-    deletion_baseline: DelOpt = "zero",
-    insertion_baseline: InsOpt = "blur",
+        "--preset", help="NeuroMask preset (see explain --help).", rich_help_panel=_CFG)] = (
+        "default"),
+    curve_steps: CurveStepsOpt = 50,
+    deletion_baseline: DelOpt = Removal.zero,
+    insertion_baseline: InsOpt = Removal.blur,
     box: BoxOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random method.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0,
+                                      help="Seed of every random method.")] = 0,
     input_name: InputOpt = None,
     output_name: OutputOpt = None,
     output_kind: KindOpt = OutputKind.auto,
     layout: LayoutOpt = None,
     preprocess: PrepOpt = None,
-    provider: Annotated[str, typer.Option("--provider", help="auto | cpu | cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
-    threads: Annotated[Optional[int], typer.Option("--threads")] = None,  # noqa: UP045
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    provider: ProviderOpt = Provider.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    threads: ThreadsOpt = None,
+    max_pixels: PixelsOpt = _MAX_PIXELS,
+    force: ForceOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
     """Run saliency methods on each input, score them, write CSV, JSON and report.html."""
-    import csv
-    import io
-    import json
-    import warnings
-
-    from . import metrics, report
-    from .baselines import METHODS, run_method
-    from .errors import ConvergenceWarning
-    from .optimize import preset
-    from .outputs import atomic_write
-    from .preprocess import describe_input, load_inputs, resolve_preprocessing
-
     with _errors():
-        names = [m.strip() for m in methods.split(",") if m.strip()]
-        unknown = [m for m in names if m not in METHODS]
-        if not names or unknown:
-            msg = f"unknown method {unknown[0]!r}" if unknown else "no methods given"
-            msg += f"; choose from {', '.join(METHODS)}"
-            raise InputError(msg)
-        names = list(dict.fromkeys(names))
-        region = _region_arg(box)
-        dele = _removal(deletion_baseline, "--deletion-baseline")
-        ins = _removal(insertion_baseline, "--insertion-baseline")
-        config = preset(preset_name).replace(steps=nm_steps)
-        if out.exists() and not out.is_dir():
-            msg = f"output {str(out)!r} exists and is not a directory; pick another with -o"
-            raise InputError(msg)
-        paths = {k: out / f for k, f in (("csv", "compare.csv"), ("json", "compare.json"),
-                                         ("html", "report.html"))}
-        existing = [str(p) for p in paths.values() if p.exists()]
-        if existing and not force:
-            msg = f"{existing[0]!r} already exists; pass --force to overwrite"
-            raise InputError(msg)
-        clf = _load_one_model(model, input_name, output_name, output_kind, layout, provider,
-                              batch_size, threads)
-        spec = describe_input(clf.model, clf.input_name, layout)
-        loaded = load_inputs(inputs, spec, resolve_preprocessing(preprocess, clf.model))
-        xs = [inp.tensor for inp in loaded]
-        targets = _targets(clf, xs, target)
-        probs = clf.probs(np.stack(xs))
-        chan = spec.layout.index("C") - 1 if spec.is_image else None
-        results: list[report.InputResult] = []
-        notes: list[str] = []
-        for inp, x, t, p in zip(loaded, xs, targets, probs, strict=True):
-            image = inp.image if inp.image is not None else report.tensor_image(x, chan)
-            geo = inp.geometry
-            res = report.InputResult(inp.name, t, None, float(p[t]), image,
-                                     to_image=geo.to_original if geo is not None else None)
-            for name in names:
-                opts: dict[str, Any] = {"config": config} if name == "neuromask" else {}
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", ConvergenceWarning)
-                    sal, secs = run_method(name, clf, x, t, seed=seed, **opts)
-                notes += [f"{inp.name} {name}: {w.message}" for w in caught
-                          if issubclass(w.category, ConvergenceWarning)]
-                scores, d, i = metrics.evaluate(
-                    clf, x, t, sal, steps=curve_steps, baseline=dele, insertion_baseline=ins,
-                    region=np.asarray(region) if region else None, seed=seed)
-                res.methods.append(report.MethodResult(name, sal, secs, scores, d, i))
-            results.append(res)
-        rows = report.summary(results)
-        cols = ["method", *[c for c in metrics.METRICS if any(c in r for r in rows)], "seconds"]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        doc = {"model": str(model), "methods": names, "curve_steps": curve_steps,
-               "deletion_baseline": dele, "insertion_baseline": ins, "seed": seed,
-               "neuromask_config": config.to_dict(), "box": region,
-               "better": metrics.METRICS, "summary": rows,
-               "inputs": [{"name": r.name, "target": r.target, "prob": r.prob,
-                           "methods": {m.method: {**m.scores, "seconds": m.seconds}
-                                       for m in r.methods}} for r in results],
-               "warnings": notes}
-        blobs = {"csv": buf.getvalue().encode(),
-                 "json": (json.dumps(doc, indent=2) + "\n").encode(),
-                 "html": report.render(results, f"neuromask compare: {model.name}").encode()}
-        out.mkdir(parents=True, exist_ok=True)
-        for kind, data in blobs.items():
-            atomic_write(paths[kind], data)
-    for note in notes:
+        from .optimize import preset
+        from .pipeline import compare_files
+
+        config = preset(preset_name).replace(**config_overrides(ctx))
+        with _bar(quiet, "method runs") as progress:
+            res = compare_files(
+                model, inputs, out, methods=methods.split(","), config=config, target=target,
+                curve_steps=curve_steps, deletion_baseline=deletion_baseline.value,
+                insertion_baseline=insertion_baseline.value, box=parse_ints(box, "--box"),
+                seed=seed, input_name=input_name, output_name=output_name,
+                output_kind=output_kind.value, layout=layout, preprocess=preprocess,
+                provider=provider.value, batch_size=batch_size, threads=threads, force=force,
+                max_pixels=max_pixels, progress=progress)
+    for note in res.notes:
         typer.echo(f"warning: {note}", err=True)
+    if not quiet:
+        _print_summary(res.rows, res.columns, f"{len(res.results)} input(s), "
+                       f"{len(res.rows)} method(s); files in {out}")
+
+
+def _print_summary(rows: list[dict[str, float | str]], cols: list[str], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(results)} input(s), {len(names)} method(s); files in {out}")
+    from .metrics import METRICS
+
+    table = Table(title=title)
     for c in cols:
-        better = metrics.METRICS.get(c)
+        better = METRICS.get(c)
         table.add_column(f"{c} ({'up' if better == 'higher' else 'down'})" if better else c,
                          justify="left" if c == "method" else "right")
     for r in rows:

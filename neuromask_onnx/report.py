@@ -122,6 +122,32 @@ def summary(inputs: Sequence[InputResult]) -> list[dict[str, float | str]]:
     return rows
 
 
+def comparison_files(inputs: Sequence[InputResult], meta: dict[str, object],
+                     notes: Sequence[str], title: str,
+                     ) -> tuple[dict[str, bytes], list[dict[str, float | str]], list[str]]:
+    """compare.csv, compare.json and report.html as bytes (keys csv, json, html), with the
+    summary rows and their columns (for the terminal table)."""
+    import csv
+    import io
+    import json
+
+    rows = summary(inputs)
+    cols = ["method", *[c for c in METRICS if any(c in r for r in rows)], "seconds"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    doc = {**meta, "better": METRICS, "summary": rows,
+           "inputs": [{"name": r.name, "target": r.target, "prob": r.prob,
+                       "methods": {m.method: {**m.scores, "seconds": m.seconds}
+                                   for m in r.methods}} for r in inputs],
+           "warnings": list(notes)}
+    blobs = {"csv": buf.getvalue().encode(),
+             "json": (json.dumps(doc, indent=2) + "\n").encode(),
+             "html": render(inputs, title).encode()}
+    return blobs, rows, cols
+
+
 def _table(rows: Sequence[dict[str, float | str]]) -> str:
     cols = [c for c in [*METRICS, "seconds"] if any(c in r for r in rows)]
     head = "".join(f"<th>{html.escape(c)}"
