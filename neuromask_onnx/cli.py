@@ -200,13 +200,17 @@ def _bar(quiet: bool, unit: str) -> Iterator[Progress]:
     with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
              TextColumn(unit), TimeRemainingColumn(), transient=True,
              console=Console(stderr=True)) as bar:
-        task = None
+        task: Any = None
+        last = (0, 0)
 
         def show(done: int, total: int, what: str) -> None:
-            nonlocal task
-            if task is None:
+            nonlocal task, last
+            if task is None or total != last[1] or done < last[0]:  # a new phase: a new bar
+                if task is not None:
+                    bar.remove_task(task)
                 task = bar.add_task(what, total=total)
-            bar.update(task, completed=done, total=total, description=what)
+            bar.update(task, completed=done, description=what)
+            last = (done, total)
 
         yield show
 
@@ -384,6 +388,34 @@ def explain(
                       str(ex.steps), f"{ex.timings['per_step']:.4f}",
                       f"{ex.timings['optimize']:.2f}")
     Console().print(table)
+
+
+@app.command(cls=OneLineCommand)
+def demo(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")] = Path(
+        "neuromask-demo"),
+    *,
+    provider: ProviderOpt = Provider.auto,
+    threads: ThreadsOpt = None,
+    force: ForceOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+) -> None:
+    """Explain a real photo with a pretrained ImageNet classifier shipped with the project."""
+    with _errors():
+        from .demo import METHODS, run_demo
+
+        with _bar(quiet, "steps") as progress:
+            res = run_demo(out, force=force, provider=provider.value, threads=threads,
+                           progress=progress)
+    ex = res.explained.items[0][1]
+    if not quiet:
+        _print_summary(res.compared.rows, res.compared.columns,
+                       f"NeuroMask beside {', '.join(METHODS[1:])}")
+    typer.echo(f"explained class {ex.target} ({ex.label}): p = {ex.prob_before:.3f}, "
+               f"{ex.prob_after:.3f} with the mask applied")
+    files = sorted(p.name for p in [*res.explained.written, *res.compared.written])
+    typer.echo(f"wrote {len(files)} files into {out}/: {', '.join(files)}")
+    typer.echo(f"open {out / 'report.html'} in a browser to see every method's map")
 
 
 def run() -> None:

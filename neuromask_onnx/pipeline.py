@@ -194,11 +194,12 @@ def compare_files(model: Path, inputs: Sequence[Path], out: Path, *, methods: Se
                   preprocess: str | None = None, provider: str = "auto", batch_size: int = 64,
                   threads: int | None = None, force: bool = False,
                   max_pixels: int = MAX_PIXELS, progress: Progress = noop,
-                  given: Mapping[str, Sequence[np.ndarray]] | None = None) -> CompareRun:
+                  given: Mapping[str, Sequence[tuple[np.ndarray, float]]] | None = None,
+                  ) -> CompareRun:
     """Run each method on each input, score it, write compare.csv, compare.json, report.html.
 
-    `given` supplies ready maps for some methods (one per input, e.g. the masks `explain`
-    just learned) instead of running them again.
+    `given` supplies ready (map, seconds) pairs for some methods, one per input (e.g. the
+    masks `explain` just learned), instead of running them again.
     """
     from . import metrics
     from .baselines import METHODS, run_method
@@ -236,7 +237,7 @@ def compare_files(model: Path, inputs: Sequence[Path], out: Path, *, methods: Se
         for name in names:
             progress(done, total, f"{inp.name}: {name}")
             if given is not None and name in given:
-                sal, secs = np.asarray(given[name][k], np.float32), 0.0
+                sal, secs = np.asarray(given[name][k][0], np.float32), given[name][k][1]
             else:
                 opts: dict[str, Any] = {"config": config} if name == "neuromask" else {}
                 with warnings.catch_warnings(record=True) as caught:

@@ -239,14 +239,14 @@ def _resize_plane(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Image.Image, str]:
     """Pixels [H, W, 3] float32 in [0, 255] RGB, the image for display, and its mode.
 
-    The size is checked from the header, before decoding: above `max_pixels` (or PIL's own
-    decompression-bomb limit, which follows it) is one InputError line.
+    The size is checked from the header, before decoding: above `max_pixels` is one
+    InputError line (PIL's own decompression-bomb check is replaced by this one).
     """
     import warnings
 
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # PIL refuses at twice this (warns above: ours)
+        Image.MAX_IMAGE_PIXELS = None  # PIL's own check, replaced by the precise one below
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(path)
