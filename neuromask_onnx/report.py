@@ -204,10 +204,10 @@ def render(inputs: Sequence[InputResult], title: str = "neuromask compare") -> s
               f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"),
              f"<h1>{html.escape(title)}</h1><h2>Summary</h2>", _table(summary(inputs)),
              '<div id="nm-image-check" hidden data-images="?" data-broken="?"></div>',
-             "<p>Overlays: each map's positive part, full colour at its "
-             f"{PERCENTILE:g}th percentile of |map|. Curves: the target probability as "
-             "pixels are removed most-important first (deletion, lower AUC is better) or "
-             "inserted into the insertion baseline (higher is better).</p>"]
+             ("<p>Overlays: each map's positive part, full colour at its "
+              f"{PERCENTILE:g}th percentile of |map|. Curves: the target probability as "
+              "pixels are removed most-important first (deletion, lower AUC is better) or "
+              "inserted into the insertion baseline (higher is better).</p>")]
     for inp in inputs:
         tgt = f"{inp.target} {inp.label}" if inp.label else str(inp.target)
         parts.append(f"<h2>{html.escape(inp.name)}: target {html.escape(tgt)} "

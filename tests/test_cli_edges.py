@@ -128,7 +128,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, line: str, tex
     if "-o" not in argv:
         argv += ["-o", str(out)]
     if argv[0] == "evaluate":
-        argv = argv[:-2] + ["--curve-steps", "4"]
+        argv = [*argv[:-2], "--curve-steps", "4"]
     res = runner.invoke(app, [argv[0], *fast, *argv[1:]])  # the case's flags win
     assert res.exit_code == 1, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -188,7 +188,8 @@ def test_an_interrupt_while_writing_names_the_complete_files(
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1, err
     assert err[0].startswith("interrupted; these complete files remain: ")
-    assert str(calls[0]) in err[0] and str(calls[1]) in err[0]
+    assert str(calls[0]) in err[0]
+    assert str(calls[1]) in err[0]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         p.name for p in calls[:2])
 

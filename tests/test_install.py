@@ -52,7 +52,8 @@ def test_readme_first_block_runs_the_demo_without_torch(tmp_path: Path) -> None:
     if not _index_reachable(tmp_path):
         pytest.skip("pip cannot reach a package index")
     first = _blocks()[0]
-    assert "neuromask demo" in first and "pip install -e ." in first
+    assert "neuromask demo" in first
+    assert "pip install -e ." in first
     repo = _copy_tracked(tmp_path / "repo")
     done = _bash(first + "\npython -c 'import importlib.util as u; "
                  "print(\"torch\", u.find_spec(\"torch\") is not None)'\n", repo)
