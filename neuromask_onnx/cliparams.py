@@ -75,7 +75,10 @@ class OneLineGroup(_FlagHelp, TyperGroup):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              windows_expand_args: bool = True, **extra: Any) -> Any:
-        from typer._click.exceptions import ClickException
+        try:  # typer >= 0.2x vendors click; older typer uses the click package
+            from typer._click.exceptions import ClickException
+        except ImportError:  # pragma: no cover
+            from click.exceptions import ClickException  # type: ignore[import-not-found,no-redef]
 
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args,
