@@ -25,6 +25,11 @@ def run() -> None:
     from .errors import Interrupted
 
     try:
+        if sys.argv[1:] == ["--version"]:  # the one answer that needs no typer at all
+            from . import __version__
+
+            sys.stdout.write(f"neuromask-onnx {__version__}\n")
+            return
         from .cli import app
 
         app()

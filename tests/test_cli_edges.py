@@ -297,3 +297,16 @@ def test_progress_totals_are_known_from_the_first_call(tmp_path: Path) -> None:
     assert {t for _, t, _ in calls} == {4}
     assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
     assert calls[-1][0] == 4
+
+
+def test_the_cli_pixel_limit_is_the_library_one() -> None:
+    from neuromask_onnx import cli, preprocess
+
+    assert cli._MAX_PIXELS == preprocess.MAX_PIXELS
+
+
+def test_fast_version_path_says_what_the_cli_says() -> None:
+    """`neuromask --version` answers before typer is imported; the text is the same."""
+    done = subprocess.run([sys.executable, "-m", "neuromask_onnx", "--version"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout == runner.invoke(app, ["--version"]).stdout
