@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -152,24 +152,24 @@ def _float_opt(*names: str, help: str, panel: str | None = None) -> Any:
 
 
 ModelArg = Annotated[Path, typer.Argument(help="The ONNX classifier.", show_default=False)]
-InputOpt = Annotated[Optional[str], _opt("--input", help="Model input to explain.")]  # noqa: UP045
-OutputOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+InputOpt = Annotated[str | None, _opt("--input", help="Model input to explain.")]
+OutputOpt = Annotated[str | None, _opt(
     "--output", help="Model output holding the scores.")]
-ShapeOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+ShapeOpt = Annotated[str | None, _opt(
     "--input-shape", help="Input shape without the batch axis, e.g. 3,224,224 (dynamic models).")]
-LayoutOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+LayoutOpt = Annotated[str | None, _opt(
     "--layout", help="Input layout, e.g. NCHW, NHWC, NTC (default: detected).")]
-AxesOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+AxesOpt = Annotated[str | None, _opt(
     "--mask-axes", help="Comma-separated axes the mask varies over (overrides --layout).")]
 KindOpt = Annotated[OutputKind, typer.Option("--output-kind", help="What the output holds.")]
 ProviderOpt = Annotated[Provider, typer.Option("--provider", help="Execution provider.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
+ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, help="onnxruntime intra-op threads.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 PixelsOpt = Annotated[int, typer.Option(
     "--max-pixels", min=1, help="Refuse images with more pixels than this (checked before "
     "decoding).")]
-PrepOpt = Annotated[Optional[str], _opt(  # noqa: UP045
+PrepOpt = Annotated[str | None, _opt(
     "--preprocess", help="torchvision-imagenet | inception | caffe | raw (default: what the "
     "model's metadata says, else torchvision-imagenet).", panel=_PRE)]
 CurveStepsOpt = Annotated[int, typer.Option(
@@ -179,7 +179,7 @@ DelOpt = Annotated[Removal, typer.Option(
     "--deletion-baseline", help="Removed pixels become this.", rich_help_panel=_EVAL)]
 InsOpt = Annotated[Removal, typer.Option(
     "--insertion-baseline", help="Insertion starts from this.", rich_help_panel=_EVAL)]
-BoxOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+BoxOpt = Annotated[str | None, typer.Option(
     "--box", help="Object box y0,x0,y1,x1 in model pixels: adds pointing game and energy.",
     rich_help_panel=_EVAL)]
 _MAX_PIXELS = 50_000_000  # preprocess.MAX_PIXELS (not imported: it would import numpy)
@@ -269,7 +269,7 @@ def instrument(
 
 @app.command(cls=OneLineCommand)
 def ops(
-    model: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+    model: Annotated[Path | None, typer.Argument(
         help="List this model's ops and whether each has a rule.", show_default=False)] = None,
 ) -> None:
     """List the supported ops, or which of MODEL's ops are supported."""
@@ -314,30 +314,30 @@ def explain(
     input_name: InputOpt = None,
     output_name: OutputOpt = None,
     output_kind: KindOpt = OutputKind.auto,
-    target: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    target: Annotated[list[str] | None, typer.Option(
         "--target", "-t", help="Class index or label to explain (repeat for several; "
         "default: the top-1 class).")] = None,
-    labels: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    labels: Annotated[Path | None, typer.Option(
         "--labels", help="Text file of class names, one a line, line i = class i.")] = None,
-    top_k: Annotated[Optional[int], typer.Option(  # noqa: UP045
+    top_k: Annotated[int | None, typer.Option(
         "--top-k", "-k", min=1, help="Explain each of the top K classes.")] = None,
     preset_name: Annotated[str, typer.Option(
         "--preset", help="Hyperparameters: default, reference, reference-cifar, paper.",
         rich_help_panel=_CFG)] = "default",
     preprocess: PrepOpt = None,
-    size: Annotated[Optional[str], _opt(  # noqa: UP045
+    size: Annotated[str | None, _opt(
         "--size", help="Model input H,W (default: from the model).", panel=_PRE)] = None,
-    resize: Annotated[Optional[Resize], _opt(  # noqa: UP045
+    resize: Annotated[Resize | None, _opt(
         "--resize", help="How the image meets the model's size.", panel=_PRE)] = None,
-    crop_fraction: Annotated[Optional[float], _float_opt(  # noqa: UP045
+    crop_fraction: Annotated[float | None, _float_opt(
         "--crop-fraction", help="center-crop: crop / resized size.", panel=_PRE)] = None,
-    scale: Annotated[Optional[float], _float_opt(  # noqa: UP045
+    scale: Annotated[float | None, _float_opt(
         "--scale", help="Pixel (0-255) multiplier before mean/std.", panel=_PRE)] = None,
-    mean: Annotated[Optional[str], _opt(  # noqa: UP045
+    mean: Annotated[str | None, _opt(
         "--mean", help="Per-channel mean, comma-separated.", panel=_PRE)] = None,
-    std: Annotated[Optional[str], _opt(  # noqa: UP045
+    std: Annotated[str | None, _opt(
         "--std", help="Per-channel std, comma-separated.", panel=_PRE)] = None,
-    channel_order: Annotated[Optional[ChannelOrder], typer.Option(  # noqa: UP045
+    channel_order: Annotated[ChannelOrder | None, typer.Option(
         "--channel-order", case_sensitive=False, rich_help_panel=_PRE,
         show_default=False)] = None,
     layout: LayoutOpt = None,
@@ -437,7 +437,7 @@ def evaluate(
         help=".npy map over the mask axes (e.g. HxW), or input-shaped (summed over channels).",
         show_default=False)],
     *,
-    target: Annotated[Optional[int], typer.Option(  # noqa: UP045
+    target: Annotated[int | None, typer.Option(
         "--target", "-t", min=0, help="Class index (default: the top-1 class).")] = None,
     curve_steps: CurveStepsOpt = 50,
     deletion_baseline: DelOpt = Removal.zero,
@@ -496,7 +496,7 @@ def compare(
     methods: Annotated[str, typer.Option(
         "--methods", "-m", help=f"Comma-separated, from: {ALL_METHODS.replace(',', ', ')}.")] = (
         ALL_METHODS),
-    target: Annotated[Optional[int], typer.Option(  # noqa: UP045
+    target: Annotated[int | None, typer.Option(
         "--target", "-t", min=0, help="Class index (default: each input's top-1 class).")] = None,
     preset_name: Annotated[str, typer.Option(
         "--preset", help="NeuroMask preset (see explain --help).", rich_help_panel=_CFG)] = (

@@ -24,10 +24,11 @@ import itertools
 import math
 import sys
 import textwrap
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
-from typing import Annotated, Any, Literal, Optional, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -127,7 +128,7 @@ def _choices(tp: Any) -> tuple[Any, ...] | None:
 
 def _option_type(name: str, tp: Any) -> tuple[Any, dict[str, Any]]:
     """(annotation, extra typer.Option arguments) for a field's type."""
-    if get_origin(tp) is typing.Union:  # Optional[X]: X (None already means "the preset's")
+    if get_origin(tp) in (typing.Union, types.UnionType):  # X | None: X (None = the preset's)
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return _option_type(name, args[0])
@@ -171,7 +172,7 @@ def config_parameters(cls: type, *, prefix: str = "", panel: str | None = None,
         out.append(inspect.Parameter(f"{prefix.replace('-', '_')}{f.name}",
                                      inspect.Parameter.KEYWORD_ONLY,
                                      default=None,
-                                     annotation=Annotated[Optional[annotation], opt]))  # noqa: UP045
+                                     annotation=Annotated[annotation | None, opt]))
     return out
 
 

@@ -239,6 +239,10 @@ class _WithKnob(optimize.NeuroMaskConfig):
     """A field added only in this test."""
     knob_mode: Literal["soft", "hard"] = "soft"
     """Another one, a choice."""
+    knob_on: bool = False
+    """A switch."""
+    knob_cap: float | None = None
+    """An optional number."""
 
 
 def test_a_new_config_field_is_a_new_flag(tmp_path: Path,
@@ -251,7 +255,7 @@ def test_a_new_config_field_is_a_new_flag(tmp_path: Path,
     monkeypatch.setitem(optimize.PRESETS, "default", _WithKnob(steps=7))
     cmd = typer.main.get_command(app).commands["explain"]  # type: ignore[attr-defined]
     opts = {o for p in cmd.params for o in p.opts}
-    assert {"--knob-width", "--knob-mode", "--steps", "--lr"} <= opts
+    assert {"--knob-width", "--knob-mode", "--knob-on", "--knob-cap", "--steps", "--lr"} <= opts
     helptext = runner.invoke(app, ["explain", "--help"]).stdout
     assert "A field added only in this test." in helptext
     assert "soft|hard" in helptext
@@ -265,9 +269,11 @@ def test_a_new_config_field_is_a_new_flag(tmp_path: Path,
     monkeypatch.setattr(pipeline, "explain_files", fake)
     photo = _setup(tmp_path)["photo"]
     res = runner.invoke(app, ["explain", str(MODEL), str(photo), "--quiet", "--knob-width",
-                              "2.5", "--knob-mode", "hard", "--lr", "0.5"])
+                              "2.5", "--knob-mode", "hard", "--lr", "0.5", "--knob-on",
+                              "--knob-cap", "3"])
     assert res.exit_code == 0, res.output
-    assert seen[0] == _WithKnob(steps=7, knob_width=2.5, knob_mode="hard", learning_rate=0.5)
+    assert seen[0] == _WithKnob(steps=7, knob_width=2.5, knob_mode="hard", learning_rate=0.5,
+                                knob_on=True, knob_cap=3.0)
     res = runner.invoke(app, ["explain", str(MODEL), str(photo), "--knob-width", "inf"])
     assert res.exit_code == 1
     assert "not a finite number" in res.stderr
