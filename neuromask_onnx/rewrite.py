@@ -98,7 +98,9 @@ def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets:
 
 
 def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    return [n for n in nodes if n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS]
+    # The rules are for the standard domain: com.example::Swish is not ONNX's Swish.
+    return [n for n in nodes if n.domain not in ("", "ai.onnx")
+            or (n.op_type not in VJP_RULES and n.op_type not in ZERO_GRAD_OPS)]
 
 
 def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str, str],
