@@ -25,7 +25,7 @@ from neuromask_onnx.vjp_rules import VJP_RULES
 
 D, F = TensorProto.DOUBLE, TensorProto.FLOAT
 N = helper.make_node
-NO_RULE = "LpNormalization"  # a differentiable op that has no VJP rule
+NO_RULE = "Trilu"  # a differentiable op that has no VJP rule
 
 
 def mk(nodes: Sequence[onnx.NodeProto], inputs: dict[str, Sequence[Any]],
