@@ -1,7 +1,7 @@
 """Vector-Jacobian rules: one function per ONNX op, emitting standard ONNX ops only.
 
 The registry and its conventions are in `registry`; the rules live in one module per op
-family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`), imported here so that importing
+family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`, `recurrent`, `control`), imported so that importing
 this package registers every rule.
 """
 
