@@ -1,8 +1,8 @@
 """Vector-Jacobian rules: one function per ONNX op, emitting standard ONNX ops only.
 
 The registry and its conventions are in `registry`; the rules live in one module per op
-family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`, `recurrent`, `control`), imported so that importing
-this package registers every rule.
+family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`, `recurrent`, `control`), imported
+here so that importing this package registers every rule.
 """
 
 from __future__ import annotations
