@@ -32,6 +32,9 @@ def _tiny_cnn(path: Path, *, extra_op: str | None = None, int_input: bool = Fals
     ]
     if extra_op:
         nodes[1].domain = "com.example"
+    if int_input:  # a valid model whose only input is int64 (cast before the Conv)
+        nodes.insert(0, helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
+        nodes[1].input[0] = "xf"
     xt = TensorProto.INT64 if int_input else TensorProto.FLOAT
     g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", xt, [batch, 3, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],

@@ -1,9 +1,9 @@
 """Vector-Jacobian rules: one function per ONNX op, emitting standard ONNX ops only.
 
 The registry and its conventions are in `registry`; the rules live in one module per op
-family (`elementwise`, `linalg`, `shape`, `pooling`, `nn`, `quant` for quantized models,
-`contrib` for onnxruntime's com.microsoft ops), imported here so that importing
-this package registers every rule.
+family (`elementwise`, `arith`, `linalg`, `shape`, `pooling`, `nn`, `recurrent`, `control`,
+`quant` for quantized models, `contrib` for onnxruntime's com.microsoft ops, `ml` for
+ONNX-ML), imported here so that importing this package registers every rule.
 """
 
 from __future__ import annotations
