@@ -61,7 +61,7 @@ class NeuroMaskConfig:
     """T in m = sigmoid(W / T); the authors' code uses 0.3, the paper 1."""
     tau: float = 10.0
     """Initial range W0 ~ U(-tau, tau) (`init` uniform) and the sparsity offset |W + tau|."""
-    init: Literal["prior", "zero", "uniform"] = "prior"
+    init: Literal["prior", "zero", "uniform"] = "zero"
     """W0: prior (areas mode: each area's mask starts as that area's top of one gradient pass,
     d p / d mask at m = 1, smoothed to the mask's cells; one extra model row per job), zero
     (m = 0.5 everywhere) or U(-tau, tau) (the code)."""
@@ -100,7 +100,7 @@ class NeuroMaskConfig:
     areas: tuple[float, ...] = (0.05, 0.12, 0.25, 0.5)
     """areas mode: target fractions of the input that the nested masks keep; the map is the
     mean of the masks, so it ranks the input from the smallest area outwards."""
-    area_penalty: Literal["sorted", "mean"] = "sorted"
+    area_penalty: Literal["sorted", "mean"] = "mean"
     """areas mode: how the area is held: sorted = the whole sorted mask is pulled to the step
     profile r_a (a near-binary mask of area a); mean = only the mask's mean is pulled to a
     (the pattern is left to the prediction term)."""

@@ -188,7 +188,7 @@ def main() -> None:
     names = [n for n in (SPLIT["tune"] + SPLIT["test"] if args.split == "all"
                          else SPLIT[args.split]) if n in photos
              and (args.photos is None or n in args.photos.split(","))]
-    clf = Classifier(args.model, provider="cpu", batch_size=64)
+    clf = Classifier(args.model, provider="cpu", batch_size=16)
     spec = describe_input(clf.model, clf.input_name)
     loaded = load_inputs([photos[n] for n in names], spec,
                          resolve_preprocessing(None, clf.model))
