@@ -41,7 +41,7 @@ LOG_FLOOR = 1e-6
 def area_profile(n: int, area: float) -> np.ndarray:
     """The sorted (ascending) mask of exactly `area` * n ones: r_a."""
     r = np.zeros(n, np.float32)
-    ones = int(round(area * n))
+    ones = round(area * n)
     if ones:
         r[n - ones:] = 1.0
     return r

@@ -343,6 +343,10 @@ def explain(
         "--threads", help="onnxruntime intra-op threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+    score: Annotated[bool, typer.Option(
+        "--score", help="Also score each map: deletion and insertion AUC under protocols A "
+        "(deletion to zero, insertion from blur) and B (swapped), in the JSON and the table; "
+        "about 200 more forward passes a map.")] = False,
     gradient: Annotated[str, typer.Option(
         "--gradient", help="auto | exact | estimate: the mask gradient from the rules, or "
         "estimated from model runs (auto: exact when every op has a rule).")] = "auto",
@@ -469,6 +473,8 @@ def explain(
                     results = nm.explain_many([x.tensor for x in loaded], targets,
                                               callback=show)
         flat = [(inp, ex) for inp, row in zip(loaded, results, strict=True) for ex in row]
+        if score:
+            flat = _scored(nm, flat)
         from .estimate import record as gradient_record
 
         written = outputs.write(out, planned, flat, model if server is None else None, force,
@@ -486,13 +492,18 @@ def explain(
     from rich.table import Table
 
     table = Table(title=f"NeuroMask: {len(flat)} mask(s), {len(written)} files in {out}")
-    for col in ("input", "target", "p before", "p after", "steps", "s/step", "seconds"):
+    cols = ["input", "target", "p before", "p after", "steps", "s/step", "seconds"]
+    if score:
+        cols += ["A: ins - del", "B: ins - del"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("input", "target") else "right")
     for (_inp, ex), pl in zip(flat, planned, strict=True):
         tgt = f"{ex.target} {ex.label}" if ex.label else str(ex.target)
         table.add_row(pl.stem, tgt, f"{ex.prob_before:.3f}", f"{ex.prob_after:.3f}",
                       str(ex.steps), f"{ex.timings['per_step']:.4f}",
-                      f"{ex.timings['optimize']:.2f}")
+                      f"{ex.timings['optimize']:.2f}",
+                      *([f"{ex.scores['A_insertion_minus_deletion']:.3f}",
+                         f"{ex.scores['B_insertion_minus_deletion']:.3f}"] if score else []))
     Console().print(table)
     if nm.layout == "NF":  # tabular: the features by importance
         from .onnxml import feature_order
@@ -505,6 +516,22 @@ def explain(
 from .cli_serve import register as _register_serving
 
 _register_serving(app)  # explain-dataset, serve
+
+
+def _scored(nm: Any, flat: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """`explain --score`: each map's own deletion / insertion AUCs (metrics.self_check) on
+    the same model, put into its Explanation (and so into the JSON and the table)."""
+    import dataclasses
+
+    from .baselines import Classifier
+    from .metrics import self_check
+
+    clf = Classifier(nm.model, input_name=nm.input_name, layout=nm.layout,
+                     mask_axes=list(nm.mask_axes), provider="cpu", batch_size=16,
+                     threads=nm.threads)
+    return [(inp, dataclasses.replace(ex, scores=self_check(clf, inp.tensor, ex.target,
+                                                            ex.mask)))
+            for inp, ex in flat]
 
 
 def run() -> None:

@@ -117,7 +117,8 @@ def upsample_matrix(n_out: int, n_in: int, kind: str) -> np.ndarray:
     if kind == "smooth" and n_in > 1:
         src = (rows + 0.5) * n_in / n_out - 0.5
         wts = np.exp(-0.5 * ((src[:, None] - np.arange(n_in)[None]) / SMOOTH_SIGMA) ** 2)
-        return (wts / wts.sum(axis=1, keepdims=True)).astype(np.float32)
+        out: np.ndarray = (wts / wts.sum(axis=1, keepdims=True)).astype(np.float32)
+        return out
     if kind == "nearest" or n_in == 1:
         a[rows, np.minimum((rows * n_in) // n_out, n_in - 1)] = 1.0
         return a

@@ -172,7 +172,8 @@ def _region_model(box: tuple[int, int, int, int]) -> onnx.ModelProto:
 
     path = Path(__file__).resolve().parent.parent / "tools" / "make_region_model.py"
     spec = importlib.util.spec_from_file_location("make_region_model", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     model: onnx.ModelProto = mod.build(box)
@@ -190,7 +191,8 @@ def test_default_mask_finds_the_region_at_the_border_and_inside(
     assert isinstance(ex, Explanation)
     top, bottom, left, right = box
     peak = np.unravel_index(int(ex.mask.argmax()), ex.mask.shape)
-    assert top <= peak[0] < bottom and left <= peak[1] < right
+    assert top <= peak[0] < bottom
+    assert left <= peak[1] < right
     inside = np.zeros(ex.mask.shape, bool)
     inside[top:bottom, left:right] = True
     # the box is 1/16 of the image; the largest nested area is 1/2, so the rest of the image

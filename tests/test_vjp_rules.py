@@ -1239,8 +1239,7 @@ def test_every_rule_has_a_case() -> None:
 def test_cases_use_the_op_they_name() -> None:
     """The op a case claims to test is in its model (Upsample is converted to Resize)."""
     for c in CASES:
-        ops = {rule_key(n) for n in c.model.graph.node}
-        ops = {n.op_type for n in c.model.graph.node} | {
+        ops = {rule_key(n) for n in c.model.graph.node} | {n.op_type for n in c.model.graph.node} | {
             f"{n.domain}::{n.op_type}" for n in c.model.graph.node if n.domain}
         assert c.op_type in ops or (c.op_type == "Resize" and "Upsample" in ops), c.id
 
@@ -1252,8 +1251,7 @@ SHARPNESS = ["relu", "relu_f32", "clip_relu6_f32", "add_bcast", "matmul_bcast_ba
              "avgpool_ceil_pads_include", "softmax_opset11_axis1", "slice_step_neg1",
              "resize_linear_half_pixel", "einsum_operand_only_index",
              "qdq_int8_per_tensor_opset13", "qdq_int16_opset21", "fused_matmul_transA",
-             "skip_layer_norm", "fused_conv_clip", "quick_gelu"]
-             "resize_linear_half_pixel", "einsum_operand_only_index", *ML_SHARPNESS]
+             "skip_layer_norm", "fused_conv_clip", "quick_gelu", *ML_SHARPNESS]
 
 
 @pytest.mark.parametrize("cid", SHARPNESS)

@@ -41,10 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from neuromask_onnx import metrics  # noqa: E402
-from neuromask_onnx.baselines import Classifier, run_method  # noqa: E402
-from neuromask_onnx.optimize import NeuroMaskConfig, preset  # noqa: E402
-from neuromask_onnx.preprocess import (  # noqa: E402
+from neuromask_onnx import metrics
+from neuromask_onnx.baselines import Classifier, run_method
+from neuromask_onnx.optimize import NeuroMaskConfig, preset
+from neuromask_onnx.preprocess import (
     describe_input,
     load_inputs,
     resolve_preprocessing,
