@@ -312,10 +312,34 @@ def explain(
     mask_scale: Annotated[Optional[int], _opt(  # noqa: UP045
         "--mask-scale", help="Mask resolution = input / this, upsampled.")] = None,
     upsample: Annotated[Optional[str], _opt(  # noqa: UP045
-        "--upsample", help="bilinear | nearest.")] = None,
+        "--upsample", help="smooth | bilinear | nearest.")] = None,
     restarts: Annotated[Optional[int], _opt(  # noqa: UP045
         "--restarts", help="Random starts per target; lowest loss wins.")] = None,
     seed: Annotated[Optional[int], _opt("--seed", help="Seed of W0.")] = None,  # noqa: UP045
+    mode: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--mode", help="areas (default preset) | classic (reference, paper).")] = None,
+    optimizer: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--optimizer", help="adam | rmsprop.")] = None,
+    beta1: Annotated[Optional[float], _opt("--beta1", help="Adam beta1.")] = None,  # noqa: UP045
+    beta2: Annotated[Optional[float], _opt("--beta2", help="Adam beta2.")] = None,  # noqa: UP045
+    init: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--init", help="W0: zero | uniform | prior (one gradient pass; areas mode).")] = None,
+    prior_scale: Annotated[Optional[float], _opt(  # noqa: UP045
+        "--prior-scale", help="init prior: scale of the standardised prior.")] = None,
+    smooth_padding: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--smooth-padding", help="reflect | valid: Laplacian at the border too, or not.")] = None,
+    substrates: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--substrates", help="areas mode: removal values taken in turn, e.g. blur,zero.")] = None,
+    areas: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--areas", help="areas mode: nested target areas, e.g. 0.05,0.12,0.25,0.5.")] = None,
+    area_penalty: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--area-penalty", help="areas mode: mean | sorted.")] = None,
+    halves: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--halves", help="areas mode: both | preserve | delete.")] = None,
+    pred_loss: Annotated[Optional[str], _opt(  # noqa: UP045
+        "--pred-loss", help="areas mode: probability | log.")] = None,
+    mask_cells: Annotated[Optional[int], _opt(  # noqa: UP045
+        "--mask-cells", help="Mask cells along each axis (0: use --mask-scale).")] = None,
     preprocess: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--preprocess", help="torchvision-imagenet | inception | caffe | raw "
         "(default: what the model's metadata says, else torchvision-imagenet).",
@@ -381,7 +405,12 @@ def explain(
             sparse_reduce=sparse_reduce, smooth_norm=smooth_norm, smooth_reduce=smooth_reduce,
             laplacian_size=laplacian_size, tolerance=tolerance, patience=patience,
             baseline=baseline, blur_sigma=blur_sigma, noise_std=noise_std,
-            mask_scale=mask_scale, upsample=upsample, restarts=restarts, seed=seed)
+            mask_scale=mask_scale, upsample=upsample, restarts=restarts, seed=seed,
+            mode=mode, optimizer=optimizer, beta1=beta1, beta2=beta2, init=init,
+            prior_scale=prior_scale, smooth_padding=smooth_padding,
+            substrates=tuple(t.strip() for t in substrates.split(",")) if substrates else None,
+            areas=_floats(areas, "--areas"), area_penalty=area_penalty, halves=halves,
+            pred_loss=pred_loss, mask_cells=mask_cells)
         hw = parse_ints(size, "--size")
         if hw is not None and len(hw) != 2:
             msg = f"--size takes H,W, got {size!r}"
@@ -413,6 +442,7 @@ def explain(
             raise InputError(msg)
         if len(spec.dims) == 2 and layout is None:  # tabular: no feature grouping, no Laplacian
             config = config.replace(mask_scale=1 if mask_scale is None else None,
+                                    mask_cells=0 if mask_scale is None else None,
                                     smooth_weight=0.0 if smooth_weight is None else None)
         fnames = None
         if server is None:

@@ -179,3 +179,18 @@ def test_config_flags_map_one_to_one() -> None:
     for f in fields:
         opt = next(p for p in cmd.params if p.name == f)
         assert f"--{f.replace('_', '-')}" in opt.opts
+
+
+def test_score_puts_both_protocols_in_the_json(image: Path, tmp_path: Path) -> None:
+    """`--score`: the map's own deletion / insertion AUCs under protocols A and B."""
+    out = tmp_path / "out"
+    result = _run(MODEL, image, "-o", out, "--preprocess", "raw", "--steps", "3", "--score")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(next(out.glob("*.json")).read_text())
+    scores = doc["scores"]
+    for proto in ("A", "B"):
+        d, i = scores[f"{proto}_deletion_auc"], scores[f"{proto}_insertion_auc"]
+        assert 0.0 <= d <= 1.0 and 0.0 <= i <= 1.0
+        assert scores[f"{proto}_insertion_minus_deletion"] == pytest.approx(i - d)
+    assert scores["A_deletion_auc"] != scores["B_deletion_auc"]  # different substrates
+    assert doc["model_passes"] == 3 * 8  # 3 steps of 4 areas x (kept, deleted)

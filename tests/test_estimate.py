@@ -17,14 +17,16 @@ from scipy.stats import spearmanr
 from neuromask_onnx.errors import InputError, UnsupportedOpError
 from neuromask_onnx.estimate import EstimateRunner
 from neuromask_onnx.explain import NeuroMask, _Runner
-from neuromask_onnx.optimize import NeuroMaskConfig
+from neuromask_onnx.optimize import preset
 from neuromask_onnx.rewrite import instrument
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FOREST = MODELS / "sklearn" / "forest_known_answer.onnx"
 TABULAR = MODELS / "tabular_mlp.onnx"
-# The tabular settings the CLI uses (no feature grouping, no Laplacian), zero baseline.
-CONFIG = NeuroMaskConfig(steps=150, learning_rate=0.3, mask_scale=1, smooth_weight=0.0)
+# The classic (reference) objective with the tabular settings the CLI uses (no feature
+# grouping, no Laplacian), zero baseline.
+CONFIG = preset("reference").replace(steps=150, learning_rate=0.3, mask_scale=1,
+                                     smooth_weight=0.0)
 
 
 def _runners(batch: int = 2) -> tuple[_Runner, EstimateRunner]:
