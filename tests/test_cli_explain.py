@@ -190,7 +190,8 @@ def test_score_puts_both_protocols_in_the_json(image: Path, tmp_path: Path) -> N
     scores = doc["scores"]
     for proto in ("A", "B"):
         d, i = scores[f"{proto}_deletion_auc"], scores[f"{proto}_insertion_auc"]
-        assert 0.0 <= d <= 1.0 and 0.0 <= i <= 1.0
+        assert 0.0 <= d <= 1.0
+        assert 0.0 <= i <= 1.0
         assert scores[f"{proto}_insertion_minus_deletion"] == pytest.approx(i - d)
     assert scores["A_deletion_auc"] != scores["B_deletion_auc"]  # different substrates
     assert doc["model_passes"] == 3 * 8  # 3 steps of 4 areas x (kept, deleted)
