@@ -625,10 +625,7 @@ class NeuroMask:
                 for s, cs in zip(full, coarse, strict=True)]
 
         def pad(a: np.ndarray, lo: int) -> np.ndarray:
-            part = a[lo:lo + piece]
-            if len(part) < piece:
-                part = np.concatenate([part, np.repeat(part[-1:], piece - len(part), axis=0)])
-            return part
+            return _rows(a, lo, piece)
 
         seen: dict[str, np.ndarray] = {}
 
@@ -716,11 +713,8 @@ class NeuroMask:
         for lo in range(0, len(xs), piece):
             k = min(piece, len(xs) - lo)
 
-            def pad(a: np.ndarray, lo: int = lo) -> np.ndarray:
-                part = a[lo:lo + piece]
-                return np.concatenate([part, np.repeat(part[-1:], piece - len(part), axis=0)])
-
-            runner.bind(self.input_name, pad(xs), pad(ts), pad(bs))
+            runner.bind(self.input_name, _rows(xs, lo, piece), _rows(ts, lo, piece),
+                        _rows(bs, lo, piece))
             _, gi, _ = runner.run(np.ones(runner.mask_shape, self.dtype))
             self.model_runs += piece
             rows.append(gi[:k].reshape(k, *full).astype(np.float32))
@@ -746,6 +740,14 @@ class NeuroMask:
             seed=self.config.seed, provider=r["provider"], timings=timings,
             warnings=tuple(notes), weights=r["weights"], passes=r["passes"],
             details={"areas": r["areas"]} if "areas" in r else {})
+
+
+def _rows(a: np.ndarray, lo: int, piece: int) -> np.ndarray:
+    """Rows lo .. lo + piece of a, padded with copies of the last row (a fixed session batch)."""
+    part = a[lo:lo + piece]
+    if len(part) < piece:
+        part = np.concatenate([part, np.repeat(part[-1:], piece - len(part), axis=0)])
+    return part
 
 
 def by_shape(xs: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
