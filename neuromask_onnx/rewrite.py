@@ -110,7 +110,7 @@ def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets:
 
 
 def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    return [n for n in nodes if rule_for(n) is None and n.op_type not in ZERO_GRAD_OPS]
+    return [n for n in nodes if rule_for(n) is None and op_key(n) not in ZERO_GRAD_OPS]
 
 
 def unsupported_paths(on_path: Sequence[onnx.NodeProto],
@@ -121,7 +121,7 @@ def unsupported_paths(on_path: Sequence[onnx.NodeProto],
     for node in on_path:
         if rule_for(node) is not None:
             found += [(where, n) for where, n in nested_path_nodes(node, marked, ZERO_GRAD_OPS)
-                      if rule_for(n) is None and n.op_type not in ZERO_GRAD_OPS]
+                      if rule_for(n) is None and op_key(n) not in ZERO_GRAD_OPS]
     return found
 
 

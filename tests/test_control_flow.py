@@ -156,22 +156,22 @@ def _if_data_with(op_type: str) -> onnx.ModelProto:
 
 
 def test_unsupported_op_inside_a_branch_is_named_with_its_path() -> None:
-    m = _if_data_with("Hardmax")
+    m = _if_data_with("Trilu")
     with pytest.raises(UnsupportedOpError, match=r"at If 'sign_if' / then_branch / "
-                                                 r"Hardmax 'then_tanh'"):
+                                                 r"Trilu 'then_tanh'"):
         instrument(m, batch_size=2)
-    row = next(r for r in op_report(m) if r.op_type == "Hardmax")
+    row = next(r for r in op_report(m) if r.op_type == "Trilu")
     assert row.status == "unsupported"
     assert row.on_path == 1
-    assert row.where == ("If 'sign_if' / then_branch / Hardmax 'then_tanh'",)
+    assert row.where == ("If 'sign_if' / then_branch / Trilu 'then_tanh'",)
 
 
 def test_ops_cli_names_the_subgraph_path(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
-    onnx.save(_if_data_with("Hardmax"), str(path))
+    onnx.save(_if_data_with("Trilu"), str(path))
     result = CliRunner().invoke(app, ["ops", str(path)])
-    assert "unsupported on the gradient path: Hardmax (at If 'sign_if' / then_branch / " \
-           "Hardmax 'then_tanh')" in result.output
+    assert "unsupported on the gradient path: Trilu (at If 'sign_if' / then_branch / " \
+           "Trilu 'then_tanh')" in result.output
     assert "every op on the gradient path is supported" not in result.output
 
 
