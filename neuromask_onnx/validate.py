@@ -117,10 +117,15 @@ def validate(model: onnx.ModelProto, source: str) -> None:
                        f"({_first_line(exc)}); the file is damaged: {fix}")
                 raise InputError(msg) from None
     if model.ByteSize() < (2 << 30) - (64 << 20):
+        from .precision import is_half, upcast_half
+
+        # A half-precision model is explained through its exact float32 copy (`precision`):
+        # judge that copy (bfloat16 Conv, say, has no schema before opset 22 and no CPU kernel).
+        checked = upcast_half(model) if is_half(model) else model
         try:
-            onnx.checker.check_model(model, full_check=True)
+            onnx.checker.check_model(checked, full_check=True)
         except Exception as exc:  # noqa: BLE001  (checker, inference and protobuf errors)
-            if runtime_error(model) is not None:
+            if runtime_error(checked) is not None:
                 msg = f"{source} is not a valid ONNX model: {_describe(exc)}; {fix}"
                 raise InputError(msg) from None
     if len(_CHECKED) > 16:
