@@ -1,3 +1,3 @@
-from neuromask_onnx.cli import run
+from neuromask_onnx.entry import run
 
 run()

@@ -41,3 +41,13 @@ class InputError(NeuromaskError):
 
 class ConvergenceWarning(UserWarning):
     """The mask optimisation finished but its result should not be trusted."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT), raised by the CLI's signal handler. A BaseException, so no
+    `except Exception` on the way swallows it; writers add the complete files they had
+    already put in place to `written`, and the CLI says which remain."""
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+        self.written: list[str] = []

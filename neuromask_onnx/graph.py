@@ -51,6 +51,9 @@ def load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
         copy.CopyFrom(model)
         return copy
     path = Path(model)
+    if path.is_dir():
+        msg = f"model {str(path)!r} is a directory; pass the path of the .onnx file in it"
+        raise InputError(msg)
     if not path.is_file():
         msg = f"model file {str(path)!r} does not exist; pass the path of an .onnx file"
         raise InputError(msg)

@@ -95,7 +95,14 @@ def _curve(clf: Classifier, x: np.ndarray, target: int, saliency: np.ndarray, st
     xs = b[None] + keep.reshape(shape) * (x - b)[None]
     p = clf.probs(xs.astype(np.float32))[:, target]
     frac = counts / n
-    return Curve(frac, p, float(np.trapezoid(p, frac)))
+    return Curve(frac, p, trapezoid(p, frac))
+
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Area under y(x), trapezoid rule: numpy's `trapezoid` formula (numpy >= 2 only has that
+    name, numpy 1.x only `trapz`; the floor is numpy 1.24)."""
+    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+    return float((np.diff(x) * (y[1:] + y[:-1]) / 2.0).sum())
 
 
 def deletion(clf: Classifier, x: np.ndarray, target: int, saliency: np.ndarray, *,

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, Interrupted
 from .explain import Explanation
 from .preprocess import LoadedInput
 
@@ -131,6 +131,55 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def check_writable(out_dir: Path, flag: str = "-o") -> None:
+    """Refuse now, before any work, an output directory that cannot be created or written.
+
+    Probes with a temporary file in `out_dir` or, when it does not exist yet, in its nearest
+    existing ancestor (creating nothing), so a read-only place fails in a second, not after
+    the optimisation.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        msg = f"output {str(out_dir)!r} exists and is not a directory; pick another with {flag}"
+        raise InputError(msg)
+    probe = out_dir.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        msg = f"cannot create {str(out_dir)!r}: {str(probe)!r} is a file; pick another with {flag}"
+        raise InputError(msg)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".neuromask-probe-")
+        os.close(fd)
+        Path(tmp).unlink()
+    except OSError as exc:
+        what = "is not writable" if probe == out_dir.absolute() else (
+            f"cannot be created ({str(probe)!r} is not writable)")
+        msg = f"output directory {str(out_dir)!r} {what}: {exc.strerror or exc}; " \
+              f"pick another with {flag}"
+        raise InputError(msg) from None
+
+
+def write_all(out_dir: Path, blobs: Sequence[tuple[Path, bytes]]) -> list[Path]:
+    """Create `out_dir` and write each file atomically. An OSError (disk full, read-only)
+    becomes one InputError line; an interrupt records the complete files already written."""
+    done: list[Path] = []
+    path = out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, data in blobs:
+            atomic_write(path, data)
+            done.append(path)
+    except Interrupted as exc:
+        exc.written.extend(str(p) for p in done)
+        raise
+    except OSError as exc:
+        kept = (f"; {len(done)} complete file(s) were written before it" if done
+                else "; nothing was written")
+        msg = f"cannot write {str(path)!r}: {exc.strerror or exc}{kept}"
+        raise InputError(msg) from None
+    return done
+
+
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -222,7 +271,4 @@ def write(out_dir: Path, planned: Sequence[Planned],
         if clash:
             msg = f"{clash[0]!r} appeared while computing; pass --force to overwrite"
             raise InputError(msg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path, data in blobs:
-        atomic_write(path, data)
-    return [p for p, _ in blobs]
+    return write_all(out_dir, blobs)

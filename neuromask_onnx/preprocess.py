@@ -29,6 +29,9 @@ from .graph import FLOAT_TYPES, graph_inputs, input_dims
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 TENSOR_SUFFIXES = frozenset({".npy"})
 Resize = Literal["stretch", "center-crop", "pad"]
+MAX_PIXELS = 50_000_000
+"""Images above this many pixels are refused from their header, before they are decoded
+(a 12000 x 12000 PNG needs tens of GB on the way to the model); `--max-pixels` raises it."""
 
 
 @dataclass(frozen=True)
@@ -233,16 +236,38 @@ def _resize_plane(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR), np.float32)
 
 
-def read_image(path: Path) -> tuple[np.ndarray, Image.Image, str]:
-    """Pixels [H, W, 3] float32 in [0, 255] RGB, the image for display, and its mode."""
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Image.Image, str]:
+    """Pixels [H, W, 3] float32 in [0, 255] RGB, the image for display, and its mode.
+
+    The size is checked from the header, before decoding: above `max_pixels` is one
+    InputError line (PIL's own decompression-bomb check is replaced by this one).
+    """
+    import warnings
+
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as opened:
+        Image.MAX_IMAGE_PIXELS = None  # PIL's own check, replaced by the precise one below
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            w, h = opened.size
+            if w * h > max_pixels:
+                msg = (f"image {str(path)!r} is {w} x {h} = {w * h / 1e6:.1f} megapixels, above "
+                       f"the limit of {max_pixels / 1e6:g}; shrink it or raise --max-pixels")
+                raise InputError(msg)
             opened.load()
             img = ImageOps.exif_transpose(opened) or opened
             img.load()
+    except Image.DecompressionBombError:
+        msg = (f"image {str(path)!r} decompresses to more than {max_pixels / 1e6:g} megapixels "
+               "(a decompression bomb?); raise --max-pixels if it is genuine")
+        raise InputError(msg) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         msg = f"cannot read image {str(path)!r} ({type(exc).__name__}); is it a valid image?"
         raise InputError(msg) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         grey = np.asarray(img, dtype=np.float64)
@@ -340,7 +365,8 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def load_inputs(paths: Sequence[str | Path], spec: InputSpec,
-                prep: Preprocessing | None = None) -> list[LoadedInput]:
+                prep: Preprocessing | None = None,
+                max_pixels: int = MAX_PIXELS) -> list[LoadedInput]:
     """Load every input (all errors surface here, before any work starts)."""
     prep = prep or Preprocessing()
     loaded: list[LoadedInput] = []
@@ -348,15 +374,15 @@ def load_inputs(paths: Sequence[str | Path], spec: InputSpec,
         if path.suffix.lower() in TENSOR_SUFFIXES:
             loaded.extend(_load_npy(path, spec))
         else:
-            loaded.append(load_image(path, spec, prep))
+            loaded.append(load_image(path, spec, prep, max_pixels))
     # Shapes differ only where the model's dims are dynamic: each shape is then instrumented
     # on its own (NeuroMask and Classifier group their inputs by shape).
     return loaded
 
 
 def _load_npy(path: Path, spec: InputSpec) -> list[LoadedInput]:
-    try:
-        arr = np.load(path, allow_pickle=False)
+    try:  # memory-mapped: the shape is checked before anything is read
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
         msg = f"cannot read {str(path)!r} as a .npy array ({type(exc).__name__})"
         raise InputError(msg) from None
@@ -378,6 +404,10 @@ def _load_npy(path: Path, spec: InputSpec) -> list[LoadedInput]:
         msg = (f"{str(path)!r} has shape {list(arr.shape)}, but input {spec.name!r} takes "
                f"{shown} (optionally with a leading sample axis); save it in the model's layout")
         raise InputError(msg)
+    if not all(np.isfinite(a).all() for a in arrays):
+        msg = (f"{str(path)!r} holds NaN or infinite values; the model needs finite numbers "
+               "(replace them, e.g. with np.nan_to_num, and save again)")
+        raise InputError(msg)
     many = len(arrays) > 1
     out = []
     for i, a in enumerate(arrays):
@@ -388,7 +418,8 @@ def _load_npy(path: Path, spec: InputSpec) -> list[LoadedInput]:
     return out
 
 
-def load_image(path: Path, spec: InputSpec, prep: Preprocessing) -> LoadedInput:
+def load_image(path: Path, spec: InputSpec, prep: Preprocessing,
+               max_pixels: int = MAX_PIXELS) -> LoadedInput:
     if not spec.is_image:
         msg = (f"{str(path)!r} is an image but input {spec.name!r} has layout {spec.layout} "
                f"(shape {list(spec.dims)}); pass a .npy tensor, or --layout NCHW/NHWC")
@@ -399,7 +430,7 @@ def load_image(path: Path, spec: InputSpec, prep: Preprocessing) -> LoadedInput:
         msg = f"input {spec.name!r} has a dynamic size {list(spec.dims)}; pass --size H,W"
         raise InputError(msg)
     channels = spec.channels or 3
-    px, shown, mode = read_image(path)
+    px, shown, mode = read_image(path, max_pixels)
     fitted, geometry = fit_image(px, (h, w), prep)
     x = normalize(fitted, prep, channels)
     if layout == "NCHW":

@@ -4,8 +4,8 @@ Per input: the original image, each method's heat-map overlay (the Turbo overlay
 `outputs`, as an inline base64 PNG) and its deletion and insertion curves (inline SVG written
 here; no plotting library). Then the summary table: each metric's mean per method, with
 whether higher or lower is better, and seconds per input. A small inline script writes how many
-images the browser decoded (and how many are broken) into `#nm-image-check`, so a headless
-browser test can read it from the DOM.
+images the browser decoded (and how many are broken) into the attributes of a hidden `#nm-image-check`
+element, so a headless browser test can read it from the DOM; the reader never sees it.
 """
 
 from __future__ import annotations
@@ -45,11 +45,20 @@ class InputResult:
     """Callable map -> map at the image's resolution (None: resize to the image)."""
 
 
-def normalize(saliency: np.ndarray) -> np.ndarray:
-    """Positive part scaled to [0, 1] (a constant or all-negative map becomes zeros)."""
-    s = np.clip(np.asarray(saliency, np.float64), 0.0, None)
-    top = s.max(initial=0.0)
-    return (s / top if top > 0 else s).astype(np.float32)
+PERCENTILE = 99.0
+"""Overlays are scaled so that this percentile of |map| is full colour: a few extreme
+gradient values would otherwise leave the rest of a gradient map invisible."""
+
+
+def normalize(saliency: np.ndarray, percentile: float = PERCENTILE) -> np.ndarray:
+    """Positive part over the `percentile`-th percentile of |map|, clipped to [0, 1] (a
+    constant zero or all-negative map becomes zeros)."""
+    a = np.asarray(saliency, np.float64)
+    s = np.clip(a, 0.0, None)
+    top = float(np.percentile(np.abs(a), percentile)) if a.size else 0.0
+    if top <= 0:  # sparse maps (most of |map| zero): fall back to the maximum
+        top = s.max(initial=0.0)
+    return np.clip(s / top if top > 0 else s, 0.0, 1.0).astype(np.float32)
 
 
 def tensor_image(x: np.ndarray, channel_axis: int | None) -> Image.Image | None:
@@ -82,28 +91,36 @@ def overlay_png(image: Image.Image, saliency: np.ndarray, to_image: object = Non
     return png_bytes(overlay(image, np.clip(full, 0.0, 1.0)))
 
 
-def curve_svg(deletion: Curve, insertion: Curve, width: int = 220, height: int = 140) -> str:
-    """Both curves on one plot: probability (0..1) against the fraction removed/inserted."""
-    pad = 24
-    w, h = width - 2 * pad, height - 2 * pad
+def curve_svg(deletion: Curve, insertion: Curve, width: int = 240, height: int = 170) -> str:
+    """Both curves on one plot: target probability (0..1) against the fraction of pixels
+    removed (deletion) or inserted (insertion), with axis titles."""
+    left, right, top, bottom = 34, 8, 22, 34
+    w, h = width - left - right, height - top - bottom
 
     def points(c: Curve) -> str:
-        return " ".join(f"{pad + w * f:.1f},{pad + h * (1 - min(max(p, 0.0), 1.0)):.1f}"
+        return " ".join(f"{left + w * f:.1f},{top + h * (1 - min(max(p, 0.0), 1.0)):.1f}"
                         for f, p in zip(c.fractions, c.probs, strict=True))
 
+    mid_y = top + h / 2
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="deletion and insertion curves">'
-        f'<rect x="{pad}" y="{pad}" width="{w}" height="{h}" fill="none" stroke="#999"/>'
+        f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>'
         f'<polyline fill="none" stroke="#d62728" stroke-width="1.5" points="{points(deletion)}"/>'
         f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" '
         f'points="{points(insertion)}"/>'
-        f'<text x="{pad}" y="14" font-size="10" fill="#d62728">deletion {deletion.auc:.3f}</text>'
-        f'<text x="{pad + w / 2}" y="14" font-size="10" fill="#1f77b4">insertion '
+        f'<text x="{left}" y="14" font-size="10" fill="#d62728">deletion AUC '
+        f'{deletion.auc:.3f}</text>'
+        f'<text x="{left + w / 2 + 4}" y="14" font-size="10" fill="#1f77b4">insertion AUC '
         f'{insertion.auc:.3f}</text>'
-        f'<text x="{pad}" y="{height - 6}" font-size="9">0</text>'
-        f'<text x="{pad + w - 6}" y="{height - 6}" font-size="9">1</text>'
-        f'<text x="2" y="{pad + 4}" font-size="9">p=1</text></svg>')
+        f'<text x="{left}" y="{top + h + 11}" font-size="9" text-anchor="middle">0</text>'
+        f'<text x="{left + w}" y="{top + h + 11}" font-size="9" text-anchor="middle">1</text>'
+        f'<text x="{left + w / 2}" y="{height - 4}" font-size="10" text-anchor="middle">'
+        "fraction of pixels removed / inserted</text>"
+        f'<text x="{left - 4}" y="{top + 4}" font-size="9" text-anchor="end">1</text>'
+        f'<text x="{left - 4}" y="{top + h}" font-size="9" text-anchor="end">0</text>'
+        f'<text x="10" y="{mid_y}" font-size="10" text-anchor="middle" '
+        f'transform="rotate(-90 10 {mid_y})">target probability</text></svg>')
 
 
 def summary(inputs: Sequence[InputResult]) -> list[dict[str, float | str]]:
@@ -120,6 +137,32 @@ def summary(inputs: Sequence[InputResult]) -> list[dict[str, float | str]]:
         row["seconds"] = float(np.mean([m.seconds for m in res]))
         rows.append(row)
     return rows
+
+
+def comparison_files(inputs: Sequence[InputResult], meta: dict[str, object],
+                     notes: Sequence[str], title: str,
+                     ) -> tuple[dict[str, bytes], list[dict[str, float | str]], list[str]]:
+    """compare.csv, compare.json and report.html as bytes (keys csv, json, html), with the
+    summary rows and their columns (for the terminal table)."""
+    import csv
+    import io
+    import json
+
+    rows = summary(inputs)
+    cols = ["method", *[c for c in METRICS if any(c in r for r in rows)], "seconds"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    doc = {**meta, "better": METRICS, "summary": rows,
+           "inputs": [{"name": r.name, "target": r.target, "prob": r.prob,
+                       "methods": {m.method: {**m.scores, "seconds": m.seconds}
+                                   for m in r.methods}} for r in inputs],
+           "warnings": list(notes)}
+    blobs = {"csv": buf.getvalue().encode(),
+             "json": (json.dumps(doc, indent=2) + "\n").encode(),
+             "html": render(inputs, title).encode()}
+    return blobs, rows, cols
 
 
 def _table(rows: Sequence[dict[str, float | str]]) -> str:
@@ -151,7 +194,6 @@ window.addEventListener('load', function () {
   var el = document.getElementById('nm-image-check');
   el.setAttribute('data-images', String(imgs.length));
   el.setAttribute('data-broken', String(broken));
-  el.textContent = imgs.length + ' images, ' + broken + ' broken';
 });
 </script>"""
 
@@ -161,7 +203,11 @@ def render(inputs: Sequence[InputResult], title: str = "neuromask compare") -> s
     parts = [(f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
               f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"),
              f"<h1>{html.escape(title)}</h1><h2>Summary</h2>", _table(summary(inputs)),
-             '<p id="nm-image-check" data-images="?" data-broken="?">(images not checked)</p>']
+             '<div id="nm-image-check" hidden data-images="?" data-broken="?"></div>',
+             ("<p>Overlays: each map's positive part, full colour at its "
+              f"{PERCENTILE:g}th percentile of |map|. Curves: the target probability as "
+              "pixels are removed most-important first (deletion, lower AUC is better) or "
+              "inserted into the insertion baseline (higher is better).</p>")]
     for inp in inputs:
         tgt = f"{inp.target} {inp.label}" if inp.label else str(inp.target)
         parts.append(f"<h2>{html.escape(inp.name)}: target {html.escape(tgt)} "

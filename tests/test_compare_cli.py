@@ -78,7 +78,7 @@ def test_compare_writes_table_csv_json_report(inputs: list[Path], tmp_path: Path
     (["--methods", ","], "no methods given"),
     (["--box", "1,2,3"], "--box takes y0,x0,y1,x1"),
     (["--box", "10,10,5,20"], "box"),
-    (["--deletion-baseline", "noise"], "--deletion-baseline must be"),
+    (["--deletion-baseline", "noise"], "'--deletion-baseline'"),  # an Enum: click names the flag
     (["--target", "10"], "out of range"),
 ])
 def test_compare_errors_write_nothing(inputs: list[Path], tmp_path: Path, args: list[str],
