@@ -456,6 +456,8 @@ def explain(
                                 feature_names=feature_names, server=server,
                                 served_model=served_model, server_timeout=server_timeout,
                                 progress=progress)
+    for check in run.label_checks:
+        typer.echo(f"warning: {check}", err=True)
     if quiet:
         return
     for note in run.notes:

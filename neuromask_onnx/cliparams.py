@@ -164,9 +164,9 @@ def _option_type(name: str, tp: Any) -> tuple[Any, dict[str, Any]]:
         if len(args) == 1:
             return _option_type(name, args[0])
     if get_origin(tp) is tuple:  # tuple[X, ...]: comma-separated values
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return (str, {"parser": _list_parser(name, args[0]), "metavar": "<a,b,...>"})
+        items = get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return (str, {"parser": _list_parser(name, items[0]), "metavar": "<a,b,...>"})
     choices = _choices(tp)
     if choices is not None:
         if not all(isinstance(c, str) for c in choices):

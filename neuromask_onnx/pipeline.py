@@ -94,6 +94,9 @@ class ExplainRun:
     stems: list[str]
     written: list[Path]
     warnings: list[str] = field(default_factory=list)
+    """ConvergenceWarnings of the optimisation."""
+    label_checks: list[str] = field(default_factory=list)
+    """Where a model's label output disagrees with its top-1 probability (always shown)."""
     notes: list[str] = field(default_factory=list)
     """Informational lines (how the gradient is computed), shown unless --quiet."""
     layout: str = ""
@@ -185,7 +188,7 @@ def explain_files(model: Path, inputs: Sequence[Path] | None, out: Path, *,
                        output_kind=output_kind, layout=layout, provider=provider,  # type: ignore[arg-type]
                        batch_size=batch_size, labels=names, threads=threads,
                        input_shape=loaded[0].tensor.shape if loaded else None,
-                       gradient=gradient)  # type: ignore[arg-type]
+                       gradient=gradient)
         if nm.gradient_note:
             notes.append(nm.gradient_note)
         fnames = read_labels(feature_names) if feature_names else onnxml.feature_names(proto)
@@ -237,10 +240,9 @@ def explain_files(model: Path, inputs: Sequence[Path] | None, out: Path, *,
                             feature_names=fnames,
                             gradient=gradient_record(list(nm._runners.values()),
                                                      getattr(nm, "gradient", "exact")))
-    notes_w = top1_notes + [str(w.message) for w in caught
-                            if issubclass(w.category, ConvergenceWarning)]
-    return ExplainRun(flat, [p.stem for p in planned], written, notes_w, notes, nm.layout,
-                      fnames)
+    converge = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    return ExplainRun(flat, [p.stem for p in planned], written, converge, top1_notes, notes,
+                      nm.layout, fnames)
 
 
 def scored(nm: Any, flat: list[tuple[LoadedInput, Explanation]],
