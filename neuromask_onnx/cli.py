@@ -661,4 +661,4 @@ def _print_summary(rows: list[dict[str, float | str]], cols: list[str], title: s
     Console(width=200).print(table)
 
 
-register(app)  # explain-dataset, serve (cli_serve.py)
+register(app, OneLineCommand)  # explain-dataset, serve (cli_serve.py)

@@ -59,15 +59,22 @@ def instrument_triton(model: Path, repo: Path, *, name: str | None, python_backe
                       force: bool, **instrument_opts: Any) -> None:
     """`neuromask instrument MODEL --triton REPO`."""
     from .cli import _errors, _read_labels
+    from .errors import InputError
+    from .outputs import check_writable
     from .preprocess import preprocessing_preset
     from .triton import write_repository
 
     with _errors():
-        target = write_repository(
-            model, repo, name=name, max_batch_size=max_batch_size,
-            python_backend=python_backend, labels=_read_labels(labels),
-            preprocessing=preprocessing_preset(preprocess) if preprocess else None,
-            force=force, **instrument_opts)
+        check_writable(repo, "--triton")
+        try:
+            target = write_repository(
+                model, repo, name=name, max_batch_size=max_batch_size,
+                python_backend=python_backend, labels=_read_labels(labels),
+                preprocessing=preprocessing_preset(preprocess) if preprocess else None,
+                force=force, **instrument_opts)
+        except OSError as exc:
+            msg = f"cannot write the Triton repository {str(repo)!r}: {exc.strerror or exc}"
+            raise InputError(msg) from None
     kind = "python" if python_backend else "onnxruntime"
     typer.echo(f"wrote Triton model {target.name!r} ({kind} backend, max_batch_size "
                f"{max_batch_size}) in {target}")
@@ -193,7 +200,7 @@ def serve(
     run(m, host=host, port=port)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the serving commands to the `neuromask` app."""
-    app.command("explain-dataset")(explain_dataset)
-    app.command("serve")(serve)
+def register(app: typer.Typer, cls: type[Any] | None = None) -> None:
+    """Add the serving commands to the `neuromask` app (`cls`: the app's command class)."""
+    app.command("explain-dataset", cls=cls)(explain_dataset)
+    app.command("serve", cls=cls)(serve)

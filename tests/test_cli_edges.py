@@ -121,6 +121,7 @@ BAD = [
     ("evaluate {modeldir} {photo} {nanmap}", "is a directory"),
     ("instrument {modeldir} -o {out}/m.onnx", "is a directory"),
     ("instrument {model} -o /proc/self/m.onnx", "not writable"),
+    ("instrument {model} --triton /proc/self/repo", "not writable"),
 ]
 
 
@@ -134,7 +135,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, line: str, tex
     before = sorted(p.name for p in tmp_path.iterdir())
     fast = FAST if line.startswith("explain") else CFAST if line.startswith("compare") else []
     argv = [a.format(model=MODEL, tmp=tmp_path, out=out, **paths) for a in line.split()]
-    if "-o" not in argv:
+    if "-o" not in argv and "--triton" not in argv:
         argv += ["-o", str(out)]
     if argv[0] == "evaluate":
         argv = [*argv[:-2], "--curve-steps", "4"]
