@@ -291,6 +291,40 @@ def test_a_new_config_field_is_a_new_flag(tmp_path: Path,
     assert "--nm-knob-width" in {o for p in cmp.params for o in p.opts}
 
 
+def test_no_flags_is_the_default_config_and_tuple_fields_take_lists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`explain` with no config flags runs `NeuroMaskConfig()`; the tuple fields (areas,
+    substrates) are comma-separated flags on explain and, prefixed, on compare."""
+    seen: list[tuple[optimize.NeuroMaskConfig, object]] = []
+
+    def fake(*args: object, config: optimize.NeuroMaskConfig, **kwargs: object) -> object:
+        seen.append((config, kwargs.get("set_fields")))
+        return pipeline.ExplainRun([], [], [])
+
+    monkeypatch.setattr(pipeline, "explain_files", fake)
+    photo = _setup(tmp_path)["photo"]
+    res = runner.invoke(app, ["explain", str(MODEL), str(photo), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert seen[-1] == (optimize.NeuroMaskConfig(), set())
+    res = runner.invoke(app, ["explain", str(MODEL), str(photo), "--quiet", "--areas",
+                              "0.1, 0.3", "--substrates", "mean", "--mask-cells", "7"])
+    assert res.exit_code == 0, res.output
+    assert seen[-1] == (optimize.NeuroMaskConfig(areas=(0.1, 0.3), substrates=("mean",),
+                                                 mask_cells=7),
+                        {"areas", "substrates", "mask_cells"})
+
+    def fake_compare(*args: object, config: optimize.NeuroMaskConfig, **kw: object) -> object:
+        seen.append((config, None))
+        msg = "stop here"
+        raise pipeline.InputError(msg)
+
+    monkeypatch.setattr(pipeline, "compare_files", fake_compare)
+    res = runner.invoke(app, ["compare", str(MODEL), str(photo), "--quiet", "--nm-areas",
+                              "0.2", "--nm-steps", "3"])
+    assert res.exit_code == 1
+    assert seen[-1][0] == optimize.NeuroMaskConfig(areas=(0.2,), steps=3)
+
+
 # --------------------------------------------------------------------------- progress
 
 
