@@ -19,11 +19,25 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
     raise Interrupted
 
 
+def _interrupt_in(exc: BaseException) -> BaseException | None:
+    """The Interrupted (or KeyboardInterrupt) that `exc` is or was raised from: an extension
+    module whose initialisation the signal interrupted (pybind11's, e.g. scipy's) re-raises
+    it as ImportError("initialization failed") with the interrupt as its cause."""
+    from .errors import Interrupted
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, (Interrupted, KeyboardInterrupt)):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def run() -> None:
     """Console entry point (see pyproject's [project.scripts])."""
     signal.signal(signal.SIGINT, _on_sigint)
-    from .errors import Interrupted
-
     try:
         if sys.argv[1:] == ["--version"]:  # the one answer that needs no typer at all
             from . import __version__
@@ -33,7 +47,10 @@ def run() -> None:
         from .cli import app
 
         app()
-    except (Interrupted, KeyboardInterrupt) as exc:
+    except BaseException as caught:
+        exc = _interrupt_in(caught)
+        if exc is None:
+            raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt this
         written = getattr(exc, "written", [])
         if written:

@@ -360,3 +360,34 @@ def test_fast_version_path_says_what_the_cli_says() -> None:
     done = subprocess.run([sys.executable, "-m", "neuromask_onnx", "--version"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     assert done.stdout == runner.invoke(app, ["--version"]).stdout
+
+
+def test_an_interrupted_extension_import_is_an_interrupt(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         ) -> None:
+    """pybind11 modules (scipy's) turn an exception raised during their initialisation into
+    ImportError("initialization failed") caused by it: a Ctrl-C there is still one line, 130."""
+    from neuromask_onnx import cli, entry
+
+    def interrupted_import() -> None:
+        try:
+            raise Interrupted
+        except Interrupted as exc:
+            msg = "initialization failed"
+            raise ImportError(msg) from exc
+
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's own handler
+    monkeypatch.setattr(cli, "app", interrupted_import)
+    monkeypatch.setattr(sys, "argv", ["neuromask", "explain"])
+    with pytest.raises(SystemExit) as stop:
+        entry.run()
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "interrupted; no files written\n"
+
+    def broken_import() -> None:
+        msg = "a real import error"
+        raise ImportError(msg)
+
+    monkeypatch.setattr(cli, "app", broken_import)
+    with pytest.raises(ImportError, match="a real import error"):
+        entry.run()
