@@ -391,3 +391,22 @@ def test_an_interrupted_extension_import_is_an_interrupt(monkeypatch: pytest.Mon
     monkeypatch.setattr(cli, "app", broken_import)
     with pytest.raises(ImportError, match="a real import error"):
         entry.run()
+
+
+def test_demo_refuses_before_any_work(tmp_path: Path) -> None:
+    """The demo's assets ship in models/demo; a missing one, or an output it would overwrite,
+    is one line before the model is loaded (its full run is tests/test_install.py's)."""
+    from neuromask_onnx import demo
+
+    assert [p.name for p in demo.assets()] == ["efficientnet_lite0.onnx", "chelsea.png"]
+    with pytest.raises(pipeline.InputError, match="ship in the source tree"):
+        demo.run_demo(tmp_path / "o", root=tmp_path / "nowhere")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("mine")
+    res = runner.invoke(app, ["demo", "-o", str(out), "--quiet"])
+    assert res.exit_code == 1, res.output
+    want = f"error: {str(out / 'report.html')!r} already exists; pass --force to overwrite"
+    assert res.stderr.splitlines() == [want]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
+    assert (out / "report.html").read_text() == "mine"
