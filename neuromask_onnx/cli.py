@@ -26,6 +26,7 @@ from .cli_serve import (
     PythonBackendOpt,
     ServedOpt,
     ServerOpt,
+    ServerTimeoutOpt,
     TritonLabelsOpt,
     TritonNameOpt,
     TritonOpt,
@@ -423,10 +424,7 @@ def explain(
         "default: the model's metadata).", show_default=False)] = None,
     server: ServerOpt = None,
     served_model: ServedOpt = None,
-    server_timeout: Annotated[float, typer.Option(
-        "--server-timeout", parser=finite_float, metavar="<float>",
-        help="Seconds per server call (transient errors are retried 3 times).",
-        rich_help_panel="Served model (with --server)")] = 30.0,
+    server_timeout: ServerTimeoutOpt = 30.0,
 ) -> None:
     """Learn a NeuroMask for each input and write mask, PNGs and JSON to the output dir."""
     with _errors():

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from .cliparams import finite_float
+
 if TYPE_CHECKING:
     from .remote import ServedModel
 
@@ -51,7 +53,7 @@ ServedOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     rich_help_panel=_REMOTE, show_default=False)]
 ServerTimeoutOpt = Annotated[float, typer.Option(
     "--server-timeout", help="Seconds per server call (transient errors are retried 3 "
-    "times).", rich_help_panel=_REMOTE)]
+    "times).", rich_help_panel=_REMOTE, parser=finite_float, metavar="<float>")]
 
 
 def instrument_triton(model: Path, repo: Path, *, name: str | None, python_backend: bool,
