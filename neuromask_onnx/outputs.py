@@ -50,11 +50,17 @@ def turbo(v: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """Blend the Turbo heat map of `mask` (same size as `image`) over it; more where m is high."""
+    """Blend the Turbo heat map of `mask` (same size as `image`) over it; more where m is high.
+
+    The colours are relative to the map's maximum: the default map is the mean of nested
+    masks, so its values rarely reach 1 and an absolute scale would show it washed out (the
+    .npy and the greyscale PNG keep the raw values)."""
     base = np.asarray(image.convert("RGB"), np.float64) / 255.0
-    m = np.clip(mask, 0.0, 1.0)[..., None]
+    m = np.clip(np.asarray(mask, np.float64), 0.0, 1.0)
+    top = float(m.max(initial=0.0))
+    m = (m / top if top > 0 else m)[..., None]
     a = alpha * (0.35 + 0.65 * m)
-    out = (1.0 - a) * base + a * turbo(mask)
+    out = (1.0 - a) * base + a * turbo(m[..., 0])
     return Image.fromarray(np.rint(out * 255.0).astype(np.uint8), mode="RGB")
 
 
