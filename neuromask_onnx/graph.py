@@ -331,9 +331,9 @@ def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.
                               dtypes: dict[str, int]) -> list[onnx.NodeProto]:
     """SpaceToDepth with mode="CRD" as Reshape -> Transpose -> Reshape.
 
-    No opset's SpaceToDepth has a mode attribute, so onnx.checker rejects it, but onnxruntime
-    and onnx's reference honour it (ONNX's conformance case test_spacetodepth_crd_mode_example):
-    written out in standard ops, the graph is valid and the gradient follows the real function.
+    SpaceToDepth's mode attribute exists from opset 28 (ONNX's conformance case
+    test_spacetodepth_crd_mode_example); the SpaceToDepth rule knows DCR only, so CRD is
+    written out in standard ops, whose rules follow the real function.
     """
     out: list[onnx.NodeProto] = []
     for node in nodes:

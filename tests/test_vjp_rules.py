@@ -654,9 +654,12 @@ add(case("lrn_size5_f32_batch1", "LRN",
          [N("LRN", ["x"], ["y"], size=5, alpha=0.4, beta=0.75, bias=1.0)], {"x": (1, 7, 3, 2)},
          f32=REF_LRN_BATCH))
 
-# ---- the ONNX conformance cases' forms (tests/test_conformance.py)
+# ---- the ONNX conformance cases' forms (tests/test_conformance.py). SpaceToDepth's mode and
+# float Mod with fmod=0 exist from opset 28 only (before it onnxruntime refuses both, and the
+# load-time validation with it), so these cases are at opset 28, as the conformance cases are.
 add(case("space_to_depth_crd", "SpaceToDepth",
-         [N("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 3, 4, 6)}))
+         [N("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 3, 4, 6)},
+         opset=28))
 
 
 def off_integers(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -675,7 +678,8 @@ def scalar(value: float) -> Draw:
 # Mod on floats: both operands are inputs; a / b stays off the integers (its jumps).
 for fmod in (0, 1):
     add(case(f"mod_fmod{fmod}", "Mod", [N("Mod", ["a", "b"], ["y"], fmod=fmod)],
-             {"a": (3, 4), "b": (4,)}, draw={"a": off_integers, "b": in_1_2}))
+             {"a": (3, 4), "b": (4,)}, draw={"a": off_integers, "b": in_1_2},
+             opset=28 if fmod == 0 else 18))
 # Operands read for their type only, computed from the data: a zero gradient (the driver
 # passes them over, vjp_rules.NONDIFF_OPERANDS), as in function-expanded graphs.
 add(case("castlike_like_from_data", "CastLike",
@@ -1213,22 +1217,8 @@ def _rule_of(c: RuleCase) -> str:
     return c.op_type
 
 
-# Cases that broke when the engine branches were merged (validation on load, control flow,
-# conformance fixes), each still covered elsewhere where noted; fix and remove (issues 12, 17).
-MERGE_REGRESSIONS = {
-    "space_to_depth_crd": "the load-time validation rejects the case's model (value without a "
-                          "shape); CRD is still checked by tests/test_conformance.py",
-    "mod_fmod0": "float Mod with fmod=0 is outside the spec (onnxruntime refuses it), so the "
-                 "load-time validation rejects it; fmod=1 is checked here and in conformance",
-    "if_data_nested_then": "the backward If of an If nested in a data-dependent If's branch is "
-                           "not topologically sorted since the merge",
-}
-
-
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_vjp_rule(c: RuleCase, rng: np.random.Generator) -> None:
-    if c.id in MERGE_REGRESSIONS:
-        pytest.skip(MERGE_REGRESSIONS[c.id])
     feeds = c.sample(rng)
     result = check_vjp(c.model, feeds, rng=rng, eps=c.eps, backend=c.backend,
                        reference=c.reference)
