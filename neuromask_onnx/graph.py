@@ -361,6 +361,16 @@ def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.
     return out
 
 
+def _shapes_at(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+               consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+               names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
+    """Shapes and types of `names` at `feeds`: onnxruntime's, else the reference's."""
+    try:
+        return _shapes_by_running(model, nodes, consts, feeds, names)
+    except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
+        return _shapes_by_reference(model, nodes, consts, feeds, names)
+
+
 def _shapes_by_reference(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
                          consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
                          names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
@@ -425,10 +435,19 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
             if vi.name in real_inputs:
                 dt = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
                 feeds[vi.name] = np.zeros(pinned[vi.name], dtype=dt)
-        try:
-            found = _shapes_by_running(model, nodes, consts, feeds, missing)
-        except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
-            found = _shapes_by_reference(model, nodes, consts, feeds, missing)
+        found = _shapes_at(model, nodes, consts, feeds, missing)
+        # A shape that the float inputs' values set (OneHot's depth, Range's limit) has no
+        # static value: zeros and ones disagree. Integer inputs keep their zeros (a Loop's trip
+        # count is refused later with its own reason).
+        floats = {k: np.ones_like(v) for k, v in feeds.items() if v.dtype.kind == "f"}
+        ones = _shapes_at(model, nodes, consts, {**feeds, **floats}, missing) if floats else {}
+        moved = [n for n in missing if n in found and n in ones and found[n][0] != ones[n][0]]
+        if moved:
+            n = moved[0]
+            msg = (f"the shape of {n!r} depends on the values of the model's float inputs "
+                   f"(zeros give {list(found[n][0])}, ones {list(ones[n][0])}), so no gradient "
+                   "graph of static shapes exists; make that size a constant of the model")
+            raise ModelContractError(msg)
         for name, (shp, elem) in found.items():
             shapes.setdefault(name, shp)
             dtypes.setdefault(name, elem)
