@@ -1210,6 +1210,66 @@ add(ml_case("ml_svm_regressor_linear_mode", "SVMRegressor",
              "n_supports": 0}, {"x": (3, 4)}))
 
 
+# ---- indexed reads and writes, products, p-norm pools (vjp_rules/indexing.py, powers.py;
+# issue 17). Indices are constants with negative and repeated entries where the op allows
+# them; both data and updates of a scatter are inputs, so both gradients are checked.
+def i64(values: Any) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+add(case("gather_nd_pairs", "GatherND", [N("GatherND", ["x", "i"], ["y"])], {"x": (3, 4, 2)},
+         inits={"i": i64([[0, 1], [2, 3], [1, -1], [0, 1]])}))
+add(case("gather_nd_slices_repeated", "GatherND", [N("GatherND", ["x", "i"], ["y"])],
+         {"x": (3, 4)}, inits={"i": i64([[[1], [1]], [[-3], [2]]])}))
+add(case("gather_nd_batch_dims1", "GatherND", [N("GatherND", ["x", "i"], ["y"], batch_dims=1)],
+         {"x": (2, 3, 4)}, inits={"i": i64([[[2], [0], [2]], [[1], [-1], [0]]])}))
+add(case("gather_nd_batch_dims2_elements", "GatherND",
+         [N("GatherND", ["x", "i"], ["y"], batch_dims=2)], {"x": (2, 3, 4)},
+         inits={"i": i64([[[1], [3], [0]], [[2], [2], [-1]]])}))
+add(case("scatter_nd_rows", "ScatterND", [N("ScatterND", ["x", "i", "u"], ["y"])],
+         {"x": (4, 3), "u": (2, 3)}, inits={"i": i64([[1], [-1]])}))
+add(case("scatter_nd_elements", "ScatterND", [N("ScatterND", ["x", "i", "u"], ["y"])],
+         {"x": (2, 3, 4), "u": (3,)}, inits={"i": i64([[0, 1, 2], [1, 2, 3], [1, -1, 0]])}))
+add(case("scatter_nd_add_repeated", "ScatterND",
+         [N("ScatterND", ["x", "i", "u"], ["y"], reduction="add")],
+         {"x": (4, 3), "u": (3, 3)}, inits={"i": i64([[1], [1], [-1]])}))
+add(case("scatter_elements_axis1", "ScatterElements",
+         [N("ScatterElements", ["x", "i", "u"], ["y"], axis=1)], {"x": (3, 4), "u": (3, 2)},
+         inits={"i": i64([[0, 2], [1, -1], [3, 0]])}))
+add(case("scatter_elements_add_axis0", "ScatterElements",
+         [N("ScatterElements", ["x", "i", "u"], ["y"], axis=0, reduction="add")],
+         {"x": (3, 4), "u": (2, 4)}, inits={"i": i64([[0, 2, 2, 1], [0, -1, 2, 1]])}))
+
+
+def with_zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Normal (2, 3, 4) values with one zero in group (0, :, 0) and two in (1, :, 1)."""
+    x = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+    x[0, 0, 0] = x[1, 0, 1] = x[1, 2, 1] = 0.0
+    return x
+
+
+add(case("reduce_prod_axis1", "ReduceProd", [N("ReduceProd", ["x", "ax"], ["y"])], {"x": R3},
+         inits={"ax": i64([1])}))
+add(case("reduce_prod_zeros", "ReduceProd", [N("ReduceProd", ["x", "ax"], ["y"], keepdims=0)],
+         {"x": (2, 3, 4)}, draw=with_zeros, inits={"ax": i64([1])}))
+add(case("reduce_prod_all_attr_opset13", "ReduceProd", [N("ReduceProd", ["x"], ["y"],
+                                                          keepdims=0)], {"x": (2, 3)},
+         opset=13))
+for cid, attrs, dr in [
+    ("lp_pool_p2", {"kernel_shape": [2, 2]}, normal),
+    ("lp_pool_p3_strided_pads", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                                 "p": 3}, normal),
+    ("lp_pool_p1", {"kernel_shape": [2, 3], "p": 1}, away(0.0)),
+    ("lp_pool_dilated_ceil", {"kernel_shape": [2, 2], "strides": [2, 2], "dilations": [2, 1],
+                              "ceil_mode": 1}, normal),
+]:
+    add(case(cid, "LpPool", [N("LpPool", ["x"], ["y"], **attrs)], {"x": (1, 2, 5, 6)}, draw=dr))
+REF_NO_GLOBAL_LP = "the reference evaluator has no GlobalLpPool"
+add(unary("global_lp_pool_p2", "GlobalLpPool", normal, shape=(2, 3, 3, 4), f32=REF_NO_GLOBAL_LP))
+add(unary("global_lp_pool_p3", "GlobalLpPool", normal, shape=(2, 3, 3, 4), p=3,
+          f32=REF_NO_GLOBAL_LP))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
