@@ -86,6 +86,8 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     used_names: set[str] = field(default_factory=set)
+    # Ops without a rule written out as their ONNX function body (`functions`).
+    expanded: set[str] = field(default_factory=set)
 
     def shape(self, name: str) -> Shape:
         try:
@@ -418,15 +420,24 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     # needs a not-yet-folded operand (swin_t's dynamic window Pad takes 17 rounds). Every
     # round that changes something removes nodes, so this reaches a fixed point.
     from .control_flow import all_names, expand_control_flow
+    from .functions import expand_functions
 
     names = all_names(nodes) | set(consts) | {vi.name for vi in g.input}
-    for _ in range(len(nodes) + 1):
+    written_out: set[str] = set()
+    rounds, limit = 0, len(nodes) + 1
+    while rounds < limit:
+        rounds += 1
         shapes, dtypes = _infer(model, nodes, consts, real_inputs)
         nodes, changed = _fold(nodes, consts, shapes, opset)
         # Constant Ifs become their branch, static Loops and Scans their unrolled body.
         nodes, expanded = expand_control_flow(nodes, consts, shapes, names)
         if not changed and not expanded:
-            break
+            # Settled: ops without a rule that ONNX defines by a function become its body.
+            nodes, bodies = expand_functions(nodes, opset, shapes, dtypes, names)
+            if not bodies:
+                break
+            written_out.update(bodies)
+            limit = rounds + len(nodes) + 1  # the bodies fold in rounds of their own
     shapes, dtypes = _infer(model, nodes, consts, real_inputs)
     missing = [o for n in nodes for o in n.output if o and (o not in shapes or o not in dtypes)]
     if missing and all(n in pinned for n in real_inputs):
@@ -467,6 +478,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
         inputs=real_inputs,
         outputs=[o.name for o in g.output],
         used_names=used,
+        expanded=written_out,
     )
 
 
