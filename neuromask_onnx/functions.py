@@ -18,6 +18,7 @@ a body that holds subgraphs, or that the schema cannot build for these types, is
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -45,17 +46,18 @@ def _body(node: onnx.NodeProto, opset: int, shapes: dict[str, Shape],
         if name not in given and attr.default_value.name:
             full.attribute.append(attr.default_value)
     fn = onnx.FunctionProto()
-    plain = [v for v in schema.function_opset_versions if v <= opset]
-    ctx = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    api: Any = schema  # the function accessors are missing from onnx's type stubs
+    plain = [v for v in api.function_opset_versions if v <= opset]
+    ctx = [v for v in api.context_dependent_function_opset_versions if v <= opset]
     try:
         if plain:
-            fn.ParseFromString(schema.get_function_with_opset_version(max(plain)))
+            fn.ParseFromString(api.get_function_with_opset_version(max(plain)))
         elif ctx:
             if any(i and (i not in dtypes or i not in shapes) for i in node.input):
                 return None
             types = [helper.make_tensor_type_proto(dtypes[i], list(shapes[i])) if i
                      else onnx.TypeProto() for i in node.input]
-            fn.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+            fn.ParseFromString(api.get_context_dependent_function_with_opset_version(
                 max(ctx), full.SerializeToString(), [t.SerializeToString() for t in types]))
         else:
             return None
