@@ -1264,6 +1264,11 @@ for cid, attrs, dr in [
                               "ceil_mode": 1}, normal),
 ]:
     add(case(cid, "LpPool", [N("LpPool", ["x"], ["y"], **attrs)], {"x": (1, 2, 5, 6)}, draw=dr))
+# An empty piece computed from the input (RotaryEmbedding's body: the unrotated rest when the
+# rotary dimension is the full head) gets an empty gradient, not a refusal.
+add(case("concat_empty_piece_from_input", "Concat",
+         [N("Slice", ["x", "s", "s", "one"], ["e"]), N("Concat", ["x", "e"], ["y"], axis=1)],
+         {"x": (2, 3)}, inits={"s": i64([3]), "one": i64([1])}))
 REF_NO_GLOBAL_LP = "the reference evaluator has no GlobalLpPool"
 add(unary("global_lp_pool_p2", "GlobalLpPool", normal, shape=(2, 3, 3, 4), f32=REF_NO_GLOBAL_LP))
 add(unary("global_lp_pool_p3", "GlobalLpPool", normal, shape=(2, 3, 3, 4), p=3,
