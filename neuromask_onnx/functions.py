@@ -9,10 +9,11 @@ opset has a function, plain or context-dependent (built for the node's attribute
 types), is replaced by that body, so the rules of its pieces differentiate it. The forward
 pass of the instrumented model then runs the body as well.
 
-Conventions: the body's values get fresh names (`nm_fn_<op>_...`); attributes the node leaves
-out take the schema's defaults before the body is built (as ONNX's test generator does);
-a body that holds subgraphs, or that the schema cannot build for these types, is left alone
-(the op is then refused as unsupported, as before).
+Conventions: the body's values get fresh names (`nm_fn_<op>_...`), inside its subgraphs too
+(a Scan's step; `control_flow` unrolls it afterwards where it can); attributes the node leaves
+out take the schema's defaults before the body is built (as ONNX's test generator does); a
+body that the schema cannot build for these types is left alone (the op is then refused as
+unsupported, as before).
 """
 
 from __future__ import annotations
@@ -63,10 +64,7 @@ def _body(node: onnx.NodeProto, opset: int, shapes: dict[str, Shape],
             return None
     except Exception:  # noqa: BLE001  (the schema cannot build it for these types: leave it)
         return None
-    if not fn.node or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                          for n in fn.node for a in n.attribute):
-        return None
-    return fn, full
+    return (fn, full) if fn.node else None
 
 
 def _fresh(used: set[str], hint: str) -> str:
@@ -94,8 +92,7 @@ def _expand(node: onnx.NodeProto, fn: onnx.FunctionProto, full: onnx.NodeProto,
             names[v] = _fresh(used, f"{tag}_{v}")
         return names[v]
 
-    out = []
-    for inner in fn.node:
+    def copy_node(inner: onnx.NodeProto) -> onnx.NodeProto:
         new = onnx.NodeProto()
         new.CopyFrom(inner)
         del new.input[:], new.output[:], new.attribute[:]
@@ -108,11 +105,32 @@ def _expand(node: onnx.NodeProto, fn: onnx.FunctionProto, full: onnx.NodeProto,
                     ref.CopyFrom(attrs[a.ref_attr_name])
                     ref.name = a.name
                     new.attribute.append(ref)
-            else:
-                new.attribute.append(a)
+                continue
+            a2 = onnx.AttributeProto()
+            a2.CopyFrom(a)
+            if a.type == onnx.AttributeProto.GRAPH:
+                a2.g.CopyFrom(copy_graph(a.g))
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                del a2.graphs[:]
+                a2.graphs.extend(copy_graph(sub) for sub in a.graphs)
+            new.attribute.append(a2)
         new.name = _fresh(used, f"{tag}_{inner.op_type}")
-        out.append(new)
-    return out
+        return new
+
+    def copy_graph(sub: onnx.GraphProto) -> onnx.GraphProto:
+        """A body's subgraph (a Scan's step): one renaming for its local values and its reads
+        of the body's values alike (function bodies are in SSA form, so no name is both)."""
+        new = onnx.GraphProto()
+        new.CopyFrom(sub)
+        for vi in [*new.input, *new.output, *new.value_info]:
+            vi.name = rename(vi.name)
+        for t in new.initializer:
+            t.name = rename(t.name)
+        del new.node[:]
+        new.node.extend(copy_node(n) for n in sub.node)
+        return new
+
+    return [copy_node(inner) for inner in fn.node]
 
 
 def expand_functions(nodes: Iterable[onnx.NodeProto], opset: int, shapes: dict[str, Shape],

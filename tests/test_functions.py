@@ -89,3 +89,24 @@ def test_an_op_without_a_function_body_is_still_refused() -> None:
     m = model("Det", {"x": (3, 3)}, ["y"], 18)
     with pytest.raises(UnsupportedOpError, match="op Det"):
         vjp(m)
+
+
+def test_a_body_with_a_subgraph_is_renamed_inside_it(rng: np.random.Generator) -> None:
+    """LinearAttention (opset 27, gated): its body's recurrence runs in a subgraph, renamed
+    with the body and unrolled afterwards; q, k, v and the decay are all differentiated.
+    float32 on onnxruntime: the op is float-only, and the reference evaluator runs its body
+    through onnxruntime's types as well."""
+    vi = helper.make_tensor_value_info
+    f32 = TensorProto.FLOAT
+    names, shape = ["q", "k", "v", "decay"], (1, 3, 8)
+    node = helper.make_node("LinearAttention", ["q", "k", "v", "", "decay"], ["y", "state"],
+                            q_num_heads=2, kv_num_heads=2, update_rule="gated")
+    g = helper.make_graph([node], "la", [vi(n, f32, list(shape)) for n in names],
+                          [vi("y", f32, None), vi("state", f32, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 27)])
+    m.ir_version = 11
+    feeds = {n: rng.standard_normal(shape).astype(np.float32) for n in names[:3]}
+    feeds["decay"] = rng.uniform(0.5, 0.9, shape).astype(np.float32)
+    result = check_vjp(m, feeds, rng=rng, eps=1e-3, backend="onnxruntime")
+    assert abs(result.numeric) > 1e-6
+    assert result.error < 2e-3, result
