@@ -24,7 +24,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from .graph import PREFIX, Shape
+from .graph import FLOAT_TYPES, PREFIX, Shape
 
 
 def _schema(node: onnx.NodeProto, opset: int) -> onnx.defs.OpSchema | None:
@@ -143,8 +143,10 @@ def expand_functions(nodes: Iterable[onnx.NodeProto], opset: int, shapes: dict[s
     done: list[str] = []
     for node in nodes:
         body = None
+        # A node without a float input is on no gradient path (an integer Range): left as is.
         if (node.domain in ("", "ai.onnx") and node.op_type not in VJP_RULES
-                and node.op_type not in ZERO_GRAD_OPS):
+                and node.op_type not in ZERO_GRAD_OPS
+                and any(dtypes.get(i) in FLOAT_TYPES for i in node.input if i)):
             body = _body(node, opset, shapes, dtypes)
         if body is None:
             out.append(node)
