@@ -89,6 +89,8 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     used_names: set[str] = field(default_factory=set)
+    # Ops without a rule written out as their ONNX function body (`functions`).
+    expanded: set[str] = field(default_factory=set)
 
     def shape(self, name: str) -> Shape:
         try:
@@ -334,9 +336,9 @@ def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.
                               dtypes: dict[str, int]) -> list[onnx.NodeProto]:
     """SpaceToDepth with mode="CRD" as Reshape -> Transpose -> Reshape.
 
-    No opset's SpaceToDepth has a mode attribute, so onnx.checker rejects it, but onnxruntime
-    and onnx's reference honour it (ONNX's conformance case test_spacetodepth_crd_mode_example):
-    written out in standard ops, the graph is valid and the gradient follows the real function.
+    SpaceToDepth's mode attribute exists from opset 28 (ONNX's conformance case
+    test_spacetodepth_crd_mode_example); the SpaceToDepth rule knows DCR only, so CRD is
+    written out in standard ops, whose rules follow the real function.
     """
     out: list[onnx.NodeProto] = []
     for node in nodes:
@@ -362,6 +364,16 @@ def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.
                 helper.make_node("Reshape", [f"{base}_t", f"{base}_shape"], [node.output[0]],
                                  name=node.name)]
     return out
+
+
+def _shapes_at(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+               consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+               names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
+    """Shapes and types of `names` at `feeds`: onnxruntime's, else the reference's."""
+    try:
+        return _shapes_by_running(model, nodes, consts, feeds, names)
+    except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
+        return _shapes_by_reference(model, nodes, consts, feeds, names)
 
 
 def _shapes_by_reference(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
@@ -411,15 +423,24 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     # needs a not-yet-folded operand (swin_t's dynamic window Pad takes 17 rounds). Every
     # round that changes something removes nodes, so this reaches a fixed point.
     from .control_flow import all_names, expand_control_flow
+    from .functions import expand_functions
 
     names = all_names(nodes) | set(consts) | {vi.name for vi in g.input}
-    for _ in range(len(nodes) + 1):
+    written_out: set[str] = set()
+    rounds, limit = 0, len(nodes) + 1
+    while rounds < limit:
+        rounds += 1
         shapes, dtypes = _infer(model, nodes, consts, real_inputs)
         nodes, changed = _fold(nodes, consts, shapes, opset)
         # Constant Ifs become their branch, static Loops and Scans their unrolled body.
         nodes, expanded = expand_control_flow(nodes, consts, shapes, names)
         if not changed and not expanded:
-            break
+            # Settled: ops without a rule that ONNX defines by a function become its body.
+            nodes, bodies = expand_functions(nodes, opset, shapes, dtypes, names)
+            if not bodies:
+                break
+            written_out.update(bodies)
+            limit = rounds + len(nodes) + 1  # the bodies fold in rounds of their own
     shapes, dtypes = _infer(model, nodes, consts, real_inputs)
     missing = [o for n in nodes for o in n.output if o and (o not in shapes or o not in dtypes)]
     if missing and all(n in pinned for n in real_inputs):
@@ -428,10 +449,19 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
             if vi.name in real_inputs:
                 dt = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
                 feeds[vi.name] = np.zeros(pinned[vi.name], dtype=dt)
-        try:
-            found = _shapes_by_running(model, nodes, consts, feeds, missing)
-        except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
-            found = _shapes_by_reference(model, nodes, consts, feeds, missing)
+        found = _shapes_at(model, nodes, consts, feeds, missing)
+        # A shape that the float inputs' values set (OneHot's depth, Range's limit) has no
+        # static value: zeros and ones disagree. Integer inputs keep their zeros (a Loop's trip
+        # count is refused later with its own reason).
+        floats = {k: np.ones_like(v) for k, v in feeds.items() if v.dtype.kind == "f"}
+        ones = _shapes_at(model, nodes, consts, {**feeds, **floats}, missing) if floats else {}
+        moved = [n for n in missing if n in found and n in ones and found[n][0] != ones[n][0]]
+        if moved:
+            n = moved[0]
+            msg = (f"the shape of {n!r} depends on the values of the model's float inputs "
+                   f"(zeros give {list(found[n][0])}, ones {list(ones[n][0])}), so no gradient "
+                   "graph of static shapes exists; make that size a constant of the model")
+            raise ModelContractError(msg)
         for name, (shp, elem) in found.items():
             shapes.setdefault(name, shp)
             dtypes.setdefault(name, elem)
@@ -451,6 +481,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
         inputs=real_inputs,
         outputs=[o.name for o in g.output],
         used_names=used,
+        expanded=written_out,
     )
 
 

@@ -767,6 +767,7 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
 
 
 ESTIMATED = "no gradient exists; the mask gradient will be estimated"
+EXPANDED = "its ONNX function body (the body's ops have rules)"
 
 
 @dataclass(frozen=True)
@@ -800,12 +801,14 @@ def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = N
     full.update(_op_key(n) for _, n in walk_subgraphs(m.graph.node))
     path: Counter[str] | None = None
     where: dict[str, list[str]] = {}
+    expanded: set[str] = set()
     try:
         x = _pick_input(m, input_name).name
         out = _pick_output(m, output_name)
         dims = input_dims(m, x)
         batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else 1
         g = prepare(m, {x: resolve_shape(dims, batch, input_shape, x)})
+        expanded = g.expanded
         on_path = path_nodes(g.nodes, [x], [out], g)
         marked = _marked(g.nodes, [x], g)
         path = Counter(_op_key(n) for n in on_path)
@@ -823,6 +826,7 @@ def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = N
         status = ("rule" if op_type in VJP_RULES else
                   "no gradient" if op_type in ZERO_GRAD_OPS else
                   ESTIMATED if op_type in NO_GRADIENT_OPS else
+                  EXPANDED if op_type in expanded else
                   "output only (the probabilities it maps are explained)"
                   if op_type == "ai.onnx.ml::ZipMap" else "unsupported")
         rows.append(OpStatus(op_type, count, None if path is None else path.get(op_type, 0),

@@ -20,7 +20,8 @@ values and so blocks those fusions, and where every node on the path adds a grad
 Conventions: works on the prepared node list (after constant folding, every value with a
 static shape and type), returns a new list and never changes a node in place; new values and
 constants are named `nm_s<k>_...` and recorded in `shapes` / `dtypes` / `consts`. A value
-that is a graph output is never removed or renamed. `ENABLED` (environment variable
+that is a graph output, or that a subgraph reads from the outer scope, is never removed or
+renamed. `ENABLED` (environment variable
 `NEUROMASK_SIMPLIFY=0` to switch off, or `with switched(False):`) gates everything, and
 `SKIP` names passes to leave out, for A/B measurements; `casts` and `transposes` are left out
 by default (`DEFAULT_SKIP`): measured, they bought nothing on the models here.
@@ -434,7 +435,12 @@ def simplify(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
     values that must survive under their names (graph inputs and outputs)."""
     if not ENABLED:
         return nodes
-    c = _Ctx(nodes, consts, shapes, dtypes, set(keep))
+    from .control_flow import implicit_inputs  # control_flow imports graph, which imports us
+
+    # A value a subgraph reads from the outer scope (an If branch's x0) is invisible to the
+    # passes' reader counts and dead-code sweep: kept like a graph output, never removed.
+    reads = {r for n in nodes for r in implicit_inputs(n)}
+    c = _Ctx(nodes, consts, shapes, dtypes, set(keep) | reads)
     cur = nodes
     for name, run in PASSES.items():
         if name not in SKIP:

@@ -76,6 +76,24 @@ def _feeds(model: onnx.ModelProto,
     return feeds
 
 
+def _runtime_reason(exc: BaseException) -> str:
+    """onnxruntime's first line without its status prefix, source location and C++ signature
+    (`[ONNXRuntimeError] : 1 : FAIL : ... element_wise_ops.cc:2444 void ...() const [with T =
+    double] fmod attribute must be true ...` -> `... fmod attribute must be true ...`)."""
+    text = str(exc).strip()
+    line = next((s.strip() for s in text.splitlines() if s.strip()), type(exc).__name__)
+    line = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*", "", line)
+    where = re.search(r"\S+\.(?:cc|cpp|h):\d+\s+", line)
+    if where:
+        rest = line[where.end():]
+        if "[with " in rest and "] " in rest:
+            rest = rest[rest.rindex("] ") + 2:]
+        elif ") const " in rest:
+            rest = rest.split(") const ", 1)[1]
+        line = line[:where.start()] + rest
+    return line.strip()[:300]
+
+
 def runtime_error(model: onnx.ModelProto,
                   shapes: dict[str, tuple[int, ...]] | None = None) -> str | None:
     """Why onnxruntime cannot load the model, or run it on zeros of the given (or declared)
@@ -96,7 +114,7 @@ def runtime_error(model: onnx.ModelProto,
         if (type(exc).__name__ == "NotImplemented" or "NOT_IMPLEMENTED" in text
                 or "not support" in text.lower()):
             return None  # a kernel onnxruntime lacks (float64 LSTM) says nothing of the model
-        return _first_line(exc)
+        return _runtime_reason(exc)
     return None
 
 
@@ -125,8 +143,14 @@ def validate(model: onnx.ModelProto, source: str) -> None:
         try:
             onnx.checker.check_model(checked, full_check=True)
         except Exception as exc:  # noqa: BLE001  (checker, inference and protobuf errors)
-            if runtime_error(checked) is not None:
-                msg = f"{source} is not a valid ONNX model: {_describe(exc)}; {fix}"
+            refusal = runtime_error(checked)
+            if refusal is not None:
+                # The checker's complaint when it names a node; else onnxruntime's, which
+                # decided: the checker's may be one it makes of any model onnxruntime runs
+                # (a graph output declared without a shape).
+                why = (_describe(exc) if _NODE.search(str(exc))
+                       else f"onnxruntime refuses it ({refusal})")
+                msg = f"{source} is not a valid ONNX model: {why}; {fix}"
                 raise InputError(msg) from None
     if len(_CHECKED) > 16:
         _CHECKED.clear()

@@ -44,20 +44,25 @@ HALF = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 _MASKED_ROWS = ("known limitation: an attention row masked entirely makes Softmax NaN, which "
                 "the graph then replaces; the Softmax rule's y (gy - sum(gy y)) keeps the NaN "
                 "(a NaN guard would cost every Softmax gradient a Where)")
-SKIP: dict[str, str] = dict.fromkeys((
-    "test_attention_causal_boolmask_nan_robustness_expanded",
-    "test_attention_23_boolmask_fullymasked_row_nan_robustness_expanded",
-    "test_attention_4d_causal_nonpad_negative_offset_structural_empty_expanded",
-    "test_attention_23_fullymasked_qk_matmul_output_mode3_zero_expanded",
-    "test_attention_24_fullymasked_qk_matmul_output_mode3_zero_expanded",
-    "test_attention_local_window_gqa_rank4_mask_expanded",
-), _MASKED_ROWS)
-# Found after merging the coverage branches, not yet understood: the vjp model's output is one
-# column short of OneHot's (depth - 1); OneHot passes no gradient, so only the harness's
-# output comparison breaks. To investigate (issue 17).
-SKIP.update(dict.fromkeys(("test_onehot_negative_indices", "test_onehot_out_of_range_indices"),
-                          "OneHot with negative / out-of-range indices: vjp model output one "
-                          "column short (under investigation)"))
+_MASKED_ROW_CASES = (
+    "test_attention_causal_boolmask_nan_robustness",
+    "test_attention_23_boolmask_fullymasked_row_nan_robustness",
+    "test_attention_4d_causal_nonpad_negative_offset_structural_empty",
+    "test_attention_23_fullymasked_qk_matmul_output_mode3_zero",
+    "test_attention_24_fullymasked_qk_matmul_output_mode3_zero",
+    "test_attention_local_window_gqa_rank4_mask",
+)
+# The op forms too: the engine differentiates Attention through its function body (functions.py).
+SKIP: dict[str, str] = dict.fromkeys(
+    (*_MASKED_ROW_CASES, *(f"{n}_expanded" for n in _MASKED_ROW_CASES)), _MASKED_ROWS)
+# qk_matmul_output (mode 2) is -inf at the masked positions in the spec; onnxruntime's
+# Attention kernel writes the lowest float there, a constant to the differences, while the
+# Add rule passes the cotangent through x + (-inf). The same cases without that output are
+# right (checked by hand); their _expanded forms are n/a (the output is not finite).
+SKIP.update(dict.fromkeys(
+    ("test_attention_4d_with_past_and_present_qk_matmul_bias_3d_mask_causal",
+     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal"),
+    "qk_matmul_output is -inf where masked (onnxruntime: the lowest float), no derivative"))
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,10 @@ def _dot_test(fwd: ort.InferenceSession, bwd: ort.InferenceSession, name: str,
     vs = [np.asarray(rng.standard_normal(b.shape), dtype=b.dtype) for b in base]
     plus = fwd.run(outs, {name: np.asarray(x + eps * u, dtype=x.dtype)})
     minus = fwd.run(outs, {name: np.asarray(x - eps * u, dtype=x.dtype)})
+    if any(p.shape != b.shape or q.shape != b.shape for p, q, b in zip(plus, minus, base,
+                                                                     strict=True)):
+        # The input is shape data here (OneHot's depth 10.0: 10 - eps truncates to 9 columns).
+        return False, "output shape changes within the step (x is shape data here)"
     numeric = sum(float(np.sum(v.astype(np.float64) * (p.astype(np.float64) - q) / (2 * eps)))
                   for v, p, q in zip(vs, plus, minus, strict=True))
     feeds = {name: x, **{f"nm_cot_{o}": v for o, v in zip(outs, vs, strict=True)}}
@@ -222,6 +231,9 @@ def check_case(name: str, model_bytes: bytes, feeds: list[object]) -> Outcome:
     if low == TensorProto.FLOAT:  # a 10x step: less float32 rounding in smooth functions
         scale = float(np.sqrt(np.mean(np.square(xv.astype(np.float64))))) if xv.size else 1.0
         tries.append(("case inputs, 10x step", xv, 1e-2 * max(1.0, scale)))
+    if xv.size and np.all(xv == np.round(xv)):  # integers: the kinks of floor, trunc, depth
+        tries.append(("case inputs off the integers", np.asarray(xv + 0.25, dtype=xv.dtype),
+                      eps32))
     tries.append(("distinct values", distinct.reshape(xv.shape).astype(xv.dtype), step / 8))
     tries.append(("random normal", np.asarray(rng.standard_normal(xv.shape), dtype=xv.dtype),
                   eps32))
@@ -230,6 +242,16 @@ def check_case(name: str, model_bytes: bytes, feeds: list[object]) -> Outcome:
     details = []
     try:
         for label, value, eps in tries:
+            if label != "case inputs":  # outside the op's domain (a depth <= 0): not a try
+                try:
+                    got = fwd.run(outs, {xname: value})
+                except Exception as exc:  # noqa: BLE001
+                    details.append(f"{label}: the original refuses them ({_first_line(exc)})")
+                    continue
+                if any(a.shape != b.shape for a, b in zip(got, first, strict=True)):
+                    # x is shape data (OneHot's depth); the vjp model is built at the case's
+                    details.append(f"{label}: another output shape than the case's")
+                    continue
             with np.errstate(all="ignore"):
                 ok, detail = _dot_test(fwd, bwd, xname, outs, value, rng, tol, eps)
             if ok:

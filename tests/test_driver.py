@@ -185,6 +185,17 @@ def test_shape_only_paths_carry_no_gradient(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(gx, 5.0 * v)
 
 
+def test_an_output_shape_set_by_the_input_s_values_is_refused() -> None:
+    """OneHot's depth as the input (ONNX's test_onehot_negative_indices): no static shape of
+    y exists, and the one a zero input gives ([3, 0]) would be wrong at depth 10."""
+    m = mk([N("OneHot", ["i", "depth", "vals"], ["y"], axis=1)], {"depth": []},
+           inits={"i": np.array([0, -7, -8]), "vals": np.array([1.0, 3.0])})
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", F, [3, 10]))
+    with pytest.raises(ModelContractError, match=r"the shape of 'y' depends on the values of "
+                                                 r"the model's float inputs \(zeros give \[3, 0\]"):
+        vjp(m)
+
+
 # --------------------------------------------------------------------------- unsupported ops
 
 

@@ -56,3 +56,22 @@ def test_ops_never_reports_full_support_for_a_broken_model(tmp_path: Path) -> No
         f"error: {str(path)!r} is not a valid ONNX model: node 'Relu_2' (Relux): No Op "
         "registered for Relux with domain_version of 17; re-export the model, or check it "
         "with onnx.checker.check_model")]
+
+
+def test_onnxruntime_s_reason_is_given_where_the_checker_names_no_node() -> None:
+    """Float Mod with fmod=0 before opset 28: the checker only disputes the shapeless output
+    (as it does for models onnxruntime runs), onnxruntime's refusal is the reason shown."""
+    from onnx import TensorProto, helper
+
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph([helper.make_node("Mod", ["a", "b"], ["y"], fmod=0)], "mod",
+                          [vi("a", TensorProto.FLOAT, [3]), vi("b", TensorProto.FLOAT, [3])],
+                          [vi("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    with pytest.raises(InputError, match=r"onnxruntime refuses it \(.*Mod.*fmod attribute must "
+                                         r"be true for floating point types before opset 28\);"):
+        load_model(m)
+    m.opset_import[0].version = 28  # float floor-mod is in the spec there
+    m.ir_version = 11
+    assert load_model(m).graph.node[0].op_type == "Mod"

@@ -654,9 +654,12 @@ add(case("lrn_size5_f32_batch1", "LRN",
          [N("LRN", ["x"], ["y"], size=5, alpha=0.4, beta=0.75, bias=1.0)], {"x": (1, 7, 3, 2)},
          f32=REF_LRN_BATCH))
 
-# ---- the ONNX conformance cases' forms (tests/test_conformance.py)
+# ---- the ONNX conformance cases' forms (tests/test_conformance.py). SpaceToDepth's mode and
+# float Mod with fmod=0 exist from opset 28 only (before it onnxruntime refuses both, and the
+# load-time validation with it), so these cases are at opset 28, as the conformance cases are.
 add(case("space_to_depth_crd", "SpaceToDepth",
-         [N("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 3, 4, 6)}))
+         [N("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 3, 4, 6)},
+         opset=28))
 
 
 def off_integers(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -675,7 +678,8 @@ def scalar(value: float) -> Draw:
 # Mod on floats: both operands are inputs; a / b stays off the integers (its jumps).
 for fmod in (0, 1):
     add(case(f"mod_fmod{fmod}", "Mod", [N("Mod", ["a", "b"], ["y"], fmod=fmod)],
-             {"a": (3, 4), "b": (4,)}, draw={"a": off_integers, "b": in_1_2}))
+             {"a": (3, 4), "b": (4,)}, draw={"a": off_integers, "b": in_1_2},
+             opset=28 if fmod == 0 else 18))
 # Operands read for their type only, computed from the data: a zero gradient (the driver
 # passes them over, vjp_rules.NONDIFF_OPERANDS), as in function-expanded graphs.
 add(case("castlike_like_from_data", "CastLike",
@@ -1206,6 +1210,71 @@ add(ml_case("ml_svm_regressor_linear_mode", "SVMRegressor",
              "n_supports": 0}, {"x": (3, 4)}))
 
 
+# ---- indexed reads and writes, products, p-norm pools (vjp_rules/indexing.py, powers.py;
+# issue 17). Indices are constants with negative and repeated entries where the op allows
+# them; both data and updates of a scatter are inputs, so both gradients are checked.
+def i64(values: Any) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+add(case("gather_nd_pairs", "GatherND", [N("GatherND", ["x", "i"], ["y"])], {"x": (3, 4, 2)},
+         inits={"i": i64([[0, 1], [2, 3], [1, -1], [0, 1]])}))
+add(case("gather_nd_slices_repeated", "GatherND", [N("GatherND", ["x", "i"], ["y"])],
+         {"x": (3, 4)}, inits={"i": i64([[[1], [1]], [[-3], [2]]])}))
+add(case("gather_nd_batch_dims1", "GatherND", [N("GatherND", ["x", "i"], ["y"], batch_dims=1)],
+         {"x": (2, 3, 4)}, inits={"i": i64([[[2], [0], [2]], [[1], [-1], [0]]])}))
+add(case("gather_nd_batch_dims2_elements", "GatherND",
+         [N("GatherND", ["x", "i"], ["y"], batch_dims=2)], {"x": (2, 3, 4)},
+         inits={"i": i64([[[1], [3], [0]], [[2], [2], [-1]]])}))
+add(case("scatter_nd_rows", "ScatterND", [N("ScatterND", ["x", "i", "u"], ["y"])],
+         {"x": (4, 3), "u": (2, 3)}, inits={"i": i64([[1], [-1]])}))
+add(case("scatter_nd_elements", "ScatterND", [N("ScatterND", ["x", "i", "u"], ["y"])],
+         {"x": (2, 3, 4), "u": (3,)}, inits={"i": i64([[0, 1, 2], [1, 2, 3], [1, -1, 0]])}))
+add(case("scatter_nd_add_repeated", "ScatterND",
+         [N("ScatterND", ["x", "i", "u"], ["y"], reduction="add")],
+         {"x": (4, 3), "u": (3, 3)}, inits={"i": i64([[1], [1], [-1]])}))
+add(case("scatter_elements_axis1", "ScatterElements",
+         [N("ScatterElements", ["x", "i", "u"], ["y"], axis=1)], {"x": (3, 4), "u": (3, 2)},
+         inits={"i": i64([[0, 2], [1, -1], [3, 0]])}))
+add(case("scatter_elements_add_axis0", "ScatterElements",
+         [N("ScatterElements", ["x", "i", "u"], ["y"], axis=0, reduction="add")],
+         {"x": (3, 4), "u": (2, 4)}, inits={"i": i64([[0, 2, 2, 1], [0, -1, 2, 1]])}))
+
+
+def with_zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Normal (2, 3, 4) values with one zero in group (0, :, 0) and two in (1, :, 1)."""
+    x = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+    x[0, 0, 0] = x[1, 0, 1] = x[1, 2, 1] = 0.0
+    return x
+
+
+add(case("reduce_prod_axis1", "ReduceProd", [N("ReduceProd", ["x", "ax"], ["y"])], {"x": R3},
+         inits={"ax": i64([1])}))
+add(case("reduce_prod_zeros", "ReduceProd", [N("ReduceProd", ["x", "ax"], ["y"], keepdims=0)],
+         {"x": (2, 3, 4)}, draw=with_zeros, inits={"ax": i64([1])}))
+add(case("reduce_prod_all_attr_opset13", "ReduceProd", [N("ReduceProd", ["x"], ["y"],
+                                                          keepdims=0)], {"x": (2, 3)},
+         opset=13))
+for cid, attrs, dr in [
+    ("lp_pool_p2", {"kernel_shape": [2, 2]}, normal),
+    ("lp_pool_p3_strided_pads", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                                 "p": 3}, normal),
+    ("lp_pool_p1", {"kernel_shape": [2, 3], "p": 1}, away(0.0)),
+    ("lp_pool_dilated_ceil", {"kernel_shape": [2, 2], "strides": [2, 2], "dilations": [2, 1],
+                              "ceil_mode": 1}, normal),
+]:
+    add(case(cid, "LpPool", [N("LpPool", ["x"], ["y"], **attrs)], {"x": (1, 2, 5, 6)}, draw=dr))
+# An empty piece computed from the input (RotaryEmbedding's body: the unrotated rest when the
+# rotary dimension is the full head) gets an empty gradient, not a refusal.
+add(case("concat_empty_piece_from_input", "Concat",
+         [N("Slice", ["x", "s", "s", "one"], ["e"]), N("Concat", ["x", "e"], ["y"], axis=1)],
+         {"x": (2, 3)}, inits={"s": i64([3]), "one": i64([1])}))
+REF_NO_GLOBAL_LP = "the reference evaluator has no GlobalLpPool"
+add(unary("global_lp_pool_p2", "GlobalLpPool", normal, shape=(2, 3, 3, 4), f32=REF_NO_GLOBAL_LP))
+add(unary("global_lp_pool_p3", "GlobalLpPool", normal, shape=(2, 3, 3, 4), p=3,
+          f32=REF_NO_GLOBAL_LP))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -1213,22 +1282,8 @@ def _rule_of(c: RuleCase) -> str:
     return c.op_type
 
 
-# Cases that broke when the engine branches were merged (validation on load, control flow,
-# conformance fixes), each still covered elsewhere where noted; fix and remove (issues 12, 17).
-MERGE_REGRESSIONS = {
-    "space_to_depth_crd": "the load-time validation rejects the case's model (value without a "
-                          "shape); CRD is still checked by tests/test_conformance.py",
-    "mod_fmod0": "float Mod with fmod=0 is outside the spec (onnxruntime refuses it), so the "
-                 "load-time validation rejects it; fmod=1 is checked here and in conformance",
-    "if_data_nested_then": "the backward If of an If nested in a data-dependent If's branch is "
-                           "not topologically sorted since the merge",
-}
-
-
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_vjp_rule(c: RuleCase, rng: np.random.Generator) -> None:
-    if c.id in MERGE_REGRESSIONS:
-        pytest.skip(MERGE_REGRESSIONS[c.id])
     feeds = c.sample(rng)
     result = check_vjp(c.model, feeds, rng=rng, eps=c.eps, backend=c.backend,
                        reference=c.reference)

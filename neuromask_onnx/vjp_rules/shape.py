@@ -65,6 +65,9 @@ def _vjp_concat(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     out: list[str | None] = [None] * len(node.input)
     for i, p in zip(keep, pieces, strict=True):
         out[i] = p if node.input[i] in op.wanted else None
+    for i, s in enumerate(sizes):  # an empty piece (RotaryEmbedding's XNoRotate) gets zeros
+        if s == 0 and node.input[i] in op.wanted:
+            out[i] = op.zeros(op.g.shape(node.input[i]), node.input[i])
     return out
 
 

@@ -1,0 +1,91 @@
+"""VJP rules of the indexed reads and writes: GatherND, ScatterND, ScatterElements.
+
+Each rule is the other half of its pair: a gather's gradient is a scatter-add of gy at the
+gathered positions, a scatter's gradient to `updates` is a gather of gy at the written
+positions and its gradient to `data` is gy with those positions zeroed (reduction "none":
+they were overwritten) or gy itself (reduction "add"). Indices are integer data and get no
+gradient (`NONDIFF_OPERANDS`); negative ND indices are wrapped into range first (the element
+ops take them as they are). Duplicate positions in a reduction-"none" scatter are undefined in
+ONNX, so the rules assume unique ones, as the spec requires. Reductions "mul", "max" and "min"
+are refused with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from ..graph import Emitter, Shape, attrs_of, normalize_axes
+from .registry import Grads, vjp_rule
+
+I64 = onnx.TensorProto.INT64
+
+
+def _wrapped(op: Emitter, idx: str, dims: Sequence[int]) -> str:
+    """int64 indices with negative entries wrapped by the sizes `dims` (broadcast on the last
+    axis, or one size for every entry)."""
+    raw = op.Cast(idx, to=I64, _dtype=I64)
+    size = op.const(np.asarray(dims, dtype=np.int64))
+    return op.Where(op.Less(raw, op.ints([0])), op.Add(raw, size), raw)
+
+
+def _full_nd_indices(op: Emitter, idx: str, sx: Shape, si: Shape, batch_dims: int) -> str:
+    """GatherND / ScatterND indices with batch_dims > 0 written for batch_dims = 0: the batch
+    coordinates prepended to every index tuple (the batch axes of data and indices agree)."""
+    k = si[-1]
+    fixed = _wrapped(op, idx, sx[batch_dims:batch_dims + k])
+    if batch_dims == 0:
+        return fixed
+    grid = np.indices(si[:-1], dtype=np.int64)[:batch_dims]  # [b, *si[:-1]]
+    coords = op.const(np.moveaxis(grid, 0, -1).copy())  # [*si[:-1], b]
+    return op.Concat(coords, fixed, axis=-1)
+
+
+def _reduction(node: onnx.NodeProto) -> str:
+    r = attrs_of(node).get("reduction", "none")
+    r = r.decode() if isinstance(r, bytes) else str(r)
+    if r not in ("none", "add"):
+        msg = (f"{node.op_type} {node.name!r}: reduction={r!r} has no gradient rule (only "
+               "'none' and 'add')")
+        raise NotImplementedError(msg)
+    return r
+
+
+@vjp_rule("GatherND")
+def _vjp_gather_nd(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = ScatterND(zeros, indices, gy, reduction=add) (batch coordinates made explicit)."""
+    x, idx = node.input
+    sx, si = op.g.shape(x), op.g.shape(idx)
+    b = int(attrs_of(node).get("batch_dims", 0))
+    full = _full_nd_indices(op, idx, sx, si, b)
+    return [op.ScatterND(op.zeros(sx, x), full, gy, reduction="add"), None]
+
+
+@vjp_rule("ScatterND")
+def _vjp_scatter_nd(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """g_data = gy, the written positions zeroed unless added to; g_updates = GatherND(gy)."""
+    data, idx, upd = node.input
+    sx, si, su = op.g.shape(data), op.g.shape(idx), op.g.shape(upd)
+    red = _reduction(node)
+    full = _wrapped(op, idx, sx[:si[-1]])
+    gd = None
+    if data in op.wanted:
+        gd = gy if red == "add" else op.ScatterND(gy, full, op.zeros(su, upd))
+    gu = op.GatherND(gy, full) if upd in op.wanted else None
+    return [gd, None, gu]
+
+
+@vjp_rule("ScatterElements")
+def _vjp_scatter_elements(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """The same along one axis: ScatterElements of zeros, GatherElements of gy."""
+    data, idx, upd = node.input
+    sx, su = op.g.shape(data), op.g.shape(upd)
+    axis = normalize_axes([attrs_of(node).get("axis", 0)], len(sx))[0]
+    red = _reduction(node)  # both element ops take negative indices as they are
+    gd = None
+    if data in op.wanted:
+        gd = gy if red == "add" else op.ScatterElements(gy, idx, op.zeros(su, upd), axis=axis)
+    gu = op.GatherElements(gy, idx, axis=axis) if upd in op.wanted else None
+    return [gd, None, gu]

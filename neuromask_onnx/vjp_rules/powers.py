@@ -1,0 +1,92 @@
+"""VJP rules of the product reduction and the p-norm pools: ReduceProd, LpPool, GlobalLpPool.
+
+Kept apart from `pooling` (sums and maxima) because both need care where values vanish:
+
+- ReduceProd: d prod / d x_i is the product of the other factors. y / x_i divides by zero
+  where x_i = 0, so the rule counts the zeros of each group: none -> p / x_i; one -> the
+  product of the nonzero factors at the zero, 0 elsewhere; more -> 0. Exact everywhere.
+- LpPool / GlobalLpPool: y = (sum_window |x|^p)^(1/p), so gx = sum over the windows holding x
+  of gy y^(1-p) |x|^(p-1) sign(x); the window sum is the transposed convolution with a ones
+  kernel that AveragePool's rule uses. A window of zeros (y = 0) passes no gradient (the
+  p-norm's kink, where torch's LPPool gives NaN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..graph import Emitter, attrs_of
+from .linalg import transpose_fit
+from .pooling import _keep_shape, _pool_geometry, _reduce_axes
+from .registry import Grads, _k, vjp_rule
+
+
+@vjp_rule("ReduceProd")
+def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = gy * (product of the other factors of x's group), zero-safe."""
+    x = node.input[0]
+    sx = op.g.shape(x)
+    rest = [None] * (len(node.input) - 1)
+    axes = _reduce_axes(op, node)
+    if axes is None:  # noop_with_empty_axes: y = x
+        return [gy, *rest]
+    gk = op.reshape(gy, _keep_shape(sx, axes))
+    zero, one = _k(op, 0.0, x), _k(op, 1.0, x)
+    is_zero = op.Equal(x, zero)
+    x1 = op.Where(is_zero, one, x)
+    prod = op.ReduceProd(x1, op.ints(axes), keepdims=1)  # the nonzero factors' product
+    count = op.ReduceSum(op.mask_of(is_zero, x), op.ints(axes), keepdims=1)
+    none = op.Div(prod, x1)  # no zero in the group: y / x_i
+    lone = op.mask_of(op.And(is_zero, op.Equal(count, one)), x)  # the one zero of its group
+    d = op.Add(op.Mul(none, op.mask_of(op.Equal(count, zero), x)), op.Mul(prod, lone))
+    return [op.Mul(gk, d), *rest]
+
+
+def _lp_factor(op: Emitter, x: str, p: int) -> str:
+    """d |x|^p / d x divided by p: |x|^(p-1) sign(x)."""
+    if p == 1:
+        return op.Sign(x)
+    if p == 2:
+        return x
+    return op.Mul(op.Pow(op.Abs(x), _k(op, float(p - 1), x)), op.Sign(x))
+
+
+def _norm_scale(op: Emitter, gy: str, y: str, p: int) -> str:
+    """gy y^(1-p), 0 where y = 0."""
+    if p == 1:
+        return gy
+    safe = op.Where(op.Equal(y, _k(op, 0.0, y)), _k(op, 1.0, y), y)
+    s = op.Reciprocal(safe) if p == 2 else op.Pow(safe, _k(op, float(1 - p), y))
+    return op.Mul(op.Mul(gy, s), op.mask_of(op.Not(op.Equal(y, _k(op, 0.0, y))), y))
+
+
+def _p(node: onnx.NodeProto) -> int:
+    p = int(attrs_of(node).get("p", 2))
+    if p < 1:
+        msg = f"{node.op_type} {node.name!r}: p={p} has no gradient rule (p >= 1 only)"
+        raise NotImplementedError(msg)
+    return p
+
+
+@vjp_rule("LpPool")
+def _vjp_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = ConvTranspose(gy y^(1-p), ones kernel) |x|^(p-1) sign(x)."""
+    p = _p(node)
+    sx, sy, kernel, strides, dil, pads = _pool_geometry(op, node)
+    x = node.input[0]
+    c = sx[1]
+    scaled = _norm_scale(op, gy, node.output[0], p)
+    tpads, out_pad = transpose_fit(sx[2:], sy[2:], pads, kernel, strides, dil)
+    ones = op.const(np.ones((c, 1, *kernel)), like=x)
+    window = op.ConvTranspose(scaled, ones, strides=strides, dilations=dil, group=c, pads=tpads,
+                              output_padding=out_pad, kernel_shape=kernel)
+    return [op.Mul(window, _lp_factor(op, x, p))]
+
+
+@vjp_rule("GlobalLpPool")
+def _vjp_global_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = gy y^(1-p) |x|^(p-1) sign(x), broadcast over the spatial axes."""
+    p = _p(node)
+    x = node.input[0]
+    return [op.Mul(_norm_scale(op, gy, node.output[0], p), _lp_factor(op, x, p))]
