@@ -57,7 +57,7 @@ class NeuroMaskConfig:
     """RMSProp epsilon, inside the square root (TF1); Adam's epsilon, outside it."""
     momentum: float = 0.0
     """RMSProp momentum (TF1 form; the reference uses 0)."""
-    temperature: float = 1.0
+    temperature: float = 0.25
     """T in m = sigmoid(W / T); the authors' code uses 0.3, the paper 1."""
     tau: float = 10.0
     """Initial range W0 ~ U(-tau, tau) (`init` uniform) and the sparsity offset |W + tau|."""
@@ -70,10 +70,10 @@ class NeuroMaskConfig:
     at 1 - a, so each mask starts with about its area on."""
     pred_weight: float = 1.0
     """lambda_p, weight of the prediction term."""
-    sparse_weight: float = 40.0
+    sparse_weight: float = 10.0
     """lambda_sp: classic, weight of the L1 term |W + tau|; areas, weight of the area term
     mean((sort(m) - r_a)^2) that holds each mask at its target area a."""
-    smooth_weight: float = 0.0
+    smooth_weight: float = 0.003
     """lambda_sm, weight of the Laplacian smoothness term (on W in classic mode, on the mask
     in areas mode)."""
     sparse_reduce: Literal["sum", "mean"] = "mean"
