@@ -24,7 +24,7 @@ _LAZY = {
     "NeuroMaskConfig": "optimize",
     "load_input": "preprocess",
     "instrument": "rewrite",
-    "save_model": "rewrite",
+    "save_model": "files",
     "vjp": "rewrite",
 }
 
@@ -37,9 +37,10 @@ if TYPE_CHECKING:
         UnsupportedOpError,
     )
     from .explain import Explanation, NeuroMask
+    from .files import save_model
     from .optimize import PRESETS, NeuroMaskConfig
     from .preprocess import load_input
-    from .rewrite import instrument, save_model, vjp
+    from .rewrite import instrument, vjp
 
 
 def __getattr__(name: str) -> Any:

@@ -20,14 +20,30 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 MAX_BARS = 40
 """At most this many bars; the rest are summarised in one line."""
 
+# Turbo (A. Mikhailov, Google, 2019), polynomial fit: channel = c4 . (1, t, t^2, t^3)
+# + c2 . (t^4, t^5).
+_TURBO4 = np.array([[0.13572138, 4.61539260, -42.66032258, 132.13108234],
+                    [0.09140261, 2.19418839, 4.84296658, -14.18503333],
+                    [0.10667330, 12.64194608, -60.58204836, 110.36276771]])
+_TURBO2 = np.array([[-152.94239396, 59.28637943],
+                    [4.27729857, 2.82956604],
+                    [-89.90310912, 27.34824973]])
+
+
+def turbo(v: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB floats in [0, 1] (shape [..., 3])."""
+    t = np.clip(np.asarray(v, np.float64), 0.0, 1.0)[..., None]
+    p4 = np.concatenate([np.ones_like(t), t, t**2, t**3], axis=-1)
+    p2 = np.concatenate([t**4, t**5], axis=-1)
+    rgb: np.ndarray = np.clip(p4 @ _TURBO4.T + p2 @ _TURBO2.T, 0.0, 1.0)
+    return rgb
+
 
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
 def _colour(v: float) -> tuple[int, int, int]:
-    from .outputs import turbo
-
     r, g, b = (np.rint(turbo(np.array(v)) * 255).astype(int)).tolist()
     return int(r), int(g), int(b)
 

@@ -288,9 +288,9 @@ def instrument(
                               objective=objective.value if objective else "probability")
         return
     with _errors():
+        from .files import save_model
         from .outputs import check_writable
         from .rewrite import instrument as build
-        from .rewrite import save_model
 
         if output is None:
             msg = ("Missing option '-o' / '--out': give -o OUT.onnx, or --triton REPO for a "

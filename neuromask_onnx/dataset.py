@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, NeuromaskError
-from .outputs import atomic_write
+from .files import atomic_write
 from .preprocess import IMAGE_SUFFIXES, TENSOR_SUFFIXES, Preprocessing
 
 COLUMNS = ["input", "stem", "status", "target", "label", "prob_before", "prob_after", "top5",

@@ -2,7 +2,7 @@
 
 The SIGINT handler is installed before anything else is imported (typer, onnxruntime...), so an
 interrupt during start-up is handled like one during the work: `errors.Interrupted` unwinds
-the stack (temporary files are removed on the way, see `outputs.atomic_write`) and this
+the stack (temporary files are removed on the way, see `files.atomic_write`) and this
 module prints "interrupted; no files written" or names the complete files that remain.
 """
 

@@ -6,12 +6,11 @@ original image at its original resolution; images only) and `<stem>.json` (every
 to reproduce and judge the run). `plan` decides every path and refuses, before anything is
 written, if any exists and `force` is off; `write` puts each file in place atomically (a temp
 file in the same directory, then os.replace), so a crash never leaves a half-written file.
-The colormap is Google's Turbo polynomial approximation, computed in numpy.
+The colormap is Google's Turbo polynomial approximation (`charts.turbo`), computed in numpy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -26,27 +25,11 @@ import onnxruntime as ort
 from PIL import Image
 
 from . import __version__
+from .charts import turbo
 from .errors import InputError, Interrupted
 from .explain import Explanation
+from .files import atomic_write, sha256
 from .preprocess import LoadedInput
-
-# Turbo (A. Mikhailov, Google, 2019), polynomial fit: channel = c4 . (1, t, t^2, t^3)
-# + c2 . (t^4, t^5).
-_TURBO4 = np.array([[0.13572138, 4.61539260, -42.66032258, 132.13108234],
-                    [0.09140261, 2.19418839, 4.84296658, -14.18503333],
-                    [0.10667330, 12.64194608, -60.58204836, 110.36276771]])
-_TURBO2 = np.array([[-152.94239396, 59.28637943],
-                    [4.27729857, 2.82956604],
-                    [-89.90310912, 27.34824973]])
-
-
-def turbo(v: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to RGB floats in [0, 1] (shape [..., 3])."""
-    t = np.clip(np.asarray(v, np.float64), 0.0, 1.0)[..., None]
-    p4 = np.concatenate([np.ones_like(t), t, t**2, t**3], axis=-1)
-    p2 = np.concatenate([t**4, t**5], axis=-1)
-    rgb: np.ndarray = np.clip(p4 @ _TURBO4.T + p2 @ _TURBO2.T, 0.0, 1.0)
-    return rgb
 
 
 def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.6) -> Image.Image:
@@ -62,14 +45,6 @@ def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.6) -> Image.I
     a = alpha * (0.35 + 0.65 * m)
     out = (1.0 - a) * base + a * turbo(m[..., 0])
     return Image.fromarray(np.rint(out * 255.0).astype(np.uint8), mode="RGB")
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -117,24 +92,6 @@ def plan(out_dir: Path, items: Sequence[tuple[LoadedInput, int, bool]], mask_ndi
             msg = f"{existing[0]!r}{more} already exist; pass --force to overwrite"
             raise InputError(msg)
     return planned
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file and a rename: a crash or Ctrl-C leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; give the file the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_writable(out_dir: Path, flag: str = "-o") -> None:

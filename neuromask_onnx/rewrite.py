@@ -749,23 +749,6 @@ def _back(op: Emitter, seed: str, zshape: Shape, shape: Shape) -> str:
     return op.reshape(seed, zshape) if tuple(zshape) != tuple(shape) else seed
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
-    """Write atomically; weights over 1.5 GB go to an external data file beside it."""
-    from .outputs import atomic_write
-
-    path = Path(path)
-    if model.ByteSize() <= 1_500_000_000:
-        atomic_write(path, model.SerializeToString())
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        onnx.save(model, str(tmp), save_as_external_data=True, location=f"{path.name}.data")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 ESTIMATED = "no gradient exists; the mask gradient will be estimated"
 EXPANDED = "its ONNX function body (the body's ops have rules)"
 

@@ -31,8 +31,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import InputError
+from .files import atomic_write
 from .graph import load_model
-from .outputs import atomic_write
 from .preprocess import Preprocessing, model_labels, model_preprocessing
 
 _PREFIX = "nm_b_"
