@@ -27,8 +27,9 @@ import onnx
 import onnxruntime as ort
 
 from .errors import InputError
-from .explain import NeuroMask, _apply, _probe_shape, available_provider, by_shape, upsample_matrix
+from .explain import NeuroMask, available_provider, by_shape, probe_shape
 from .graph import input_dims, load_model
+from .mask import upsample, upsample_matrix
 from .optimize import NeuroMaskConfig
 from .rewrite import GRAD_INPUT, LOSS, PROBS, TARGET, Objective, instrument, prune
 
@@ -61,7 +62,7 @@ class Classifier:
                                      "output_kind": output_kind, "layout": layout,
                                      "mask_axes": list(mask_axes) if mask_axes else None}
         # Dynamic non-batch dims: probed at `input_shape`; a session per input shape later.
-        self.input_shape = _probe_shape(self.model, input_name, input_shape)
+        self.input_shape = probe_shape(self.model, input_name, input_shape)
         probe = self._instrument(1, self.input_shape, "logit")
         props = {p.key: p.value for p in probe.metadata_props}
         self.input_name = props["neuromask.input"]
@@ -286,7 +287,7 @@ def rise_masks(shape: tuple[int, ...], n: int, cells: int, p_keep: float,
     grid = (rng.random((n, *([cells] * len(shape)))) < p_keep).astype(np.float32)
     sizes = [-(-s // cells) * (cells + 1) for s in shape]
     mats = [upsample_matrix(u, cells, "bilinear") for u in sizes]
-    big = _apply(mats, grid, adjoint=False)
+    big = upsample(mats, grid)
     out = np.empty((n, *shape), np.float32)
     for i in range(n):
         shift = [int(rng.integers(0, -(-s // cells))) for s in shape]

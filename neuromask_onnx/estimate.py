@@ -27,8 +27,9 @@ import numpy as np
 import onnx
 
 from .errors import InputError, ModelContractError, UnsupportedOpError
-from .explain import _Runner, upsample_matrix
+from .explain import SessionRunner
 from .graph import graph_inputs
+from .mask import upsample, upsample_matrix
 from .optimize import NeuroMaskConfig
 from .rewrite import BASELINE, LOSS, MASK, PROBS, TARGET
 
@@ -45,14 +46,7 @@ def _upsample_mats(full: Sequence[int], config: NeuroMaskConfig) -> list[np.ndar
             for s, c in zip(full, coarse, strict=True)]
 
 
-def _apply(mats: Sequence[np.ndarray | None], v: np.ndarray) -> np.ndarray:
-    for ax, a in enumerate(mats, start=1):
-        if a is not None:
-            v = np.moveaxis(np.tensordot(a, np.moveaxis(v, ax, 0), axes=(1, 0)), 0, ax)
-    return v
-
-
-class EstimateRunner(_Runner):
+class EstimateRunner(SessionRunner):
     """Forward-only instrumented model at batch jobs x (2 d + 1); estimates the mask gradient.
 
     Args:
@@ -128,7 +122,7 @@ class EstimateRunner(_Runner):
         b, d, s = self.batch, self.directions, self.sigma
         m = mask.astype(np.float64).reshape(b, *self.full)
         u, used = self._directions()
-        big = _apply(self.mats, u)  # [d, *full]
+        big = upsample(self.mats, u)  # [d, *full]
         rows = np.concatenate([m[:, None], m[:, None] + s * big[None], m[:, None] - s * big[None]],
                               axis=1)  # [b, 2d + 1, *full]
         feed = rows.reshape(b * self.rows, *self.mask_shape[1:]).astype(mask.dtype)
@@ -139,7 +133,7 @@ class EstimateRunner(_Runner):
         probs = np.asarray(probs).reshape(b, self.rows, -1)
         slope = (loss[:, 1:d + 1] - loss[:, d + 1:]) / (2.0 * s * used)  # [b, d]
         g_coarse = np.tensordot(slope, u, axes=(1, 0))  # [b, *coarse]
-        grad = _apply(self.pinvs, g_coarse).reshape(self.mask_shape).astype(mask.dtype)
+        grad = upsample(self.pinvs, g_coarse).reshape(self.mask_shape).astype(mask.dtype)
         return loss[:, 0].astype(np.float32), grad, probs[:, 0]
 
 

@@ -3,7 +3,8 @@
 The model is instrumented once per batch size (`rewrite.instrument`); each optimisation step is
 one onnxruntime run that returns the per-sample cross-entropy of the masked prediction and its
 gradient w.r.t. the mask. Everything else (sigmoid with temperature, the upsampling of a coarse
-mask and its adjoint, sparsity, smoothness, RMSProp) is numpy in `optimize` and `smoothness`.
+mask and its adjoint, sparsity, smoothness, RMSProp) is numpy in `mask`, `optimize` and
+`smoothness`.
 
 Jobs = (input, target, restart) triples, run `batch_size` at a time through one session. A
 job's W0 depends only on (seed, restart), never on its batch position, so a batch gives the
@@ -25,12 +26,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto
-from scipy import ndimage
 from scipy.special import expit
 
 from . import areas
 from .errors import ConvergenceWarning, InputError
 from .graph import graph_inputs, input_dims, load_model
+from .mask import apply, masked_out, upsample, upsample_matrix
 from .optimize import NeuroMaskConfig, StepInfo, optimize
 from .rewrite import BASELINE, GRAD_MASK, LOSS, MASK, PROBS, TARGET, instrument
 from .smoothness import laplacian_kernel, smoothness, sparsity
@@ -100,47 +101,6 @@ class Progress:
     jobs: int
 
 
-# --------------------------------------------------------------------------- upsampling
-
-
-SMOOTH_SIGMA = 0.6
-"""Width, in coarse cells, of the Gaussian that `smooth` upsampling interpolates with."""
-
-
-def upsample_matrix(n_out: int, n_in: int, kind: str) -> np.ndarray:
-    """A [n_out, n_in] linear map: bilinear with half-pixel centres (torch's
-    align_corners=False), nearest (torch's 'nearest') or smooth: normalised Gaussian weights
-    of the coarse cells around each output's centre (infinitely smooth, so no grid shows;
-    the rows sum to 1, so the border is not darkened)."""
-    a = np.zeros((n_out, n_in), np.float32)
-    rows = np.arange(n_out)
-    if kind == "smooth" and n_in > 1:
-        src = (rows + 0.5) * n_in / n_out - 0.5
-        wts = np.exp(-0.5 * ((src[:, None] - np.arange(n_in)[None]) / SMOOTH_SIGMA) ** 2)
-        out: np.ndarray = (wts / wts.sum(axis=1, keepdims=True)).astype(np.float32)
-        return out
-    if kind == "nearest" or n_in == 1:
-        a[rows, np.minimum((rows * n_in) // n_out, n_in - 1)] = 1.0
-        return a
-    src = np.clip((rows + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1)
-    i0 = np.floor(src).astype(int)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = (src - i0).astype(np.float32)
-    np.add.at(a, (rows, i0), 1.0 - frac)
-    np.add.at(a, (rows, i1), frac)
-    return a
-
-
-def _apply(mats: Sequence[np.ndarray | None], v: np.ndarray, adjoint: bool) -> np.ndarray:
-    """Apply one matrix per mask axis (axis 0 is the batch): the upsampling or its adjoint."""
-    for ax, a in enumerate(mats, start=1):
-        if a is None:
-            continue
-        m = a.T if adjoint else a
-        v = np.moveaxis(np.tensordot(m, np.moveaxis(v, ax, 0), axes=(1, 0)), 0, ax)
-    return v
-
-
 # --------------------------------------------------------------------------- sessions
 
 
@@ -158,7 +118,7 @@ def available_provider(provider: Provider) -> str:
     return "CPUExecutionProvider"
 
 
-class _Runner:
+class SessionRunner:
     """One instrumented model in one session, at a fixed batch size."""
 
     def __init__(self, model: onnx.ModelProto, provider: str, threads: int | None) -> None:
@@ -271,7 +231,7 @@ class NeuroMask:
 
         self.gradient = "exact"
         self.gradient_note: str | None = None
-        shape0 = _probe_shape(self.model, input_name, input_shape)
+        shape0 = probe_shape(self.model, input_name, input_shape)
         self.gradient, self.gradient_note, probe = resolve(
             gradient, self.model, input_name,
             lambda b, exact: self._instrumented(b, shape0, exact))
@@ -290,7 +250,7 @@ class NeuroMask:
             msg = (f"the labels list has {len(self.labels)} names but the model has "
                    f"{self.num_classes} classes")
             raise InputError(msg)
-        self._runners: dict[tuple[int, tuple[int, ...]], _Runner] = {}
+        self._runners: dict[tuple[int, tuple[int, ...]], SessionRunner] = {}
         self._timings = {"instrument": 0.0, "session": 0.0}
         self.model_runs = 0
         """Rows run through the instrumented model so far (one forward and one backward pass
@@ -310,7 +270,7 @@ class NeuroMask:
                           baseline=c.baseline != "zero" if classic else True,
                           gradient=self.gradient == "exact" if exact is None else exact)
 
-    def _runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
+    def _runner(self, batch: int, shape: tuple[int, ...]) -> SessionRunner:
         key = (batch, shape)
         if key not in self._runners:
             runner = self._new_runner(batch, shape)
@@ -318,12 +278,12 @@ class NeuroMask:
             self._runners[key] = runner
         return self._runners[key]
 
-    def _new_runner(self, batch: int, shape: tuple[int, ...]) -> _Runner:
+    def _new_runner(self, batch: int, shape: tuple[int, ...]) -> SessionRunner:
         """The hook where a run of the instrumented model comes from (`remote` overrides it:
-        anything with `_Runner`'s bind/run, mask_shape, has_baseline, provider, seconds)."""
+        anything with `SessionRunner`'s bind/run, mask_shape, has_baseline, provider, seconds)."""
         dynamic = any(d is None for d in self.dims[1:])
         t0 = time.perf_counter()
-        runner: _Runner
+        runner: SessionRunner
         if self.gradient == "estimate":
             from .estimate import EstimateRunner
 
@@ -332,7 +292,7 @@ class NeuroMask:
                 self.provider_name, self.threads, self.mask_axes, self.config)
         else:
             m = self._instrumented(batch, shape if dynamic else None)
-            runner = _Runner(m, self.provider_name, self.threads)
+            runner = SessionRunner(m, self.provider_name, self.threads)
         self._timings["instrument"] += time.perf_counter() - t0
         return runner
 
@@ -361,24 +321,11 @@ class NeuroMask:
         kind: zero, blur, mean or noise (default: the classic mode's `baseline`); in areas
         mode every substrate is an explicit array, zeros included."""
         c = self.config
-        axes = self.mask_axes
         kind = c.baseline if kind is None else kind
-        if kind == "zero":
-            return None if c.mode == "classic" else np.zeros_like(x)
-        if kind == "blur":
-            sigma = [c.blur_sigma if a in axes else 0.0 for a in range(x.ndim)]
-            blurred: np.ndarray = ndimage.gaussian_filter(x.astype(np.float32), sigma,
-                                                          mode="reflect")
-            return blurred.astype(x.dtype)
-        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
-        if kind == "mean":
-            flat: np.ndarray = np.broadcast_to(mean, x.shape).astype(x.dtype)
-            return flat
-        std = x.std(axis=axes, keepdims=True, dtype=np.float64)
-        rng = np.random.default_rng([c.seed, 0x6E6F697365])  # 'noise': same field per seed
-        noise = rng.standard_normal(x.shape[1:])[None]
-        noisy: np.ndarray = (mean + c.noise_std * std * noise).astype(x.dtype)
-        return noisy
+        if kind == "zero" and c.mode == "classic":
+            return None
+        return masked_out(x, kind, self.mask_axes, blur_sigma=c.blur_sigma,
+                          noise_std=c.noise_std, seed=c.seed)
 
     # ----------------------------------------------------------------- public API
 
@@ -554,11 +501,11 @@ class NeuroMask:
 
         def fun(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             s = expit(w * inv_t).astype(np.float32)
-            m = _apply(mats, s, adjoint=False)
+            m = upsample(mats, s)
             pred, gm, probs = runner.run(m.reshape(runner.mask_shape).astype(self.dtype))
             self.model_runs += batch
             gm = gm.astype(np.float32).reshape(m.shape)
-            gs = _apply(mats, gm, adjoint=True)
+            gs = apply(mats, gm, adjoint=True)
             gw = gs * s * (np.float32(1.0) - s) * inv_t
             sp, gsp = sparsity(w, c.tau, c.sparse_reduce)
             if kernel is not None and c.smooth_weight > 0:
@@ -646,7 +593,7 @@ class NeuroMask:
 
         kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
         obj = areas.AreasObjective(c, jobs, run_rows,
-                                   lambda v, adjoint: _apply(mats, v, adjoint), kernel)
+                                   lambda v, adjoint: apply(mats, v, adjoint), kernel)
         t0 = time.perf_counter()
         if c.init == "prior":
             w0 = self._prior_weights(runner, x_rows[::per], t_rows[::per], bases, per, full,
@@ -661,7 +608,7 @@ class NeuroMask:
         # The map comes from the final weights (no model run needed); the probabilities and
         # losses are those of the last step's run.
         k = len(c.areas)
-        final = _apply(mats, expit(res.w * np.float32(1.0 / c.temperature)), adjoint=False)
+        final = upsample(mats, expit(res.w * np.float32(1.0 / c.temperature)))
         steps_run = int(res.steps.max())
         timings = {"optimize": seconds, "per_step": seconds / max(steps_run, 1),
                    "instrument": self._timings["instrument"],
@@ -694,7 +641,7 @@ class NeuroMask:
             }
         return out
 
-    def _prior_weights(self, runner: _Runner, x: np.ndarray, target: np.ndarray,
+    def _prior_weights(self, runner: SessionRunner, x: np.ndarray, target: np.ndarray,
                        bases: Sequence[np.ndarray | None], per: int, full: tuple[int, ...],
                        mats: Sequence[np.ndarray | None]) -> np.ndarray:
         """init prior: a row per job and substrate b at mask = 1 gives d p / d mask = the sum
@@ -719,8 +666,8 @@ class NeuroMask:
             self.model_runs += piece
             rows.append(gi[:k].reshape(k, *full).astype(np.float32))
         g = np.concatenate(rows).reshape(n, nb, *full).sum(axis=1)
-        cover = _apply(mats, np.ones((1, *full), np.float32), adjoint=True)
-        coarse = _apply(mats, g, adjoint=True) / np.maximum(cover, 1e-12)
+        cover = apply(mats, np.ones((1, *full), np.float32), adjoint=True)
+        coarse = apply(mats, g, adjoint=True) / np.maximum(cover, 1e-12)
         return np.concatenate([areas.prior_weights(c, v) for v in coarse])
 
     def _explanation(self, r: dict[str, Any], before: np.ndarray, target: int, restart: int,
@@ -758,7 +705,7 @@ def by_shape(xs: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
     return groups
 
 
-def _probe_shape(model: onnx.ModelProto, input_name: str | None,
+def probe_shape(model: onnx.ModelProto, input_name: str | None,
                  input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
     """`input_shape` where the chosen input has dynamic non-batch dims, else None."""
     if input_shape is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -23,8 +23,11 @@ from onnx import numpy_helper
 from scipy import ndimage
 from scipy.stats import rankdata
 
-from .baselines import Classifier
 from .errors import InputError
+from .mask import masked_out
+
+if TYPE_CHECKING:
+    from .baselines import Classifier
 
 Removal = Literal["zero", "blur", "mean"]
 
@@ -59,19 +62,15 @@ def order(saliency: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def removal_baseline(clf: Classifier, x: np.ndarray, how: Removal = "zero",
                      blur_sigma: float = 5.0) -> np.ndarray:
-    """What a removed point becomes: zero, a Gaussian blur of x over the mask axes (RISE's
-    insertion start), or each channel's mean over the mask axes."""
-    if how == "zero":
-        return np.zeros_like(x)
+    """What a removed point becomes (`mask.masked_out`): zero, a Gaussian blur of x over the
+    mask axes (RISE's insertion start; float32), or each channel's mean over the mask axes
+    (accumulated in x's own float type)."""
+    if how not in ("zero", "blur", "mean"):
+        msg = f"removal baseline must be zero, blur or mean, got {how!r}"
+        raise InputError(msg)
     axes = [a - 1 for a in clf.mask_axes]
-    if how == "blur":
-        sigma = [blur_sigma if a in axes else 0.0 for a in range(x.ndim)]
-        out: np.ndarray = ndimage.gaussian_filter(x.astype(np.float32), sigma, mode="reflect")
-        return out
-    if how == "mean":
-        return np.broadcast_to(x.mean(axis=tuple(axes), keepdims=True), x.shape).astype(x.dtype)
-    msg = f"removal baseline must be zero, blur or mean, got {how!r}"
-    raise InputError(msg)
+    src = x.astype(np.float32) if how == "blur" else x  # the blur has always been float32
+    return masked_out(src, how, axes, blur_sigma=blur_sigma, mean_dtype=None)
 
 
 def _curve(clf: Classifier, x: np.ndarray, target: int, saliency: np.ndarray, steps: int,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from neuromask_onnx.areas import area_profile, area_term
-from neuromask_onnx.explain import _apply, upsample_matrix
+from neuromask_onnx.mask import apply, upsample_matrix
 from neuromask_onnx.optimize import AdamState, adam_step, optimize
 
 
@@ -61,11 +61,11 @@ def test_smooth_upsampling_has_no_grid_and_its_adjoint_is_the_transpose(
     a = upsample_matrix(224, 14, "smooth")
     np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-6)  # no dark border
     # a constant coarse mask stays exactly constant; one on-cell gives one smooth bump
-    flat = _apply([a, a], np.full((1, 14, 14), 0.7, np.float32), adjoint=False)
+    flat = apply([a, a], np.full((1, 14, 14), 0.7, np.float32), adjoint=False)
     assert np.ptp(flat) < 1e-6
     one = np.zeros((1, 14, 14), np.float32)
     one[0, 7, 7] = 1.0
-    bump = _apply([a, a], one, adjoint=False)[0]
+    bump = apply([a, a], one, adjoint=False)[0]
     row = bump[7 * 16 + 8]
     peak = int(row.argmax())
     assert 7 * 16 <= peak < 8 * 16
@@ -73,6 +73,6 @@ def test_smooth_upsampling_has_no_grid_and_its_adjoint_is_the_transpose(
     assert np.all(np.diff(row[peak:]) <= 1e-7)
     w = rng.standard_normal((2, 14, 14)).astype(np.float32)
     gy = rng.standard_normal((2, 224, 224)).astype(np.float32)
-    lhs = np.sum(_apply([a, a], w, adjoint=False) * gy)
-    rhs = np.sum(w * _apply([a, a], gy, adjoint=True))
+    lhs = np.sum(apply([a, a], w, adjoint=False) * gy)
+    rhs = np.sum(w * apply([a, a], gy, adjoint=True))
     assert lhs == pytest.approx(rhs, rel=1e-4)

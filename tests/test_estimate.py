@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 
 from neuromask_onnx.errors import InputError, UnsupportedOpError
 from neuromask_onnx.estimate import EstimateRunner
-from neuromask_onnx.explain import NeuroMask, _Runner
+from neuromask_onnx.explain import NeuroMask, SessionRunner
 from neuromask_onnx.optimize import preset
 from neuromask_onnx.rewrite import instrument
 
@@ -29,8 +29,8 @@ CONFIG = preset("reference").replace(steps=150, learning_rate=0.3, mask_scale=1,
                                      smooth_weight=0.0)
 
 
-def _runners(batch: int = 2) -> tuple[_Runner, EstimateRunner]:
-    exact = _Runner(instrument(TABULAR, batch_size=batch), "CPUExecutionProvider", 1)
+def _runners(batch: int = 2) -> tuple[SessionRunner, EstimateRunner]:
+    exact = SessionRunner(instrument(TABULAR, batch_size=batch), "CPUExecutionProvider", 1)
     est = EstimateRunner(lambda b: instrument(TABULAR, batch_size=b, gradient=False), batch,
                          "CPUExecutionProvider", 1, (1,), CONFIG)
     return exact, est
@@ -59,7 +59,7 @@ def test_one_estimated_step_is_the_exact_gradient(rng: np.random.Generator) -> N
 
 def test_fewer_directions_than_cells_are_unbiased(rng: np.random.Generator) -> None:
     """4 random orthogonal directions of 12: each estimate is noisy, their mean is not."""
-    exact = _Runner(instrument(TABULAR, batch_size=1), "CPUExecutionProvider", 1)
+    exact = SessionRunner(instrument(TABULAR, batch_size=1), "CPUExecutionProvider", 1)
     est = EstimateRunner(lambda b: instrument(TABULAR, batch_size=b, gradient=False), 1,
                          "CPUExecutionProvider", 1, (1,), CONFIG, directions=4, sigma=0.01)
     x = rng.standard_normal((1, 12)).astype(np.float32)

@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from neuromask_onnx.errors import ConvergenceWarning, InputError
-from neuromask_onnx.explain import Explanation, NeuroMask, _apply, upsample_matrix
+from neuromask_onnx.explain import Explanation, NeuroMask
+from neuromask_onnx.mask import apply, upsample_matrix
 from neuromask_onnx.optimize import preset
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "region_cnn.onnx"
@@ -64,9 +65,9 @@ def test_upsampling_adjoint_is_the_transpose(kind: str, rng: np.random.Generator
     mats = [upsample_matrix(13, 4, kind), upsample_matrix(9, 3, kind)]
     w = rng.standard_normal((2, 4, 3))
     g = rng.standard_normal((2, 13, 9))
-    up = _apply(mats, w, adjoint=False)
+    up = apply(mats, w, adjoint=False)
     assert up.shape == (2, 13, 9)
-    np.testing.assert_allclose(np.sum(up * g), np.sum(w * _apply(mats, g, adjoint=True)),
+    np.testing.assert_allclose(np.sum(up * g), np.sum(w * apply(mats, g, adjoint=True)),
                                rtol=1e-5)
     np.testing.assert_allclose(mats[0].sum(axis=1), 1.0, rtol=1e-6)  # rows are averages
 
