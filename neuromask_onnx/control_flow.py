@@ -359,11 +359,11 @@ def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarra
 def fold_local(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Fold the constant parts of copied branch nodes into `g.consts` (Constant nodes,
     Unsqueeze of constants) and record static shapes: what `prepare` does for the top level."""
-    from .graph import _fold
+    from .graph import fold_constants
 
     for _ in range(len(nodes) + 1):
         infer_local(g, nodes)
-        nodes, changed = _fold(nodes, g.consts, g.shapes, g.opset)
+        nodes, changed = fold_constants(nodes, g.consts, g.shapes, g.opset)
         if not changed:
             break
     infer_local(g, nodes)

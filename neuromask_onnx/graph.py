@@ -220,8 +220,8 @@ def _eval_node(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int
     return list(ReferenceEvaluator(m).run(None, feeds))
 
 
-def _fold(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
-          shapes: dict[str, Shape], opset: int) -> tuple[list[onnx.NodeProto], bool]:
+def fold_constants(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
+                   shapes: dict[str, Shape], opset: int) -> tuple[list[onnx.NodeProto], bool]:
     kept: list[onnx.NodeProto] = []
     changed = False
     for node in nodes:
@@ -431,7 +431,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     while rounds < limit:
         rounds += 1
         shapes, dtypes = _infer(model, nodes, consts, real_inputs)
-        nodes, changed = _fold(nodes, consts, shapes, opset)
+        nodes, changed = fold_constants(nodes, consts, shapes, opset)
         # Constant Ifs become their branch, static Loops and Scans their unrolled body.
         nodes, expanded = expand_control_flow(nodes, consts, shapes, names)
         if not changed and not expanded:

@@ -180,10 +180,10 @@ def describe_input(model: onnx.ModelProto, input_name: str | None = None,
                "only float inputs can be masked (pick another with --input)")
         raise ModelContractError(msg)
     dims = tuple(d if isinstance(d, int) and d > 0 else None for d in input_dims(model, vi.name))
-    return InputSpec(vi.name, dims, _layout(dims, layout, vi.name))
+    return InputSpec(vi.name, dims, input_layout(dims, layout, vi.name))
 
 
-def _layout(dims: tuple[int | None, ...], layout: str | None, name: str) -> str:
+def input_layout(dims: tuple[int | None, ...], layout: str | None, name: str) -> str:
     rank = len(dims)
     if layout:
         lay = layout.upper()

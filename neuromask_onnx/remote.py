@@ -10,7 +10,7 @@ over gRPC (`grpc://host:port`) or HTTP (`http://host:port`, binary tensors).
   the NeuroMask metadata, preprocessing and labels from the model config's parameters where
   the server has Triton's config endpoint (flags fill in elsewhere). A server that is down,
   a model that is not there, or one that is not instrumented is one `ServerError` line.
-- `RemoteRunner` has `explain._Runner`'s interface (bind once per chunk, run(mask) ->
+- `RemoteRunner` has `explain.SessionRunner`'s interface (bind once per chunk, run(mask) ->
   loss, grad_mask, probs), so `RemoteNeuroMask` is `NeuroMask` with the runner swapped at its
   `_new_runner` hook: same jobs, batching, seeds and optimisation, hence the same masks as a
   local run to float32 noise.
@@ -37,7 +37,7 @@ from .preprocess import (
     PREPROCESSING_PRESETS,
     InputSpec,
     Preprocessing,
-    _layout,
+    input_layout,
     preprocessing_preset,
 )
 from .rewrite import BASELINE, GRAD_MASK, LOSS, MASK, PROBS, TARGET
@@ -193,7 +193,7 @@ class ServedModel:
         if lay not in ("NCHW", "NHWC"):
             lay = layout
         dims = self.dims()
-        return InputSpec(self.input_name, dims, _layout(dims, lay, self.input_name))
+        return InputSpec(self.input_name, dims, input_layout(dims, lay, self.input_name))
 
     def preprocessing(self, name: str | None) -> Preprocessing:
         if name is not None:
@@ -261,7 +261,7 @@ def _config(client: Client, name: str) -> tuple[dict[str, str], int | None]:
 
 
 class RemoteRunner:
-    """`explain._Runner`'s interface over one served model, at one batch size."""
+    """`explain.SessionRunner`'s interface over one served model, at one batch size."""
 
     def __init__(self, served: ServedModel, batch: int) -> None:
         t0 = time.perf_counter()
