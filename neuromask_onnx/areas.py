@@ -99,11 +99,16 @@ class AreasObjective:
                                                                              np.ndarray]:
         c, f32 = self.config, np.float32
         n = w.shape[0]
+        which = self.calls % len(c.substrates) if substrate is None else substrate
+        if c.temperature_end > 0:
+            # geometric from T to T_end over the steps: soft masks early (gradients flow),
+            # near-binary at the end (as deletion and insertion score them)
+            frac = min(self.calls / max(c.steps - 1, 1), 1.0)
+            self.inv_t = f32(1.0 / (c.temperature * (c.temperature_end / c.temperature) ** frac))
         s = expit(w * self.inv_t).astype(f32)
         m = self.upsample(s, False)  # [J*K, *mask_shape]
         parts = [m if h == "preserve" else f32(1.0) - m for h in self.halves]
         rows = np.stack(parts, axis=1).reshape(n * len(parts), *m.shape[1:])
-        which = self.calls % len(c.substrates) if substrate is None else substrate
         self.calls += 1
         p, gp = self.run_rows(rows, which)
         p = p.reshape(n, len(parts)).astype(f32)

@@ -608,7 +608,7 @@ class NeuroMask:
         # The map comes from the final weights (no model run needed); the probabilities and
         # losses are those of the last step's run.
         k = len(c.areas)
-        final = upsample(mats, expit(res.w * np.float32(1.0 / c.temperature)))
+        final = upsample(mats, expit(res.w * obj.inv_t))  # at the last step's T
         steps_run = int(res.steps.max())
         timings = {"optimize": seconds, "per_step": seconds / max(steps_run, 1),
                    "instrument": self._timings["instrument"],

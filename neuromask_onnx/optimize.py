@@ -59,6 +59,9 @@ class NeuroMaskConfig:
     """RMSProp momentum (TF1 form; the reference uses 0)."""
     temperature: float = 0.25
     """T in m = sigmoid(W / T); the authors' code uses 0.3, the paper 1."""
+    temperature_end: float = 0.0
+    """areas mode: if > 0, T falls geometrically from `temperature` to this over the steps
+    (0: T stays constant)."""
     tau: float = 10.0
     """Initial range W0 ~ U(-tau, tau) (`init` uniform) and the sparsity offset |W + tau|."""
     init: Literal["prior", "zero", "uniform"] = "zero"
@@ -151,6 +154,7 @@ class NeuroMaskConfig:
             (self.epsilon > 0, "epsilon must be positive"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.temperature > 0, "temperature must be positive"),
+            (self.temperature_end >= 0, "temperature_end must be 0 (constant T) or positive"),
             (self.tau > 0, "tau must be positive"),
             (min(self.pred_weight, self.sparse_weight, self.smooth_weight) >= 0,
              "loss weights must be non-negative"),

@@ -76,3 +76,26 @@ def test_smooth_upsampling_has_no_grid_and_its_adjoint_is_the_transpose(
     lhs = np.sum(apply([a, a], w, adjoint=False) * gy)
     rhs = np.sum(w * apply([a, a], gy, adjoint=True))
     assert lhs == pytest.approx(rhs, rel=1e-4)
+
+
+def test_temperature_falls_geometrically_from_t_to_t_end() -> None:
+    from scipy.special import expit
+
+    from neuromask_onnx.areas import AreasObjective
+    from neuromask_onnx.optimize import NeuroMaskConfig
+
+    cfg = NeuroMaskConfig(temperature=0.5, temperature_end=0.1, steps=5, areas=(0.5,),
+                          halves="preserve", smooth_weight=0.0)
+    seen: list[float] = []
+
+    def run_rows(masks: np.ndarray, which: int) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(float(masks.flat[0]))
+        return np.full(len(masks), 0.5, np.float32), np.zeros_like(masks)
+
+    obj = AreasObjective(cfg, 1, run_rows, lambda v, adjoint: v, None)
+    w = np.full((1, 2, 2), 0.1, np.float32)
+    for _ in range(cfg.steps):
+        obj(w)
+    temps = [0.5 * (0.1 / 0.5) ** (i / 4) for i in range(5)]
+    np.testing.assert_allclose(seen, expit(0.1 / np.array(temps)), rtol=1e-5)
+    assert obj.inv_t == pytest.approx(1 / 0.1)  # the map is read at the last step's T
