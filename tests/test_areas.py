@@ -92,7 +92,7 @@ def test_temperature_falls_geometrically_from_t_to_t_end() -> None:
         seen.append(float(masks.flat[0]))
         return np.full(len(masks), 0.5, np.float32), np.zeros_like(masks)
 
-    obj = AreasObjective(cfg, 1, run_rows, lambda v, adjoint: v, None)
+    obj = AreasObjective(cfg, 1, run_rows, lambda v, _adjoint: v, None)
     w = np.full((1, 2, 2), 0.1, np.float32)
     for _ in range(cfg.steps):
         obj(w)
