@@ -79,7 +79,7 @@ class OneLineGroup(_FlagHelp, TyperGroup):
         try:  # typer >= 0.2x vendors click; older typer uses the click package
             from typer._click.exceptions import ClickException
         except ImportError:  # pragma: no cover
-            from click.exceptions import ClickException  # type: ignore[import-not-found,no-redef]
+            from click.exceptions import ClickException  # type: ignore[import-not-found,no-redef,assignment,unused-ignore]
 
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args,
