@@ -302,12 +302,10 @@ def _infer(model: onnx.ModelProto, nodes: list[onnx.NodeProto], consts: dict[str
     return shapes, dtypes
 
 
-def _shapes_by_running(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
-                       consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
-                       names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
-    """Ask onnxruntime for the shapes that static inference could not give."""
-    import onnxruntime as ort
-
+def _probe(model: onnx.ModelProto, nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
+           feeds: dict[str, np.ndarray], wanted: list[str]) -> onnx.ModelProto:
+    """`model` with `nodes`, the folded constants as initializers, the fed inputs only and
+    `wanted` as its outputs: what either runner below is asked to evaluate."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.node[:]
@@ -317,18 +315,33 @@ def _shapes_by_running(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
     del m.graph.input[:]
     m.graph.input.extend(vi for vi in model.graph.input if vi.name in feeds)
     del m.graph.output[:]
-    wanted = list(dict.fromkeys(names))
     m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
     del m.graph.value_info[:]
+    return m
+
+
+def _shapes_of(wanted: list[str], vals: Iterable[Any]) -> dict[str, tuple[Shape, int]]:
+    """name -> (shape, ONNX element type) of the tensor values (sequences and maps skipped)."""
+    return {
+        n: (tuple(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype))
+        for n, v in zip(wanted, vals, strict=True)
+        if isinstance(v, np.ndarray) and v.dtype != object
+    }
+
+
+def _shapes_by_running(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                       consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                       names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
+    """Ask onnxruntime for the shapes that static inference could not give."""
+    import onnxruntime as ort
+
+    wanted = list(dict.fromkeys(names))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    vals = sess.run(wanted, feeds)
-    return {
-        n: (tuple(np.asarray(v).shape), helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype))
-        for n, v in zip(wanted, vals, strict=True)
-    }
+    sess = ort.InferenceSession(_probe(model, nodes, consts, feeds, wanted).SerializeToString(),
+                                opts, providers=["CPUExecutionProvider"])
+    return _shapes_of(wanted, [np.asarray(v) for v in sess.run(wanted, feeds)])
 
 
 def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
@@ -383,24 +396,12 @@ def _shapes_by_reference(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
     kernels lack (ONNX-ML ops in float64); empty if it cannot run the graph either."""
     from onnx.reference import ReferenceEvaluator
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
-    del m.graph.output[:]
     wanted = list(dict.fromkeys(names))
-    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
     try:
-        vals = ReferenceEvaluator(m).run(wanted, feeds)
+        vals = ReferenceEvaluator(_probe(model, nodes, consts, feeds, wanted)).run(wanted, feeds)
     except Exception:  # noqa: BLE001  (then the missing shapes are reported where needed)
         return {}
-    return {
-        n: (tuple(np.asarray(v).shape), helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype))
-        for n, v in zip(wanted, vals, strict=True)
-        if isinstance(v, np.ndarray) and v.dtype != object
-    }
+    return _shapes_of(wanted, vals)
 
 
 def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
