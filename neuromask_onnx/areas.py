@@ -18,6 +18,14 @@ images and models), and the explanation is the mean of the K masks: a graded map
 the input from the smallest sufficient region outwards, which is what deletion and insertion
 curves score. The instrumented model's objective is the target probability; log p and the
 signs are applied here (d log p = dp / p).
+
+The masks live on coarse cells (14 per axis), so inside a cell, and across the background
+where every mask is off, their mean has no order. Every step's run also returns the gradient
+of the objective with respect to the FULL-resolution mask, (x - b) * d p / d x at the masked
+input, for free; summed over the steps (a path over the masks and the substrates, much as
+Integrated Gradients sums over a straight path) it is the `detail` that `with_detail` adds to
+the mean at `config.detail_weight`: the masks' order holds wherever they differ by more than
+the weight, and the detail ranks the pixels inside their plateaus.
 """
 
 from __future__ import annotations
@@ -85,6 +93,8 @@ class AreasObjective:
     kernel: np.ndarray | None
     calls: int = 0
     last: dict[str, np.ndarray] = field(default_factory=dict)
+    detail: np.ndarray | None = None
+    """Sum over the steps of -d objective / d mask at full resolution, per job [J, *mask]."""
 
     def __post_init__(self) -> None:
         c = self.config
@@ -127,6 +137,9 @@ class AreasObjective:
             # d mask_row / d M is +1 for the kept row and -1 for the deleted one
             dm = sign * (f32(1.0) if h == "preserve" else f32(-1.0))
             gm += (dm * dval).reshape(-1, *[1] * (m.ndim - 1)) * gp[:, i]
+        if c.detail_weight > 0:
+            step = -gm.reshape(self.jobs, self.k, *m.shape[1:]).sum(axis=1)
+            self.detail = step if self.detail is None else self.detail + step
         gs = self.upsample(gm, True) * f32(c.pred_weight)
         flat = s.reshape(n, -1)
         if c.area_penalty == "mean":
@@ -156,6 +169,22 @@ class AreasObjective:
         """The explanation of job j at the last evaluated weights: the mean of its masks."""
         out: np.ndarray = self.last["mask"][j * self.k:(j + 1) * self.k].mean(axis=0)
         return out
+
+
+def with_detail(mask: np.ndarray, detail: np.ndarray, weight: float, sigma: float,
+                ) -> np.ndarray:
+    """mask + weight * d, d = the detail (smoothed by `sigma` pixels) scaled to [-1/2, 1/2] by
+    its largest magnitude, then stretched to [0, 1]. Where the masks' mean differs by more
+    than the weight the masks' order holds; inside a plateau of the masks (a cell, or the
+    whole background) the detail ranks the pixels."""
+    if sigma > 0:
+        from scipy.ndimage import gaussian_filter
+
+        detail = gaussian_filter(detail.astype(np.float64), sigma, mode="reflect")
+    scale = float(np.abs(detail).max())
+    v = mask + (0.5 * weight / scale) * detail if scale > 0 else mask.astype(np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    return ((v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)).astype(np.float32)
 
 
 def prior_weights(config: NeuroMaskConfig, prior: np.ndarray) -> np.ndarray:

@@ -623,7 +623,9 @@ class NeuroMask:
             # area, at the last step
             probs = seen["probs"][b * per + largest * len(obj.halves)].astype(np.float64)
             out[(job.input, job.target, job.restart)] = {
-                "mask": final[rows].mean(axis=0).astype(np.float32),
+                "mask": (final[rows].mean(axis=0) if obj.detail is None else areas.with_detail(
+                    final[rows].mean(axis=0), obj.detail[b], c.detail_weight, c.detail_sigma)
+                         ).astype(np.float32),
                 "weights": res.w[rows].copy(),
                 "total": float(last["total"][rows].sum()),
                 "final": {key: float(last[key][rows].sum())

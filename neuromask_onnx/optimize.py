@@ -126,6 +126,14 @@ class NeuroMaskConfig:
     upsample: Upsample = "smooth"
     """How a coarse mask is brought to the input resolution: smooth (Gaussian interpolation,
     no grid), bilinear or nearest."""
+    detail_weight: float = 1.0
+    """areas mode: weight of the pixel detail in the map. The masks live on coarse cells; the
+    gradient of the objective with respect to the full-resolution mask, summed over the steps
+    (the same model runs, none extra), ranks the pixels inside a cell and across the
+    background: map = mean of masks + w * d, d the detail scaled to [-1/2, 1/2], the sum
+    stretched to [0, 1] (0: the mean of the masks alone)."""
+    detail_sigma: float = 2.0
+    """Gaussian sigma, in input pixels, that the detail is smoothed with (0: none)."""
     restarts: int = 1
     """Independent random starts per (input, target); the lowest final loss wins."""
     seed: int = 0
@@ -173,6 +181,8 @@ class NeuroMaskConfig:
             (self.mask_cells >= 0, "mask_cells must be non-negative"),
             (self.upsample in ("bilinear", "nearest", "smooth"),
              "upsample must be smooth, bilinear or nearest"),
+            (self.detail_weight >= 0 and self.detail_sigma >= 0,
+             "detail_weight and detail_sigma must be non-negative"),
             (self.restarts >= 1, "restarts must be at least 1"),
             (0 <= self.seed < 2**63, "seed must be a non-negative integer"),
         ]
@@ -205,7 +215,7 @@ _REFERENCE = NeuroMaskConfig(
     epsilon=1e-10, momentum=0.0, temperature=0.3, tau=10.0, init="uniform", pred_weight=0.4,
     sparse_weight=0.35, smooth_weight=0.03, sparse_reduce="mean", smooth_norm="squared",
     smooth_reduce="mean", smooth_padding="valid", laplacian_size=5, baseline="zero",
-    mask_scale=1, mask_cells=0, upsample="bilinear")
+    mask_scale=1, mask_cells=0, upsample="bilinear", detail_weight=0.0)
 # 'default' = NeuroMaskConfig(): chosen by measurement with tools/evaluate_methods.py, tuned on
 # the tuning half of the photographs with the pretrained EfficientNet-Lite0 ONLY, and reported
 # on the test half and on EfficientNet-Lite2 (README, "Faithfulness").

@@ -32,16 +32,30 @@ from .files import atomic_write, sha256
 from .preprocess import LoadedInput
 
 
-def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """Blend the Turbo heat map of `mask` (same size as `image`) over it; more where m is high.
+def heat(saliency: np.ndarray, percentile: float = 100.0) -> np.ndarray:
+    """A map as display intensities in [0, 1]: its excess over its median, over the
+    `percentile`-th percentile of that excess. The half of the input that matters least is 0:
+    the default NeuroMask map (the nested masks' mean plus a signed pixel detail) has neither
+    its floor at 0 nor its top at 1, and on an absolute scale it would look washed out. A map
+    with half or more of it at its maximum (a large binary mask) is scaled from its minimum;
+    a constant map becomes zeros."""
+    a = np.asarray(saliency, np.float64)
+    if not a.size:
+        return np.zeros(a.shape, np.float32)
+    s = np.clip(a - np.median(a), 0.0, None)
+    if s.max() <= 0:
+        s = a - a.min()
+    top = float(np.percentile(s, percentile))
+    if top <= 0:  # sparse maps (most of the excess zero): the maximum then
+        top = float(s.max())
+    return np.clip(s / top if top > 0 else s, 0.0, 1.0).astype(np.float32)
 
-    The colours are relative to the map's maximum: the default map is the mean of nested
-    masks, so its values rarely reach 1 and an absolute scale would show it washed out (the
-    .npy and the greyscale PNG keep the raw values)."""
+
+def overlay(image: Image.Image, intensity: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """Blend the Turbo heat map of `intensity` (in [0, 1], see `heat`; the same size as
+    `image`) over it; more where it is high."""
     base = np.asarray(image.convert("RGB"), np.float64) / 255.0
-    m = np.clip(np.asarray(mask, np.float64), 0.0, 1.0)
-    top = float(m.max(initial=0.0))
-    m = (m / top if top > 0 else m)[..., None]
+    m = np.clip(np.asarray(intensity, np.float64), 0.0, 1.0)[..., None]
     a = alpha * (0.35 + 0.65 * m)
     out = (1.0 - a) * base + a * turbo(m[..., 0])
     return Image.fromarray(np.rint(out * 255.0).astype(np.uint8), mode="RGB")
@@ -216,7 +230,7 @@ def write(out_dir: Path, planned: Sequence[Planned],
             elif kind == "overlay":
                 assert inp.image is not None
                 assert inp.geometry is not None
-                full = inp.geometry.to_original(ex.mask)
+                full = inp.geometry.to_original(heat(ex.mask))
                 blobs.append((path, png_bytes(overlay(inp.image, full))))
             elif kind in ("chart", "series"):
                 from . import charts

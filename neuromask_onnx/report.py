@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .metrics import METRICS, Curve
-from .outputs import overlay, png_bytes
+from .outputs import heat, overlay, png_bytes
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,9 @@ class InputResult:
 
 
 PERCENTILE = 99.0
-"""Overlays are scaled so that this percentile of |map| is full colour: a few extreme
-gradient values would otherwise leave the rest of a gradient map invisible."""
-
-
-def normalize(saliency: np.ndarray, percentile: float = PERCENTILE) -> np.ndarray:
-    """Positive part over the `percentile`-th percentile of |map|, clipped to [0, 1] (a
-    constant zero or all-negative map becomes zeros)."""
-    a = np.asarray(saliency, np.float64)
-    s = np.clip(a, 0.0, None)
-    top = float(np.percentile(np.abs(a), percentile)) if a.size else 0.0
-    if top <= 0:  # sparse maps (most of |map| zero): fall back to the maximum
-        top = s.max(initial=0.0)
-    return np.clip(s / top if top > 0 else s, 0.0, 1.0).astype(np.float32)
+"""Overlays are scaled so that this percentile of each map's excess over its median is full
+colour (`outputs.heat`): a few extreme gradient values would otherwise leave the rest of a
+gradient map invisible."""
 
 
 def tensor_image(x: np.ndarray, channel_axis: int | None) -> Image.Image | None:
@@ -82,7 +72,7 @@ def _data_uri(png: bytes) -> str:
 
 
 def overlay_png(image: Image.Image, saliency: np.ndarray, to_image: object = None) -> bytes:
-    m = normalize(saliency)
+    m = heat(saliency, PERCENTILE)
     if callable(to_image):
         full = np.asarray(to_image(m), np.float32)
     else:
@@ -204,8 +194,8 @@ def render(inputs: Sequence[InputResult], title: str = "neuromask compare") -> s
               f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"),
              f"<h1>{html.escape(title)}</h1><h2>Summary</h2>", _table(summary(inputs)),
              '<div id="nm-image-check" hidden data-images="?" data-broken="?"></div>',
-             ("<p>Overlays: each map's positive part, full colour at its "
-              f"{PERCENTILE:g}th percentile of |map|. Curves: the target probability as "
+             ("<p>Overlays: each map's excess over its median, full colour at the "
+              f"{PERCENTILE:g}th percentile of that excess. Curves: the target probability as "
               "pixels are removed most-important first (deletion, lower AUC is better) or "
               "inserted into the insertion baseline (higher is better).</p>")]
     for inp in inputs:

@@ -80,7 +80,7 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
     from PIL import Image
 
     from .graph import load_model
-    from .outputs import overlay, png_bytes
+    from .outputs import heat, overlay, png_bytes
     from .preprocess import describe_input, load_inputs, model_labels, resolve_preprocessing
 
     lim = limits or Limits()
@@ -295,7 +295,7 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
                         "seconds": seconds, "warnings": list(ex.warnings)}
                     if params.get("overlay") and inp is not None and inp.image is not None \
                             and inp.geometry is not None:
-                        png = png_bytes(overlay(inp.image, inp.geometry.to_original(ex.mask)))
+                        png = png_bytes(overlay(inp.image, inp.geometry.to_original(heat(ex.mask))))
                         doc["overlay_png"] = base64.b64encode(png).decode()
                     out.append(doc)
                 return {"explanations": out, "config": dataclasses.asdict(cfg)}

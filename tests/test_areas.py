@@ -99,3 +99,21 @@ def test_temperature_falls_geometrically_from_t_to_t_end() -> None:
     temps = [0.5 * (0.1 / 0.5) ** (i / 4) for i in range(5)]
     np.testing.assert_allclose(seen, expit(0.1 / np.array(temps)), rtol=1e-5)
     assert obj.inv_t == pytest.approx(1 / 0.1)  # the map is read at the last step's T
+
+
+def test_detail_ranks_pixels_inside_a_plateau_and_keeps_the_masks_order() -> None:
+    from neuromask_onnx.areas import with_detail
+
+    mask = np.zeros((6, 6), np.float32)
+    mask[:, 3:] = 0.75  # two plateaus, 0.75 apart
+    detail = np.random.default_rng(0).normal(size=(6, 6))
+    out = with_detail(mask, detail, 1.0, 0.0)
+    assert out.min() == 0.0
+    assert out.max() == 1.0
+    for cols in (slice(0, 3), slice(3, 6)):  # inside a plateau: the detail's order
+        np.testing.assert_array_equal(np.argsort(out[:, cols], axis=None),
+                                      np.argsort(detail[:, cols], axis=None))
+    # weight 1 moves a pixel by at most 1/2 of the largest |detail|: not across 0.75
+    assert out[:, 3:].min() > out[:, :3].max()
+    # no detail: the masks' mean stretched to [0, 1]
+    np.testing.assert_allclose(with_detail(mask, np.zeros((6, 6)), 1.0, 0.0), mask / 0.75)
