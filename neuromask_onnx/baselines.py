@@ -27,11 +27,13 @@ import onnx
 import onnxruntime as ort
 
 from .errors import InputError
-from .explain import NeuroMask, available_provider, by_shape, probe_shape
+from .explain import NeuroMask, by_shape, probe_shape
 from .graph import input_dims, load_model
+from .io_names import GRAD_INPUT, LOSS, PROBS, TARGET
 from .mask import upsample, upsample_matrix
 from .optimize import NeuroMaskConfig
-from .rewrite import GRAD_INPUT, LOSS, PROBS, TARGET, Objective, instrument, prune
+from .rewrite import Objective, instrument, prune
+from .runtime import available_provider, session
 
 
 class Classifier:
@@ -99,12 +101,7 @@ class Classifier:
                 m.graph.output.extend(keep)
                 m.graph.node.extend(nodes)
                 m.graph.initializer.extend(inits)
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-            self._sessions[key] = ort.InferenceSession(m.SerializeToString(), opts,
-                                                       providers=[self.provider])
+            self._sessions[key] = session(m, self.provider, threads=self.threads)
         return self._sessions[key]
 
     def _run(self, kind: str, x: np.ndarray, target: np.ndarray) -> list[np.ndarray]:

@@ -27,11 +27,11 @@ import numpy as np
 import onnx
 
 from .errors import InputError, ModelContractError, UnsupportedOpError
-from .explain import SessionRunner
 from .graph import graph_inputs
+from .io_names import BASELINE, LOSS, MASK, PROBS, TARGET
 from .mask import upsample, upsample_matrix
 from .optimize import NeuroMaskConfig
-from .rewrite import BASELINE, LOSS, MASK, PROBS, TARGET
+from .runtime import SessionRunner
 
 DIRECTIONS = 16
 """Antithetic direction pairs per step (the default budget: 2 d + 1 model rows per job)."""

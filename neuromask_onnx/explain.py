@@ -20,11 +20,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto
 from scipy.special import expit
 
@@ -33,10 +32,10 @@ from .errors import ConvergenceWarning, InputError
 from .graph import graph_inputs, input_dims, load_model
 from .mask import apply, masked_out, upsample, upsample_matrix
 from .optimize import NeuroMaskConfig, StepInfo, optimize
-from .rewrite import BASELINE, GRAD_MASK, LOSS, MASK, PROBS, TARGET, instrument
+from .rewrite import instrument
+from .runtime import Provider, Runner, SessionRunner, available_provider
 from .smoothness import laplacian_kernel, smoothness, sparsity
 
-Provider = Literal["auto", "cpu", "cuda"]
 Target = int | str
 _NP_DTYPES: dict[int, type[np.floating[Any]]] = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
               TensorProto.FLOAT16: np.float16}
@@ -99,71 +98,6 @@ class Progress:
     steps: int
     jobs_done: int
     jobs: int
-
-
-# --------------------------------------------------------------------------- sessions
-
-
-def available_provider(provider: Provider) -> str:
-    have = ort.get_available_providers()
-    if provider == "cuda" or (provider == "auto" and "CUDAExecutionProvider" in have):
-        if "CUDAExecutionProvider" not in have:
-            msg = ("provider cuda asked for but onnxruntime has no CUDAExecutionProvider "
-                   "(install onnxruntime-gpu, or use --provider cpu)")
-            raise InputError(msg)
-        return "CUDAExecutionProvider"
-    if provider not in ("auto", "cpu"):
-        msg = f"provider must be auto, cpu or cuda, got {provider!r}"
-        raise InputError(msg)
-    return "CPUExecutionProvider"
-
-
-class SessionRunner:
-    """One instrumented model in one session, at a fixed batch size."""
-
-    def __init__(self, model: onnx.ModelProto, provider: str, threads: int | None) -> None:
-        opts = ort.SessionOptions()
-        opts.use_deterministic_compute = True
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        t0 = time.perf_counter()
-        self.session = ort.InferenceSession(model.SerializeToString(), opts,
-                                            providers=[provider])
-        self.seconds = time.perf_counter() - t0
-        self.provider = self.session.get_providers()[0]
-        ins = {i.name: i for i in self.session.get_inputs()}
-        self.mask_shape = tuple(ins[MASK].shape)
-        self.has_baseline = BASELINE in ins
-        self.batch = self.mask_shape[0]
-        self.binding: Any = None
-        self.feeds: dict[str, np.ndarray] = {}
-
-    def bind(self, x_name: str, x: np.ndarray, target: np.ndarray,
-             baseline: np.ndarray | None) -> None:
-        feeds = {x_name: x, TARGET: target}
-        if self.has_baseline:
-            assert baseline is not None
-            feeds[BASELINE] = baseline
-        if self.provider == "CUDAExecutionProvider":
-            b = self.session.io_binding()
-            for name, value in feeds.items():  # copied to the GPU once per chunk
-                b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
-            for name in (LOSS, GRAD_MASK, PROBS):
-                b.bind_output(name, "cpu")
-            self.binding = b
-        else:
-            self.feeds = feeds
-
-    def run(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.binding is not None:
-            self.binding.bind_cpu_input(MASK, mask)
-            self.session.run_with_iobinding(self.binding)
-            loss, grad, probs = self.binding.copy_outputs_to_cpu()
-        else:
-            loss, grad, probs = self.session.run([LOSS, GRAD_MASK, PROBS],
-                                                 {**self.feeds, MASK: mask})
-        return loss, grad, probs
 
 
 # --------------------------------------------------------------------------- the explainer
@@ -250,7 +184,7 @@ class NeuroMask:
             msg = (f"the labels list has {len(self.labels)} names but the model has "
                    f"{self.num_classes} classes")
             raise InputError(msg)
-        self._runners: dict[tuple[int, tuple[int, ...]], SessionRunner] = {}
+        self._runners: dict[tuple[int, tuple[int, ...]], Runner] = {}
         self._timings = {"instrument": 0.0, "session": 0.0}
         self.model_runs = 0
         """Rows run through the instrumented model so far (one forward and one backward pass
@@ -270,7 +204,7 @@ class NeuroMask:
                           baseline=c.baseline != "zero" if classic else True,
                           gradient=self.gradient == "exact" if exact is None else exact)
 
-    def _runner(self, batch: int, shape: tuple[int, ...]) -> SessionRunner:
+    def _runner(self, batch: int, shape: tuple[int, ...]) -> Runner:
         key = (batch, shape)
         if key not in self._runners:
             runner = self._new_runner(batch, shape)
@@ -278,12 +212,12 @@ class NeuroMask:
             self._runners[key] = runner
         return self._runners[key]
 
-    def _new_runner(self, batch: int, shape: tuple[int, ...]) -> SessionRunner:
-        """The hook where a run of the instrumented model comes from (`remote` overrides it:
-        anything with `SessionRunner`'s bind/run, mask_shape, has_baseline, provider, seconds)."""
+    def _new_runner(self, batch: int, shape: tuple[int, ...]) -> Runner:
+        """The hook where a run of the instrumented model comes from (`remote` overrides it
+        with a `runtime.Runner` over a served model)."""
         dynamic = any(d is None for d in self.dims[1:])
         t0 = time.perf_counter()
-        runner: SessionRunner
+        runner: Runner
         if self.gradient == "estimate":
             from .estimate import EstimateRunner
 
@@ -643,7 +577,7 @@ class NeuroMask:
             }
         return out
 
-    def _prior_weights(self, runner: SessionRunner, x: np.ndarray, target: np.ndarray,
+    def _prior_weights(self, runner: Runner, x: np.ndarray, target: np.ndarray,
                        bases: Sequence[np.ndarray | None], per: int, full: tuple[int, ...],
                        mats: Sequence[np.ndarray | None]) -> np.ndarray:
         """init prior: a row per job and substrate b at mask = 1 gives d p / d mask = the sum

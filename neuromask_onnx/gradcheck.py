@@ -49,9 +49,9 @@ def runner(model: onnx.ModelProto, backend: Literal["reference", "onnxruntime"])
                 return [np.asarray(v) for v in ref.run(None, feeds)]
 
         return run
-    import onnxruntime as ort
+    from .runtime import session
 
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(model)
     return lambda feeds: [np.asarray(v) for v in sess.run(None, feeds)]
 
 

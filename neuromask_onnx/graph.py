@@ -333,14 +333,10 @@ def _shapes_by_running(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
                        consts: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
                        names: Iterable[str]) -> dict[str, tuple[Shape, int]]:
     """Ask onnxruntime for the shapes that static inference could not give."""
-    import onnxruntime as ort
+    from .runtime import session
 
     wanted = list(dict.fromkeys(names))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(_probe(model, nodes, consts, feeds, wanted).SerializeToString(),
-                                opts, providers=["CPUExecutionProvider"])
+    sess = session(_probe(model, nodes, consts, feeds, wanted), optimize=False)
     return _shapes_of(wanted, [np.asarray(v) for v in sess.run(wanted, feeds)])
 
 

@@ -110,15 +110,12 @@ def feature_names(model: onnx.ModelProto) -> list[str] | None:
 def top1_disagreements(model: onnx.ModelProto, input_name: str, x: np.ndarray,
                        probs: np.ndarray) -> list[str]:
     """One note per row of x whose label output is not the argmax of the probabilities."""
-    import onnxruntime as ort
+    from .runtime import session
 
     out, labels = label_output(model), class_labels(model)
     if out is None or labels is None:
         return []
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = session(model)
     fixed = sess.get_inputs()[0].shape[0]
     rows: list[Any] = []
     step = fixed if isinstance(fixed, int) and fixed > 0 else len(x)

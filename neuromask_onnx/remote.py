@@ -10,7 +10,7 @@ over gRPC (`grpc://host:port`) or HTTP (`http://host:port`, binary tensors).
   the NeuroMask metadata, preprocessing and labels from the model config's parameters where
   the server has Triton's config endpoint (flags fill in elsewhere). A server that is down,
   a model that is not there, or one that is not instrumented is one `ServerError` line.
-- `RemoteRunner` has `explain.SessionRunner`'s interface (bind once per chunk, run(mask) ->
+- `RemoteRunner` is a `runtime.Runner` (bind once per chunk, run(mask) ->
   loss, grad_mask, probs), so `RemoteNeuroMask` is `NeuroMask` with the runner swapped at its
   `_new_runner` hook: same jobs, batching, seeds and optimisation, hence the same masks as a
   local run to float32 noise.
@@ -32,6 +32,7 @@ import onnx
 
 from .errors import InputError, NeuromaskError
 from .explain import NeuroMask
+from .io_names import BASELINE, GRAD_MASK, LOSS, MASK, PROBS, TARGET
 from .optimize import NeuroMaskConfig
 from .preprocess import (
     PREPROCESSING_PRESETS,
@@ -40,7 +41,6 @@ from .preprocess import (
     input_layout,
     preprocessing_preset,
 )
-from .rewrite import BASELINE, GRAD_MASK, LOSS, MASK, PROBS, TARGET
 
 T = TypeVar("T")
 _DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64}
@@ -261,7 +261,7 @@ def _config(client: Client, name: str) -> tuple[dict[str, str], int | None]:
 
 
 class RemoteRunner:
-    """`explain.SessionRunner`'s interface over one served model, at one batch size."""
+    """A `runtime.Runner` over one served model, at one batch size."""
 
     def __init__(self, served: ServedModel, batch: int) -> None:
         t0 = time.perf_counter()
@@ -353,5 +353,5 @@ class RemoteNeuroMask(NeuroMask):
                    "needs; write the repository again with `neuromask instrument --triton`")
             raise InputError(msg)
 
-    def _new_runner(self, batch: int, shape: tuple[int, ...]) -> Any:  # noqa: ARG002
+    def _new_runner(self, batch: int, shape: tuple[int, ...]) -> RemoteRunner:  # noqa: ARG002
         return RemoteRunner(self.served, batch)

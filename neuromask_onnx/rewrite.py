@@ -36,6 +36,7 @@ from .graph import (
     load_model,
     prepare,
 )
+from .io_names import BASELINE, GRAD_INPUT, GRAD_MASK, LOSS, MASK, PROBS, TARGET, XBAR
 from .onnxml import holds_probabilities, zipmap_sources
 from .precision import is_half, upcast_half
 from .vjp_rules import (
@@ -47,10 +48,6 @@ from .vjp_rules import (
     rule_for,
 )
 from .vjp_rules.registry import NO_GRADIENT_OPS, op_key
-
-MASK, TARGET, BASELINE = "nm_mask", "nm_target", "nm_baseline"
-LOSS, GRAD_MASK, GRAD_INPUT, PROBS = "nm_loss", "nm_grad_mask", "nm_grad_input", "nm_probs"
-XBAR = "nm_xbar"
 
 OutputKind = Literal["auto", "logits", "softmax", "log_softmax", "sigmoid", "probabilities"]
 Objective = Literal["cross_entropy", "logit", "probability"]

@@ -98,14 +98,10 @@ def runtime_error(model: onnx.ModelProto,
                   shapes: dict[str, tuple[int, ...]] | None = None) -> str | None:
     """Why onnxruntime cannot load the model, or run it on zeros of the given (or declared)
     input shapes; None when it can (or when the sizes are unknown and it loads)."""
-    import onnxruntime as ort
+    from .runtime import session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = session(model, optimize=False, log_level=4)
         feeds = _feeds(model, shapes)
         if feeds is not None:
             sess.run(None, feeds)

@@ -16,9 +16,10 @@ from scipy.stats import spearmanr
 
 from neuromask_onnx.errors import InputError, UnsupportedOpError
 from neuromask_onnx.estimate import EstimateRunner
-from neuromask_onnx.explain import NeuroMask, SessionRunner
+from neuromask_onnx.explain import NeuroMask
 from neuromask_onnx.optimize import preset
 from neuromask_onnx.rewrite import instrument
+from neuromask_onnx.runtime import SessionRunner
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FOREST = MODELS / "sklearn" / "forest_known_answer.onnx"

@@ -24,9 +24,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
         "(issue 11, item 3 reshapes graph)",
     frozenset({"cli", "cli_serve", "demo", "entry", "pipeline"}):
         "the CLI's lazy imports for a fast --version (issue 11, item 5: a thin CLI)",
-    frozenset({"explain", "estimate"}):
-        "EstimateRunner extends explain's SessionRunner, which explain builds on demand "
-        "(issue 11, item 2: the runtime module takes the runner out of explain)",
 }
 """Cycles through deferred imports that later parts of issue 11 remove. A new cycle, or one
 that grows past its group, fails."""

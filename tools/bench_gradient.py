@@ -71,7 +71,8 @@ import export_torchvision as exp
 import real_exports
 
 from neuromask_onnx import instrument, simplify
-from neuromask_onnx.rewrite import LOSS, PROBS, TARGET, pruned
+from neuromask_onnx.io_names import LOSS, PROBS, TARGET
+from neuromask_onnx.rewrite import pruned
 
 
 def _session(model: bytes | str, threads: int, profile: str | None = None
