@@ -19,24 +19,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from .localserver import free_port, read_log, stop, wait_ready
 
 
 def server_dist() -> Path:
@@ -65,7 +57,7 @@ class LocalServer:
         return f"http://127.0.0.1:{self.http_port}"
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        return read_log(self.log)
 
 
 def _ready(port: int) -> bool:
@@ -112,18 +104,8 @@ def local_server(repository: str | Path, *, timeout: float = 60.0,
                                     cwd=tmp)
         server = LocalServer(http, grpc, proc, log)
         try:
-            deadline = time.monotonic() + timeout
-            while not _ready(http):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = server.log_text()[-2000:]
-                    msg = f"tritonserver did not become ready (exit {proc.poll()}): {tail}"
-                    raise RuntimeError(msg)
-                time.sleep(0.1)
+            wait_ready(proc, lambda: _ready(http), log=log, timeout=timeout,
+                       what="tritonserver", interval=0.1)
             yield server
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 10)

@@ -7,10 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,20 +19,12 @@ import pytest
 from PIL import Image
 
 from neuromask_onnx.explain import NeuroMask
+from neuromask_onnx.localserver import serving
 from neuromask_onnx.optimize import preset
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "cnn_nchw.onnx"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -46,37 +34,12 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # not imported here: kserve's and tritonclient's V2 protos clash in one process
     if importlib.util.find_spec("kserve") is None:
         pytest.skip("kserve is not installed (it is in the test extra)")
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "neuromask_onnx", "serve", str(MODEL), "--port", str(port),
-             "--preprocess", "raw", "--workers", "2", "--max-steps", "200",
-             "--max-instances", "4", "--max-body-mb", "1"], stdout=out,
-            stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}/v1/models/cnn_nchw"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base, timeout=1) as r:
-                    if json.loads(r.read())["ready"]:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        assert f"running on http://127.0.0.1:{port}" in log.read_text()  # loopback only
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serving([str(MODEL), "--preprocess", "raw", "--workers", "2", "--max-steps", "200",
+                  "--max-instances", "4", "--max-body-mb", "1"], "cnn_nchw", log=log,
+                 timeout=90, grace=15) as served:
+        assert f"running on http://127.0.0.1:{served.port}" in served.log_text()  # loopback
+        yield served.model_url
 
 
 def _post(url: str, body: Any) -> tuple[int, dict[str, Any]]:

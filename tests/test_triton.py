@@ -186,7 +186,7 @@ def _error(*args: str) -> str:
 
 
 def test_one_line_errors(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from neuromask_onnx.tritonserver import free_port
+    from neuromask_onnx.localserver import free_port
 
     npy = tmp_path / "x.npy"
     np.save(npy, np.zeros((3, 32, 32), np.float32))
@@ -208,53 +208,27 @@ def test_one_line_errors(server, tmp_path: Path) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.slow
-def test_kserve_explainer_in_front_of_triton(server) -> None:  # type: ignore[no-untyped-def]
+def test_kserve_explainer_in_front_of_triton(  # type: ignore[no-untyped-def]
+        server, tmp_path: Path) -> None:
     """`neuromask serve --predictor-host`: KServe's explainer pattern, the loop in the KServe
     process and every step an infer on Triton (over HTTP: see serve.model)."""
     import importlib.util
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.error
     import urllib.request
 
-    from neuromask_onnx.tritonserver import free_port
+    from neuromask_onnx.localserver import serving
 
     if importlib.util.find_spec("kserve") is None:
         pytest.skip("kserve is not installed (it is in the test extra)")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(MODELS.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "neuromask_onnx", "serve", "--predictor-host",
-                             server.http_url, "--served-model", "cnn", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}/v1/models/cnn"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base, timeout=1) as r:
-                    if json.loads(r.read())["ready"]:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+    with serving(["--predictor-host", server.http_url, "--served-model", "cnn"], "cnn",
+                 log=tmp_path / "server.log", timeout=90, grace=15) as served:
         x = _inputs()[0]
         body = {"instances": [{"tensor": x.tolist(), "target": 4}],
                 "parameters": {"steps": 12, "seed": 2}}
-        req = urllib.request.Request(base + ":explain", data=json.dumps(body).encode(),
+        req = urllib.request.Request(served.model_url + ":explain",
+                                     data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=120) as r:
             (got,) = json.loads(r.read())["explanations"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     local = NeuroMask(CNN, preset("default").replace(steps=12, seed=2), provider="cpu",
                       labels=LABELS)
     with warnings.catch_warnings():

@@ -15,10 +15,7 @@ import argparse
 import base64
 import io
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,13 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from neuromask_onnx.localserver import Served, ServerStartError, serving
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_kb(pid: int, key: str) -> int:
@@ -54,73 +47,58 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
-    port = free_port()
     name = Path(a.model).name.split(".")[0]
-    url = f"http://127.0.0.1:{port}/v1/models/{name}"
     log = Path(tempfile.mkdtemp(prefix="nm-serve-")) / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "neuromask_onnx", "serve", a.model,
-                                 "--port", str(port), "--preprocess", "raw",
-                                 "--workers", str(a.workers)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+    args = [a.model, "--preprocess", "raw", "--workers", str(a.workers)]
     try:
-        t0 = time.perf_counter()
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if json.loads(r.read())["ready"]:
-                        break
-            except OSError:
-                time.sleep(0.2)
-            if proc.poll() is not None:
-                sys.exit(f"server exited: see {log}")
-        ready = time.perf_counter() - t0
-        rss0 = proc_kb(proc.pid, "VmRSS")
-        bodies = []
-        for i in range(a.requests + 1):
-            px = (np.random.default_rng(i).uniform(0, 1, (32, 32, 3)) * 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(px).save(buf, format="PNG")
-            bodies.append(json.dumps({
-                "instances": [{"image_b64": base64.b64encode(buf.getvalue()).decode()}],
-                "parameters": {"steps": a.steps, "seed": i}}).encode())
+        with serving(args, name, log=log, timeout=None, grace=15) as served:
+            measure(a, served)
+    except ServerStartError as e:
+        sys.exit(f"server did not start: {e}")
 
-        def ask(body: bytes) -> tuple[float, int]:
-            req = urllib.request.Request(url + ":explain", data=body,
-                                         headers={"Content-Type": "application/json"})
-            t = time.perf_counter()
-            try:
-                with urllib.request.urlopen(req, timeout=300) as r:
-                    r.read()
-                    code = r.status
-            except urllib.error.HTTPError as e:
-                code = e.code
-            except OSError:
-                code = -1
-            return time.perf_counter() - t, code
 
-        ask(bodies[0])  # warm-up
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(a.concurrency) as pool:
-            results = list(pool.map(ask, bodies[1:]))
-        wall = time.perf_counter() - t0
-        lat = sorted(r[0] for r in results)
-        errors = sum(1 for r in results if r[1] != 200)
-        p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
-        print(f"server ready in {ready:.1f} s; {a.requests} :explain requests, "
-              f"{a.concurrency} concurrent, {a.steps} steps, {a.workers} workers, "
-              f"model {Path(a.model).name}")
-        print(f"requests/s {a.requests / wall:.2f}  p50 {statistics.median(lat) * 1e3:.0f} ms  "
-              f"p99 {p99 * 1e3:.0f} ms  errors {errors}  wall {wall:.2f} s")
-        print(f"server RSS {rss0 / 1024:.0f} MB before, {proc_kb(proc.pid, 'VmRSS') / 1024:.0f} MB"
-              f" after, peak {proc_kb(proc.pid, 'VmHWM') / 1024:.0f} MB")
-    finally:
-        proc.terminate()
+def measure(a: argparse.Namespace, served: Served) -> None:
+    """The warm-up, the timed requests from `a.concurrency` threads, and the report."""
+    url, proc, ready = served.model_url, served.process, served.ready_s
+    rss0 = proc_kb(proc.pid, "VmRSS")
+    bodies = []
+    for i in range(a.requests + 1):
+        px = (np.random.default_rng(i).uniform(0, 1, (32, 32, 3)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(px).save(buf, format="PNG")
+        bodies.append(json.dumps({
+            "instances": [{"image_b64": base64.b64encode(buf.getvalue()).decode()}],
+            "parameters": {"steps": a.steps, "seed": i}}).encode())
+
+    def ask(body: bytes) -> tuple[float, int]:
+        req = urllib.request.Request(url + ":explain", data=body,
+                                     headers={"Content-Type": "application/json"})
+        t = time.perf_counter()
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            with urllib.request.urlopen(req, timeout=300) as r:
+                r.read()
+                code = r.status
+        except urllib.error.HTTPError as e:
+            code = e.code
+        except OSError:
+            code = -1
+        return time.perf_counter() - t, code
+
+    ask(bodies[0])  # warm-up
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(a.concurrency) as pool:
+        results = list(pool.map(ask, bodies[1:]))
+    wall = time.perf_counter() - t0
+    lat = sorted(r[0] for r in results)
+    errors = sum(1 for r in results if r[1] != 200)
+    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
+    print(f"server ready in {ready:.1f} s; {a.requests} :explain requests, "
+          f"{a.concurrency} concurrent, {a.steps} steps, {a.workers} workers, "
+          f"model {Path(a.model).name}")
+    print(f"requests/s {a.requests / wall:.2f}  p50 {statistics.median(lat) * 1e3:.0f} ms  "
+          f"p99 {p99 * 1e3:.0f} ms  errors {errors}  wall {wall:.2f} s")
+    print(f"server RSS {rss0 / 1024:.0f} MB before, {proc_kb(proc.pid, 'VmRSS') / 1024:.0f} MB"
+          f" after, peak {proc_kb(proc.pid, 'VmHWM') / 1024:.0f} MB")
 
 
 if __name__ == "__main__":
