@@ -51,7 +51,7 @@ def main() -> None:
     log = Path(tempfile.mkdtemp(prefix="nm-serve-")) / "server.log"
     args = [a.model, "--preprocess", "raw", "--workers", str(a.workers)]
     try:
-        with serving(args, name, log=log, timeout=None, grace=15) as served:
+        with serving(args, name, log=log, timeout=90, grace=15) as served:
             measure(a, served)
     except ServerStartError as e:
         sys.exit(f"server did not start: {e}")
