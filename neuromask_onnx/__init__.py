@@ -25,7 +25,7 @@ _LAZY = {
     "load_input": "preprocess",
     "instrument": "rewrite",
     "save_model": "files",
-    "vjp": "rewrite",
+    "vjp": "reverse",
 }
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from .files import save_model
     from .optimize import PRESETS, NeuroMaskConfig
     from .preprocess import load_input
-    from .rewrite import instrument, vjp
+    from .reverse import vjp
+    from .rewrite import instrument
 
 
 def __getattr__(name: str) -> Any:

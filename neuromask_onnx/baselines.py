@@ -28,11 +28,12 @@ import onnxruntime as ort
 
 from .errors import InputError
 from .explain import NeuroMask, by_shape, probe_shape
-from .graph import input_dims, load_model
+from .graph import input_dims, load_model, prune
+from .heads import Objective
 from .io_names import GRAD_INPUT, LOSS, PROBS, TARGET
 from .mask import upsample, upsample_matrix
 from .optimize import NeuroMaskConfig
-from .rewrite import Objective, instrument, prune
+from .rewrite import instrument
 from .runtime import available_provider, session
 
 

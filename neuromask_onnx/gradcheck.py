@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from .graph import load_model
-from .rewrite import vjp
+from .reverse import vjp
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 

@@ -7,7 +7,8 @@ nodes) and records a static shape and element type for every remaining value. Th
 then read shapes and constant operands (Reshape targets, Slice bounds, pads, scales) as numpy.
 
 `Emitter` is the small builder the rules write through: `op.Mul(a, b)` appends a node and
-returns its output name; every name it makes starts with `nm_`.
+returns its output name; every name it makes starts with `nm_`. `prune` and `pruned` drop
+the nodes (and initializers) that the given outputs do not need.
 """
 
 from __future__ import annotations
@@ -677,4 +678,36 @@ def finish_model(graph: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.Va
     m.ir_version = min(m.ir_version, 10 if graph.opset <= 22 else 11)
     for f in src.functions:
         m.functions.append(f)
+    return m
+
+
+def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """Dead-code elimination: onnxruntime would otherwise run every unused node."""
+    from .control_flow import all_inputs  # control_flow builds on graph: import it late
+
+    need = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(o in need for o in node.output):
+            kept.append(node)
+            need.update(i for i in all_inputs(node) if i)
+    return kept[::-1]
+
+
+def pruned(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """A copy computing only `outputs`: dead nodes and unread initializers dropped."""
+    from .control_flow import all_inputs
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [o for o in m.graph.output if o.name in outputs]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
+    nodes = prune(list(m.graph.node), list(outputs))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    read = {i for n in nodes for i in all_inputs(n)}
+    inits = [t for t in m.graph.initializer if t.name in read]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
     return m

@@ -1,10 +1,11 @@
 """The driver: turn a classifier into a graph that also returns a loss and its gradient.
 
 `instrument` adds a `nm_mask` input, the masked input x_bar = b + mask (x - b) (b = 0 unless
-a `nm_baseline` is given), a per-sample loss on the model's logits against `nm_target`, and a
-reverse-mode subgraph built from `vjp_rules`. Only values that depend on the mask and reach
-the logits get rules; weights never get gradient nodes; everything the outputs do not need is
-removed. `vjp` is the same driver with user-supplied cotangents (used by `gradcheck`).
+a `nm_baseline` is given), a per-sample loss on the model's logits against `nm_target` (the
+loss heads are in `heads`), and a reverse-mode subgraph built from `vjp_rules` by
+`reverse.differentiate`. Only values that depend on the mask and reach the logits get rules;
+weights never get gradient nodes; everything the outputs do not need is removed.
+`reverse.vjp` is the same driver with user-supplied cotangents (used by `gradcheck`).
 
 Every tensor added starts with `nm_`. The graph I/O names are fixed: inputs `nm_mask`,
 `nm_target`, `nm_baseline`; outputs `nm_loss` [N], `nm_grad_mask` (the mask's shape) and
@@ -24,35 +25,32 @@ from onnx import TensorProto, helper
 
 from . import __version__
 from .control_flow import all_inputs, nested_path_nodes, rename_reads, walk_subgraphs
-from .errors import InputError, ModelContractError, UnsupportedOpError
+from .errors import InputError, ModelContractError
 from .graph import (
     FLOAT_TYPES,
     Emitter,
     Graph,
     Shape,
-    finish_model,
     graph_inputs,
     input_dims,
     load_model,
     prepare,
 )
+from .heads import Objective, OutputKind, find_logits, loss_head
 from .io_names import BASELINE, GRAD_INPUT, GRAD_MASK, LOSS, MASK, PROBS, TARGET, XBAR
 from .onnxml import holds_probabilities, zipmap_sources
 from .precision import is_half, upcast_half
-from .vjp_rules import (
-    FUSED_RULES,
-    INTEGER_GRAD_OPS,
-    NONDIFF_OPERANDS,
-    VJP_RULES,
-    ZERO_GRAD_OPS,
-    rule_for,
+from .reverse import (
+    assemble,
+    check_reserved,
+    check_supported,
+    differentiate,
+    marked_values,
+    path_nodes,
+    unsupported_paths,
 )
-from .vjp_rules.registry import NO_GRADIENT_OPS, op_key
-
-OutputKind = Literal["auto", "logits", "softmax", "log_softmax", "sigmoid", "probabilities"]
-Objective = Literal["cross_entropy", "logit", "probability"]
-FUSED = "nm.fused"  # domain of the nodes fuse_for_backward makes (rules in FUSED_RULES)
-_PASSTHROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
+from .vjp_rules import VJP_RULES, ZERO_GRAD_OPS
+from .vjp_rules.registry import NO_GRADIENT_OPS
 
 
 @dataclass(frozen=True)
@@ -69,298 +67,6 @@ class Spec:
     num_classes: int
     logits_name: str
 
-
-# --------------------------------------------------------------------------- the driver
-
-
-def _marked(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], g: Graph) -> set[str]:
-    """Float values that depend on `sources` (the only ones that can carry a gradient)."""
-    marked = set(sources)
-    for node in nodes:
-        if op_key(node) in ZERO_GRAD_OPS:
-            continue
-        if any(i in marked for i in all_inputs(node)):
-            # An unknown type (a custom op's output) counts as float: better a clear
-            # "unsupported op" than a silently missing gradient.
-            marked.update(o for j, o in enumerate(node.output)
-                          if o and (g.dtypes.get(o, TensorProto.FLOAT) in FLOAT_TYPES
-                                    or (j == 0 and node.op_type in INTEGER_GRAD_OPS)))
-    return marked
-
-
-def _reaching(nodes: Sequence[onnx.NodeProto], targets: Sequence[str]) -> set[str]:
-    """Values that `targets` are computed from."""
-    need = set(targets)
-    for node in reversed(nodes):
-        if any(o in need for o in node.output):
-            need.update(i for i in all_inputs(node) if i)
-    return need
-
-
-def path_nodes(nodes: Sequence[onnx.NodeProto], sources: Sequence[str], targets: Sequence[str],
-               g: Graph) -> list[onnx.NodeProto]:
-    """Nodes that lie on a path from `sources` to `targets`."""
-    marked = _marked(nodes, sources, g)
-    need = _reaching(nodes, targets)
-    return [n for n in nodes if any(i in marked for i in all_inputs(n))
-            and any(o in need for o in n.output)]
-
-
-def unsupported(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    return [n for n in nodes if rule_for(n) is None and op_key(n) not in ZERO_GRAD_OPS]
-
-
-def unsupported_paths(on_path: Sequence[onnx.NodeProto],
-                      marked: set[str]) -> list[tuple[str, onnx.NodeProto]]:
-    """Unsupported nodes on the gradient path, with where they sit ("" at the top level,
-    "If 'x' / then_branch" inside a subgraph of a node that has a rule)."""
-    found: list[tuple[str, onnx.NodeProto]] = [("", n) for n in unsupported(on_path)]
-    for node in on_path:
-        if rule_for(node) is not None:
-            found += [(where, n) for where, n in nested_path_nodes(node, marked, ZERO_GRAD_OPS)
-                      if rule_for(n) is None and op_key(n) not in ZERO_GRAD_OPS]
-    return found
-
-
-_CONTROL_FLOW_DETAIL = {
-    "Loop": "its trip count or condition is not known after constant folding, so it cannot be "
-            "unrolled",
-    "Scan": "its sequence length is not static, so it cannot be unrolled",
-}
-
-
-def check_supported(on_path: Sequence[onnx.NodeProto], marked: set[str]) -> None:
-    """Raise UnsupportedOpError for the first unsupported node on the path, nested or not."""
-    bad = unsupported_paths(on_path, marked)
-    if bad:
-        where, n = bad[0]
-        detail = ("no gradient exists; pass --gradient estimate (or auto) to estimate the mask "
-                  "gradient from model runs" if op_key(n) in NO_GRADIENT_OPS
-                  else _CONTROL_FLOW_DETAIL.get(n.op_type, ""))
-        raise UnsupportedOpError(n.op_type, n.name, n.domain, detail, path=where)
-
-
-def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str, str],
-                  wrt: Sequence[str]) -> dict[str, str | None]:
-    """Emit the reverse pass; return the gradient of each `wrt` name (None if it has none)."""
-    g = op.g
-    on_path = path_nodes(nodes, wrt, list(seeds), g)
-    op.wanted = _marked(nodes, wrt, g)
-    check_supported(on_path, op.wanted)
-    contribs: dict[str, list[str]] = {k: [v] for k, v in seeds.items()}
-
-    def total(name: str) -> str | None:
-        parts = contribs.get(name)
-        if not parts:
-            return None
-        if len(parts) > 1:
-            # An expanded contribution (a GlobalAveragePool's gradient) joins the others by a
-            # broadcasting Add instead: its Expand is then dead, and onnxruntime keeps a
-            # per-channel Add in NCHWc where Expand + Sum force two reorder passes.
-            full = [p for p in parts if p not in op.broadcast_of]
-            small = [op.broadcast_of[p] for p in parts if p in op.broadcast_of]
-            if not full or not small:
-                contribs[name] = [op.Sum(*parts)]
-            else:
-                acc = full[0] if len(full) == 1 else op.Sum(*full)
-                for s in small:
-                    acc = op.Add(acc, s)
-                contribs[name] = [acc]
-        return contribs[name][0]
-
-    for node in reversed(fuse_for_backward(on_path, nodes)):
-        if op_key(node) in ZERO_GRAD_OPS:
-            continue
-        gys = [total(o) if o else None for o in node.output]
-        if all(gy is None for gy in gys):
-            continue
-        try:
-            rule = FUSED_RULES[node.op_type] if node.domain == FUSED else rule_for(node)
-            assert rule is not None, node.op_type  # path_nodes() refused rule-less ops
-            gxs = rule(op, node, gys)
-        except NotImplementedError as exc:
-            raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
-        # Subgraph ops (If) also return gradients for the outer-scope values they read.
-        ins = all_inputs(node)
-        if len(gxs) != len(ins):
-            msg = f"rule for {node.op_type} returned {len(gxs)} gradients for {len(ins)} inputs"
-            raise AssertionError(msg)
-        for index, (name, gx) in enumerate(zip(ins, gxs, strict=True)):
-            if not name or name not in op.wanted:
-                continue
-            if gx is None and index in NONDIFF_OPERANDS.get(node.op_type, ()):
-                continue  # read for its type or as shape data: a zero gradient
-            if gx is None:
-                detail = f"no gradient flows to its input {name!r}"
-                raise UnsupportedOpError(node.op_type, node.name, node.domain, detail)
-            contribs.setdefault(name, []).append(gx)
-    return {w: total(w) for w in wrt}
-
-
-def fuse_for_backward(path: Sequence[onnx.NodeProto],
-                      nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """Merge x * Sigmoid(x) (SiLU / Swish) into one node for the reverse pass only.
-
-    Differentiated op by op it costs six full-tensor passes (two Mul rules, the Sigmoid rule,
-    a Sum of the two paths to x); as one node it costs four. The forward graph is untouched;
-    the fused node names the sigmoid output in its doc_string.
-    """
-    uses: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    producer = {o: n for n in path for o in n.output}
-    fused: list[onnx.NodeProto] = []
-    dropped: set[int] = set()
-    for n in path:
-        if n.op_type == "Mul" and n.domain in ("", "ai.onnx"):
-            for s, x in (n.input, n.input[::-1]):
-                sig = producer.get(s)
-                if (sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == x
-                        and uses.get(s) == 1):
-                    swish = helper.make_node("Swish", [x], [n.output[0]], name=n.name,
-                                             doc_string=s, domain=FUSED)
-                    fused.append(swish)
-                    dropped.add(id(sig))
-                    break
-            else:
-                fused.append(n)
-            continue
-        fused.append(n)
-    return [n for n in fused if id(n) not in dropped]
-
-
-def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
-    """Dead-code elimination: onnxruntime would otherwise run every unused node."""
-    need = set(outputs)
-    kept = []
-    for node in reversed(nodes):
-        if any(o in need for o in node.output):
-            kept.append(node)
-            need.update(i for i in all_inputs(node) if i)
-    return kept[::-1]
-
-
-def pruned(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
-    """A copy computing only `outputs`: dead nodes and unread initializers dropped."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = [o for o in m.graph.output if o.name in outputs]
-    del m.graph.output[:]
-    m.graph.output.extend(keep)
-    nodes = prune(list(m.graph.node), list(outputs))
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    read = {i for n in nodes for i in all_inputs(n)}
-    inits = [t for t in m.graph.initializer if t.name in read]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits)
-    return m
-
-
-def seed_last(nodes: Sequence[onnx.NodeProto], seeds: Sequence[str]) -> list[onnx.NodeProto]:
-    """Stable partition: the nodes that do not depend on a gradient seed first.
-
-    Trap: onnxruntime's default execution order is a reverse DFS from the outputs that visits
-    a node's inputs in descending node index (index = position in this list). In a rule's
-    Mul(g, mask(y)) the mask is usually emitted after g's producer, so the DFS would compute
-    every such mask right after the forward pass and keep them all alive through the backward
-    pass (mobilenet_v2: 35 ReLU6 masks, 24 MB, each read back cold). With every seed-free node
-    first, the DFS finishes the gradient chain first and computes each mask just before its use.
-    """
-    tainted = set(seeds)
-    free, chain = [], []
-    for n in nodes:
-        if any(i in tainted for i in all_inputs(n)):
-            tainted.update(n.output)
-            chain.append(n)
-        else:
-            free.append(n)
-    return free + chain
-
-
-def _assemble(g: Graph, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-              outputs: list[onnx.ValueInfoProto], name: str,
-              seeds: Sequence[str]) -> onnx.ModelProto:
-    nodes = seed_last(prune(nodes, [o.name for o in outputs]), seeds)
-    read = {i for n in nodes for i in all_inputs(n)} | {o.name for o in outputs}
-    consts = {k: v for k, v in g.consts.items() if k in read}
-    model = finish_model(g, nodes, inputs, outputs, consts, name)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        _blame_the_model(g)  # a model that cannot run at these shapes is the user's problem
-        msg = f"neuromask-onnx built an invalid graph: {exc}"  # else our bug: keep the trace
-        raise AssertionError(msg) from exc
-    return model
-
-
-def _blame_the_model(g: Graph) -> None:
-    """Raise ModelContractError if the prepared model itself fails in onnxruntime."""
-    from .validate import runtime_error
-
-    shapes = {i: g.shapes[i] for i in g.inputs if i in g.shapes}
-    problem = runtime_error(g.model, shapes)
-    if problem is not None:
-        shown = {k: list(v) for k, v in shapes.items()}
-        msg = (f"the model does not run in onnxruntime at input shape {shown} ({problem}); "
-               "check the model's weights and shapes, or pass the right --input-shape")
-        raise ModelContractError(msg)
-
-
-def _check_reserved(g: Graph, names: Sequence[str]) -> None:
-    """The names of the graph I/O we add must be free in the model."""
-    clash = sorted(set(names) & g.used_names)
-    if clash:
-        msg = (f"the model already uses the names {clash}, which neuromask-onnx reserves for "
-               "the values it adds; rename them in the model (e.g. onnx.compose.add_prefix)")
-        raise ModelContractError(msg)
-
-
-def _value_info(g: Graph, name: str, shape: Shape | None = None,
-                dtype: int | None = None) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, dtype if dtype is not None else g.dtypes[name],
-                                         list(shape if shape is not None else g.shape(name)))
-
-
-# --------------------------------------------------------------------------- vjp (for checks)
-
-
-def vjp(model: onnx.ModelProto | str | Path, wrt: Sequence[str] | None = None,
-        of: Sequence[str] | None = None) -> onnx.ModelProto:
-    """A model computing the outputs `of` and, from cotangent inputs `nm_cot_<out>`,
-    the gradients `nm_grad_<in>` of every input in `wrt` (default: all float inputs)."""
-    m = load_model(model)
-    pinned = {}
-    for vi in graph_inputs(m):
-        dims = input_dims(m, vi.name)
-        if not all(isinstance(d, int) for d in dims):
-            msg = f"vjp needs static input shapes; input {vi.name!r} has {dims}"
-            raise ModelContractError(msg)
-        pinned[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
-    g = prepare(m, pinned)
-    wrt = list(wrt) if wrt is not None else [i for i in g.inputs if g.is_float(i)]
-    of = list(of) if of is not None else list(g.outputs)
-    op = Emitter(g)
-    seeds = {o: f"nm_cot_{o}" for o in of}
-    _check_reserved(g, [*seeds.values(), *(f"nm_grad_{w}" for w in wrt)])
-    for o, s in seeds.items():
-        g.dtypes[s], g.shapes[s] = g.dtypes[o], g.shape(o)
-    grads = differentiate(op, g.nodes, seeds, wrt)
-    tail = []
-    for w in wrt:
-        gw = grads[w]
-        if gw is None:
-            gw = op.zeros(g.shape(w), w)
-        tail.append(helper.make_node("Identity", [gw], [f"nm_grad_{w}"]))
-    inputs = [_value_info(g, i) for i in g.inputs]
-    inputs += [_value_info(g, s, g.shape(o), g.dtypes[o]) for o, s in seeds.items()]
-    outputs = [_value_info(g, o) for o in of]
-    outputs += [_value_info(g, w) for w in wrt]
-    for vi, w in zip(outputs[len(of):], wrt, strict=True):
-        vi.name = f"nm_grad_{w}"
-    nodes = g.nodes + op.nodes + tail
-    return _assemble(g, nodes, inputs, outputs, "nm_vjp", list(seeds.values()))
 
 
 # --------------------------------------------------------------------------- instrument
@@ -459,30 +165,6 @@ def default_mask_axes(shape: Shape, layout: str | None) -> tuple[tuple[int, ...]
     raise ModelContractError(msg)
 
 
-def _find_logits(g: Graph, output: str, kind: OutputKind) -> tuple[str, str]:
-    """Walk back from the output through reshapes to a final Softmax/LogSoftmax/Sigmoid."""
-    producer = {o: n for n in g.nodes for o in n.output}
-    name = output
-    while True:
-        node = producer.get(name)
-        if node is None or node.op_type not in _PASSTHROUGH:
-            break
-        name = node.input[0]
-    node = producer.get(name)
-    found = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid"}.get(
-        node.op_type if node is not None else "", "logits")
-    if kind == "auto":
-        kind = found  # type: ignore[assignment]
-    if kind in ("softmax", "log_softmax", "sigmoid"):
-        if found != kind:
-            msg = (f"--output-kind {kind} but output {output!r} is not produced by a "
-                   f"{kind} node (found {node.op_type if node else 'a graph input'}); "
-                   "use --output-kind logits or probabilities")
-            raise ModelContractError(msg)
-        assert node is not None
-        return node.input[0], kind
-    return output, kind
-
 
 def instrument(
     model: onnx.ModelProto | str | Path,
@@ -547,8 +229,8 @@ def instrument(
 
     g = prepare(m, {x: shape})
     if gradient:
-        check_supported(path_nodes(g.nodes, [x], [out], g), _marked(g.nodes, [x], g))
-    logits, kind = _find_logits(g, out, output_kind)
+        check_supported(path_nodes(g.nodes, [x], [out], g), marked_values(g.nodes, [x], g))
+    logits, kind = find_logits(g, out, output_kind)
     if (kind == "logits" and output_kind == "auto" and out in zipmap_sources(m)
             and holds_probabilities(g.nodes, out)):
         kind = "probabilities"  # a classifier's probability tensor: it feeds a ZipMap
@@ -557,7 +239,7 @@ def instrument(
         msg = f"output {out!r} has shape {list(zs)}, which has no batch axis first"
         raise ModelContractError(msg)
     k = int(np.prod(zs[1:]))
-    _check_reserved(g, (MASK, TARGET, BASELINE, XBAR, LOSS, GRAD_MASK, GRAD_INPUT, PROBS))
+    check_reserved(g, (MASK, TARGET, BASELINE, XBAR, LOSS, GRAD_MASK, GRAD_INPUT, PROBS))
     op = Emitter(g)
     for name in (MASK, TARGET, BASELINE, XBAR):
         g.used_names.add(name)
@@ -584,7 +266,7 @@ def instrument(
     else:
         primal = list(g.nodes)
         source = x
-    loss, probs, seed = _head(op, logits, kind, objective, batch_size, k)
+    loss, probs, seed = loss_head(op, logits, kind, objective, batch_size, k)
     head = list(op.nodes)
     op.nodes.clear()
     if not gradient:
@@ -614,7 +296,7 @@ def instrument(
         helper.make_tensor_value_info(gname, xdtype, list(gshape)),
         helper.make_tensor_value_info(PROBS, g.dtypes[logits], [batch_size, 2 if k == 1 else k]),
     ]
-    model_out = _assemble(g, front + primal + head + op.nodes + tail, inputs, outputs,
+    model_out = assemble(g, front + primal + head + op.nodes + tail, inputs, outputs,
                           "neuromask_instrumented", [seed])
     spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits)
     _stamp(model_out, spec, objective, wrt, baseline)
@@ -647,7 +329,7 @@ def _forward_only(g: Graph, nodes: list[onnx.NodeProto], x: str, xdtype: int, sh
         inputs.append(helper.make_tensor_value_info(BASELINE, xdtype, list(shape)))
     outputs = [helper.make_tensor_value_info(LOSS, g.dtypes[logits], [n]),
                helper.make_tensor_value_info(PROBS, g.dtypes[logits], [n, 2 if k == 1 else k])]
-    model_out = _assemble(g, nodes + tail, inputs, outputs, "neuromask_forward", [])
+    model_out = assemble(g, nodes + tail, inputs, outputs, "neuromask_forward", [])
     _stamp(model_out, spec, objective, "mask", baseline)
     helper.set_model_props(model_out, {**{p.key: p.value for p in model_out.metadata_props},
                                        "neuromask.gradient": "none"})
@@ -666,84 +348,6 @@ def _rename_input(node: onnx.NodeProto, old: str, new: str) -> onnx.NodeProto:
     return copy
 
 
-def _head(op: Emitter, logits: str, kind: str, objective: str, n: int,
-          k: int) -> tuple[str, str, str]:
-    """Loss [N], probabilities [N, K'] and the seed gradient d loss / d logits."""
-    zshape = op.g.shape(logits)
-    z = op.reshape(logits, (n, k)) if zshape != (n, k) else logits
-    if kind == "sigmoid" and k > 1:
-        # Independent labels: loss = -log sigmoid(z_t) = softplus(-z_t).
-        onehot = _onehot(op, k, z)
-        probs = op.Sigmoid(z)
-        if objective == "cross_entropy":
-            loss = op.ReduceSum(op.Mul(onehot, op.Softplus(op.Neg(z))), op.ints([1]), keepdims=0)
-            seed = op.Mul(onehot, op.Sub(probs, op.const(1.0, like=z)))
-        elif objective == "logit":
-            loss = op.ReduceSum(op.Mul(onehot, z), op.ints([1]), keepdims=0)
-            seed = onehot
-        else:
-            loss = op.ReduceSum(op.Mul(onehot, probs), op.ints([1]), keepdims=0)
-            seed = op.Mul(onehot, op.Mul(probs, op.Sub(op.const(1.0, like=z), probs)))
-        return loss, probs, _back(op, seed, zshape, (n, k))
-    if kind == "probabilities":
-        return _prob_head(op, z, objective, n, k, zshape)
-    binary = k == 1
-    if binary:
-        # One score: a two-class softmax over [0, z] is exactly the logistic model.
-        z = op.Concat(op.zeros((n, 1), z), z, axis=1)
-        k = 2
-    onehot = _onehot(op, k, z)
-    probs = op.Softmax(z, axis=1)
-    if objective == "cross_entropy":
-        logp = op.LogSoftmax(z, axis=1)
-        loss = op.Neg(op.ReduceSum(op.Mul(logp, onehot), op.ints([1]), keepdims=0))
-        seed = op.Sub(probs, onehot)
-    elif objective == "logit":
-        loss = op.ReduceSum(op.Mul(z, onehot), op.ints([1]), keepdims=0)
-        seed = onehot
-    else:
-        pt = op.ReduceSum(op.Mul(probs, onehot), op.ints([1]), keepdims=1)
-        loss = op.reshape(pt, (n,))
-        seed = op.Mul(pt, op.Sub(onehot, probs))
-    if binary:
-        seed = op.Slice(seed, op.ints([1]), op.ints([2]), op.ints([1]))
-        return loss, probs, _back(op, seed, zshape, (n, 1))
-    return loss, probs, _back(op, seed, zshape, (n, k))
-
-
-def _prob_head(op: Emitter, p: str, objective: str, n: int, k: int,
-               zshape: Shape) -> tuple[str, str, str]:
-    """The output already holds probabilities from an op we cannot see through."""
-    single = k == 1
-    if single:  # one probability p of the positive class: the pair is [1 - p, p]
-        p = op.Concat(op.Sub(op.const(1.0, like=p), p), p, axis=1)
-        k = 2
-    onehot = _onehot(op, k, p)
-    pt = op.ReduceSum(op.Mul(p, onehot), op.ints([1]), keepdims=1)
-    if objective == "cross_entropy":
-        # -log(max(p_t, eps)): clipped, so an underflowed probability gives a finite loss.
-        eps = op.const(1e-12, like=p)
-        safe = op.Max(pt, eps)
-        loss = op.reshape(op.Neg(op.Log(safe)), (n,))
-        live = op.mask_of(op.Greater(pt, eps), p)
-        seed = op.Neg(op.Mul(onehot, op.Div(live, safe)))
-    else:
-        loss = op.reshape(pt, (n,))
-        seed = onehot
-    if single:  # d/dp of a function of [1 - p, p]
-        pair = op.emit("Split", [seed, op.ints([1, 1])], outputs=2, axis=1)
-        return loss, p, _back(op, op.Sub(pair[1], pair[0]), zshape, (n, 1))
-    return loss, p, _back(op, seed, zshape, (n, k))
-
-
-def _onehot(op: Emitter, k: int, like: str) -> str:
-    t = op.reshape(TARGET, (-1, 1))
-    hit = op.Equal(t, op.const(np.arange(k, dtype=np.int64).reshape(1, k)))
-    return op.mask_of(hit, like)
-
-
-def _back(op: Emitter, seed: str, zshape: Shape, shape: Shape) -> str:
-    return op.reshape(seed, zshape) if tuple(zshape) != tuple(shape) else seed
 
 
 ESTIMATED = "no gradient exists; the mask gradient will be estimated"
@@ -790,7 +394,7 @@ def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = N
         g = prepare(m, {x: resolve_shape(dims, batch, input_shape, x)})
         expanded = g.expanded
         on_path = path_nodes(g.nodes, [x], [out], g)
-        marked = _marked(g.nodes, [x], g)
+        marked = marked_values(g.nodes, [x], g)
         path = Counter(_op_key(n) for n in on_path)
         for node in on_path:
             path.update(_op_key(n) for _, n in nested_path_nodes(node, marked, ZERO_GRAD_OPS))

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from neuromask_onnx import instrument
+from neuromask_onnx.graph import pruned
 from neuromask_onnx.io_names import PROBS, TARGET
-from neuromask_onnx.rewrite import pruned
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from neuromask_onnx.errors import NeuromaskError
-from neuromask_onnx.rewrite import vjp
+from neuromask_onnx.reverse import vjp
 
 ort = pytest.importorskip("onnxruntime")
 

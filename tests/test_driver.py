@@ -1,4 +1,4 @@
-"""Structural tests of the driver (`rewrite.vjp`, `rewrite.instrument`).
+"""Structural tests of the driver (`reverse.vjp`, `rewrite.instrument`).
 
 Fan-out is summed, values that do not depend on the input get no gradient nodes, an op
 without a rule is an error only where the gradient reaches it, names the model already uses
@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from neuromask_onnx import UnsupportedOpError, instrument, rewrite, vjp
+from neuromask_onnx import UnsupportedOpError, instrument, io_names, reverse, vjp
 from neuromask_onnx.errors import ModelContractError
 from neuromask_onnx.gradcheck import check_vjp
 from neuromask_onnx.vjp_rules import VJP_RULES
@@ -143,7 +143,7 @@ def test_weights_get_no_gradient_nodes(rng: np.random.Generator,
     weights = {i.name for i in m.graph.initializer}
     log = GradientLog(monkeypatch)
     inst = instrument(m)
-    assert rewrite.XBAR in log.received  # the (masked) input did get one
+    assert io_names.XBAR in log.received  # the (masked) input did get one
     assert not weights & set(log.received), "a rule emitted a weight gradient"
     consumed = {i for n in inst.graph.node for i in n.input}
     assert not consumed & {log.received[k] for k in log.received if k in weights}
@@ -154,12 +154,12 @@ def test_weight_gradients_would_be_seen(rng: np.random.Generator,
     """The check above can fail: mark the weights as if they depended on the mask."""
     m = mk([N("Gemm", ["x", "G", "h"], ["y"], transB=1)], {"x": [1, 5]},
            inits={"G": rng.standard_normal((4, 5)), "h": rng.standard_normal(4)})
-    marked = rewrite._marked
+    marked = reverse.marked_values
 
     def marks_weights(nodes: Any, sources: Sequence[str], g: Any) -> set[str]:
         return marked(nodes, [*sources, "G", "h"], g)
 
-    monkeypatch.setattr(rewrite, "_marked", marks_weights)
+    monkeypatch.setattr(reverse, "marked_values", marks_weights)
     log = GradientLog(monkeypatch)
     instrument(m)
     assert {"G", "h"} <= set(log.received)
@@ -265,7 +265,7 @@ def test_names_the_model_already_uses_are_not_reused(rng: np.random.Generator) -
     assert check_vjp(m, {"x": x}, rng=rng).error < 1e-8
 
 
-@pytest.mark.parametrize("name", [rewrite.XBAR, rewrite.MASK, rewrite.LOSS, rewrite.PROBS])
+@pytest.mark.parametrize("name", [io_names.XBAR, io_names.MASK, io_names.LOSS, io_names.PROBS])
 def test_a_model_using_a_reserved_name_is_refused(name: str, rng: np.random.Generator) -> None:
     m = mk([N("Relu", ["x"], [name]), N("MatMul", [name, "W"], ["y"])], {"x": [1, 4]},
            inits={"W": rng.standard_normal((4, 3))})
@@ -301,12 +301,12 @@ def test_instrument_avoids_the_model_s_nm_names(rng: np.random.Generator) -> Non
 
 def _loss_fn(inst: onnx.ModelProto, x: np.ndarray, target: np.ndarray) -> Any:
     xname = next(i.name for i in inst.graph.input if i.name not in
-                 (rewrite.MASK, rewrite.TARGET, rewrite.BASELINE))
+                 (io_names.MASK, io_names.TARGET, io_names.BASELINE))
     sess = ort.InferenceSession(inst.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def loss(mask: np.ndarray) -> float:
-        out = sess.run([rewrite.LOSS], {xname: x, rewrite.MASK: mask.astype(np.float32),
-                                        rewrite.TARGET: target})
+        out = sess.run([io_names.LOSS], {xname: x, io_names.MASK: mask.astype(np.float32),
+                                        io_names.TARGET: target})
         return float(np.sum(out[0].astype(np.float64)))
 
     return loss
@@ -353,7 +353,7 @@ def test_old_opsets_are_converted(opset: int, rng: np.random.Generator) -> None:
     out = run_ort(inst, {"x": x, "nm_mask": np.ones((2, 1, 6, 6), np.float32),
                          "nm_target": target})
     # The instrumented probabilities are the original model's output.
-    np.testing.assert_allclose(out[rewrite.PROBS], run_ort(m, {"x": x})["y"], rtol=1e-4,
+    np.testing.assert_allclose(out[io_names.PROBS], run_ort(m, {"x": x})["y"], rtol=1e-4,
                                atol=1e-6)
     # Clip is (almost surely) inactive at +-6 and eps is small: no kink is crossed.
     assert check_vjp(m, {"x": x}, rng=rng, eps=1e-3, backend="onnxruntime").error < 2e-3
@@ -367,8 +367,8 @@ def test_dynamic_batch_axis_is_pinned(rng: np.random.Generator) -> None:
     x = rng.standard_normal((3, 3, 6, 6)).astype(np.float32)
     out = run_ort(inst, {"x": x, "nm_mask": np.ones((3, 1, 6, 6), np.float32),
                          "nm_target": np.array([0, 1, 2])})
-    assert out[rewrite.LOSS].shape == (3,)
-    assert out[rewrite.GRAD_MASK].shape == (3, 1, 6, 6)
+    assert out[io_names.LOSS].shape == (3,)
+    assert out[io_names.GRAD_MASK].shape == (3, 1, 6, 6)
     with pytest.raises(ModelContractError, match="static"):
         vjp(m)  # vjp has no batch size to pin
 
@@ -391,8 +391,8 @@ def test_instrumented_model_passes_checker_and_loads_in_onnxruntime(
     onnx.checker.check_model(inst, full_check=True)
     assert inst.ir_version <= 10
     sess = ort.InferenceSession(inst.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert {o.name for o in sess.get_outputs()} == {rewrite.LOSS, rewrite.GRAD_MASK,
-                                                    rewrite.PROBS}
+    assert {o.name for o in sess.get_outputs()} == {io_names.LOSS, io_names.GRAD_MASK,
+                                                    io_names.PROBS}
     added = {o for n in inst.graph.node for o in n.output} - {o for n in m.graph.node
                                                               for o in n.output}
     assert all(o.startswith("nm_") for o in added)
@@ -413,11 +413,11 @@ def test_masks_are_ordered_to_run_just_before_their_use(rng: np.random.Generator
     inst = instrument(m)
     nodes = list(inst.graph.node)
     index = {o: i for i, n in enumerate(nodes) for o in n.output}
-    feeds_grad = {rewrite.GRAD_MASK}
+    feeds_grad = {io_names.GRAD_MASK}
     for node in reversed(nodes):
         if set(node.output) & feeds_grad:
             feeds_grad.update(node.input)
-    chain = depends_on(inst, {rewrite.TARGET}) & feeds_grad
+    chain = depends_on(inst, {io_names.TARGET}) & feeds_grad
     mixed = 0
     for node in (n for n in nodes if n.op_type == "Mul" and set(n.output) & chain):
         ins = [i for i in node.input if i in index]
@@ -448,7 +448,7 @@ def _swish_model(share_sigmoid: bool) -> onnx.ModelProto:
 def test_swish_is_fused_for_the_backward_pass_and_stays_exact(
         rng: np.random.Generator, share_sigmoid: bool) -> None:
     m = _swish_model(share_sigmoid)
-    fused = rewrite.fuse_for_backward(list(m.graph.node), list(m.graph.node))
+    fused = reverse.fuse_for_backward(list(m.graph.node), list(m.graph.node))
     kinds = [n.op_type for n in fused]
     # The sigmoid may only be folded into the Mul when nothing else reads it.
     assert ("Swish" in kinds) is (not share_sigmoid)

@@ -18,9 +18,9 @@ import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from neuromask_onnx import instrument, rewrite
+from neuromask_onnx import instrument, io_names
 from neuromask_onnx.gradcheck import check_vjp
-from neuromask_onnx.graph import graph_inputs
+from neuromask_onnx.graph import graph_inputs, pruned
 
 F32, F64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
 MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.onnx"))
@@ -42,12 +42,12 @@ class Fixture:
         ins = {i.name: i for i in self.model.graph.input}
         self.x_name = x_vi.name
         shape = [d.dim_value for d in ins[self.x_name].type.tensor_type.shape.dim]
-        mshape = [d.dim_value for d in ins[rewrite.MASK].type.tensor_type.shape.dim]
+        mshape = [d.dim_value for d in ins[io_names.MASK].type.tensor_type.shape.dim]
         k = int({p.key: p.value for p in self.model.metadata_props}["neuromask.num_classes"])
         self.feeds = {
             self.x_name: rng.standard_normal(shape).astype(np.float32),
-            rewrite.MASK: rng.uniform(0.2, 0.9, mshape).astype(np.float32),
-            rewrite.TARGET: rng.integers(0, max(k, 2), self.batch).astype(np.int64),
+            io_names.MASK: rng.uniform(0.2, 0.9, mshape).astype(np.float32),
+            io_names.TARGET: rng.integers(0, max(k, 2), self.batch).astype(np.int64),
         }
         self.sess = ort.InferenceSession(self.model.SerializeToString(),
                                          providers=["CPUExecutionProvider"])
@@ -55,14 +55,14 @@ class Fixture:
     def run(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         feeds = dict(self.feeds)
         if mask is not None:
-            feeds[rewrite.MASK] = mask.astype(np.float32)
+            feeds[io_names.MASK] = mask.astype(np.float32)
         names = [o.name for o in self.sess.get_outputs()]
         return dict(zip(names, self.sess.run(None, feeds), strict=True))
 
 
 def loss_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """The instrumented graph with nm_loss as its only output (unused nodes pruned)."""
-    return rewrite.pruned(model, [rewrite.LOSS])
+    return pruned(model, [io_names.LOSS])
 
 
 @pytest.fixture(params=MODELS, ids=[p.stem for p in MODELS])
@@ -112,7 +112,7 @@ def test_instrumented_graph_passes_the_dot_product_test(fixture: Fixture, backen
     """
     m = loss_only(fixture.model)
     if backend == "float32-onnxruntime":
-        result = check_vjp(m, fixture.feeds, rng=rng, wrt=[rewrite.MASK], eps=1e-4,
+        result = check_vjp(m, fixture.feeds, rng=rng, wrt=[io_names.MASK], eps=1e-4,
                            backend="onnxruntime")
         assert result.error < 5e-2, result
         return
@@ -122,7 +122,7 @@ def test_instrumented_graph_passes_the_dot_product_test(fixture: Fixture, backen
     # those models have no kinks, so a larger step is safe.
     rounded = {n.op_type for n in fixture.model.graph.node} & {"Erf", "Gelu"}
     eps, tol = (1e-3, 1e-3) if rounded else (1e-6, 1e-5)
-    result = check_vjp(to_double(m), feeds, rng=rng, wrt=[rewrite.MASK, fixture.x_name],
+    result = check_vjp(to_double(m), feeds, rng=rng, wrt=[io_names.MASK, fixture.x_name],
                        eps=eps, backend="reference")
     assert result.error < tol, result
 
@@ -136,8 +136,8 @@ def test_onnxruntime_and_reference_evaluator_agree(fixture: Fixture) -> None:
     with np.errstate(over="ignore"):
         outs = ref.run(None, fixture.feeds)
     got = dict(zip([o.name for o in fixture.model.graph.output], outs, strict=True))
-    np.testing.assert_allclose(got[rewrite.LOSS], want[rewrite.LOSS], rtol=1e-4, atol=1e-5)
-    g_ref, g_ort = got[rewrite.GRAD_MASK], want[rewrite.GRAD_MASK]
+    np.testing.assert_allclose(got[io_names.LOSS], want[io_names.LOSS], rtol=1e-4, atol=1e-5)
+    g_ref, g_ort = got[io_names.GRAD_MASK], want[io_names.GRAD_MASK]
     scale = float(np.abs(g_ort).max())
     assert scale > 0
     np.testing.assert_allclose(g_ref, g_ort, rtol=0, atol=1e-3 * scale)
@@ -146,16 +146,16 @@ def test_onnxruntime_and_reference_evaluator_agree(fixture: Fixture) -> None:
 def test_mask_gradient_matches_finite_differences(fixture: Fixture) -> None:
     """(c) d sum(nm_loss) / d mask[i] at the four entries with the largest gradient."""
     base = fixture.run()
-    grad = base[rewrite.GRAD_MASK].astype(np.float64)
-    mask = fixture.feeds[rewrite.MASK].astype(np.float64)
+    grad = base[io_names.GRAD_MASK].astype(np.float64)
+    mask = fixture.feeds[io_names.MASK].astype(np.float64)
     eps = 3e-3
     picks = np.argsort(-np.abs(grad).reshape(-1))[:4]
     for flat in picks:
         e = np.zeros(mask.size)
         e[flat] = eps
         e = e.reshape(mask.shape)
-        up = fixture.run(mask + e)[rewrite.LOSS].astype(np.float64).sum()
-        down = fixture.run(mask - e)[rewrite.LOSS].astype(np.float64).sum()
+        up = fixture.run(mask + e)[io_names.LOSS].astype(np.float64).sum()
+        down = fixture.run(mask - e)[io_names.LOSS].astype(np.float64).sum()
         numeric = (up - down) / (2 * eps)
         analytic = grad.reshape(-1)[flat]
         assert abs(numeric - analytic) <= 2e-2 * abs(analytic) + 3e-4, (flat, analytic, numeric)

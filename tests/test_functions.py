@@ -20,7 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 from neuromask_onnx.errors import UnsupportedOpError
 from neuromask_onnx.gradcheck import check_vjp
 from neuromask_onnx.graph import load_model, prepare
-from neuromask_onnx.rewrite import op_report, vjp
+from neuromask_onnx.reverse import vjp
+from neuromask_onnx.rewrite import op_report
 
 D = TensorProto.DOUBLE
 

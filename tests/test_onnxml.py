@@ -21,9 +21,11 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from neuromask_onnx import instrument, rewrite
+from neuromask_onnx import instrument, io_names
 from neuromask_onnx.cli import app
 from neuromask_onnx.errors import UnsupportedOpError
+from neuromask_onnx.graph import pruned
+from neuromask_onnx.reverse import vjp
 from neuromask_onnx.rewrite import op_report
 
 SK = Path(__file__).resolve().parent.parent / "models" / "sklearn"
@@ -73,7 +75,7 @@ def test_zero_gradient_ml_ops_are_constants_for_the_gradient() -> None:
     b = helper.make_node("Binarizer", ["x"], ["b"], domain="ai.onnx.ml", threshold=0.5)
     model = _ml_model([b, helper.make_node("Mul", ["x", "b"], ["y"])], {"": 18, "ai.onnx.ml": 1})
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
-    vm = rewrite.vjp(model)
+    vm = vjp(model)
     sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.array([[0.2, 0.7, 1.5], [-1.0, 0.6, 0.1]], np.float32)
     g = sess.run(["nm_grad_x"], {"x": x, "nm_cot_y": np.ones_like(x)})[0]
@@ -142,7 +144,7 @@ def _float_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         keep = [helper.make_tensor_value_info(next(iter(src)), F32, None)]
     del m.graph.output[:]
     m.graph.output.extend(keep)
-    m = rewrite.pruned(m, [o.name for o in keep])
+    m = pruned(m, [o.name for o in keep])
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
     return m
 
@@ -183,7 +185,7 @@ def test_sklearn_pipeline_gradient(name: str, rng: np.random.Generator) -> None:
         model = to_onnx(est, x[:1], target_opset={"": 18, "ai.onnx.ml": 3})
     m = _float_graph(model)
     out = m.graph.output[0].name
-    grad = ort.InferenceSession(rewrite.vjp(m).SerializeToString(),
+    grad = ort.InferenceSession(vjp(m).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     ref = ReferenceEvaluator(_to_double(m))
     y = ref.run(None, {"X": x.astype(np.float64)})[0]
@@ -214,14 +216,14 @@ def test_fixture_mask_gradient_matches_finite_differences(name: str,
     row = np.load(SK / f"{name}.row.npy")
     x = np.repeat(row[None], n, axis=0)
     mask = rng.uniform(0.3, 0.9, (n, row.size)).astype(np.float32)
-    feeds = {src.graph.input[0].name: x, rewrite.TARGET: np.zeros(n, np.int64)}
-    grad = sess.run([rewrite.GRAD_MASK], {**feeds, rewrite.MASK: mask})[0][0]
+    feeds = {src.graph.input[0].name: x, io_names.TARGET: np.zeros(n, np.int64)}
+    grad = sess.run([io_names.GRAD_MASK], {**feeds, io_names.MASK: mask})[0][0]
     eps = 1e-2
     for i in np.argsort(-np.abs(grad))[:3]:
         e = np.zeros_like(mask)
         e[0, i] = eps
-        up = sess.run([rewrite.LOSS], {**feeds, rewrite.MASK: mask + e})[0][0]
-        down = sess.run([rewrite.LOSS], {**feeds, rewrite.MASK: mask - e})[0][0]
+        up = sess.run([io_names.LOSS], {**feeds, io_names.MASK: mask + e})[0][0]
+        down = sess.run([io_names.LOSS], {**feeds, io_names.MASK: mask - e})[0][0]
         numeric = (float(up) - float(down)) / (2 * eps)
         assert abs(numeric - grad[i]) <= 3e-2 * abs(grad[i]) + 1e-3, (i, grad[i], numeric)
 

@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from neuromask_onnx import instrument, rewrite, simplify
+from neuromask_onnx import instrument, io_names, simplify
 from neuromask_onnx.gradcheck import check_vjp
-from neuromask_onnx.graph import finish_model, prepare
+from neuromask_onnx.graph import finish_model, prepare, pruned
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 
@@ -213,17 +213,17 @@ def test_gradient_is_unchanged_and_passes_the_dot_product_test(
     build = CASES[name][0]
     model = build()
     x = _x(model, rng)
-    feeds = {"x": x, rewrite.MASK: rng.uniform(0.2, 0.9, (1, 1, *x.shape[2:])).astype(np.float32),
-             rewrite.TARGET: np.array([3], np.int64)}
+    feeds = {"x": x, io_names.MASK: rng.uniform(0.2, 0.9, (1, 1, *x.shape[2:])).astype(np.float32),
+             io_names.TARGET: np.array([3], np.int64)}
     with simplify.switched(False):
         ref = dict(zip(["loss", "grad", "probs"], _run(instrument(model), feeds), strict=True))
     with simplify.switched(True, skip=()):  # every pass, also those off by default
         got = dict(zip(["loss", "grad", "probs"], _run(instrument(model), feeds), strict=True))
-        m64 = rewrite.pruned(instrument(build(np.float64)), [rewrite.LOSS])
+        m64 = pruned(instrument(build(np.float64)), [io_names.LOSS])
     for k, want in ref.items():
         np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     feeds64 = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
-    result = check_vjp(m64, feeds64, rng=rng, wrt=[rewrite.MASK, "x"], eps=1e-6,
+    result = check_vjp(m64, feeds64, rng=rng, wrt=[io_names.MASK, "x"], eps=1e-6,
                        backend="reference")
     assert result.error < 1e-5, result
 

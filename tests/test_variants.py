@@ -24,9 +24,9 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from scipy import special
 
-from neuromask_onnx import instrument, rewrite
+from neuromask_onnx import instrument, io_names
 from neuromask_onnx.gradcheck import check_vjp
-from neuromask_onnx.graph import graph_inputs
+from neuromask_onnx.graph import graph_inputs, pruned
 from neuromask_onnx.precision import retype
 from neuromask_onnx.rewrite import op_report
 
@@ -47,15 +47,15 @@ class Case:
         n = self.dims[self.x][0]
         self.feeds = {
             self.x: rng.standard_normal(self.dims[self.x]).astype(np.float32),
-            rewrite.MASK: rng.uniform(0.2, 0.9, self.dims[rewrite.MASK]).astype(np.float32),
-            rewrite.TARGET: np.arange(n, dtype=np.int64) % 2,
+            io_names.MASK: rng.uniform(0.2, 0.9, self.dims[io_names.MASK]).astype(np.float32),
+            io_names.TARGET: np.arange(n, dtype=np.int64) % 2,
         }
 
     def grad(self) -> np.ndarray:
         sess = ort.InferenceSession(self.model.SerializeToString(),
                                     providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(None, self.feeds), strict=True))[rewrite.GRAD_MASK]
+        return dict(zip(names, sess.run(None, self.feeds), strict=True))[io_names.GRAD_MASK]
 
 
 def _dynamic(path: Path) -> bool:
@@ -83,7 +83,7 @@ def test_qdq_mask_gradient_points_like_the_float_models(name: str, source: str) 
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(path)
     q = Case(path, np.random.default_rng(0))
     f = Case(SOURCE / f"{source}.onnx", np.random.default_rng(0))
-    assert q.types[rewrite.MASK] == TensorProto.FLOAT
+    assert q.types[io_names.MASK] == TensorProto.FLOAT
     assert _cosine(q.grad(), f.grad()) > 0.93
 
 
@@ -125,20 +125,20 @@ def half_check(name: str) -> tuple[float, float]:
     half = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
     assert any(t.data_type in half for t in src.graph.initializer)
     c = Case(path, np.random.default_rng(0))
-    assert c.types[rewrite.MASK] == TensorProto.FLOAT
+    assert c.types[io_names.MASK] == TensorProto.FLOAT
     g = c.grad()
     assert g.dtype == np.float32
     wide = retype(src, {*half, TensorProto.FLOAT}, TensorProto.DOUBLE)
-    ref = ReferenceEvaluator(rewrite.pruned(instrument(wide, batch_size=c.dims[c.x][0]),
-                                            [rewrite.LOSS]), new_ops=[Gelu, LayerNormalization])
+    ref = ReferenceEvaluator(pruned(instrument(wide, batch_size=c.dims[c.x][0]),
+                                            [io_names.LOSS]), new_ops=[Gelu, LayerNormalization])
     u = np.random.default_rng(1).standard_normal(g.shape)
     eps = 1e-6
     feeds = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in c.feeds.items()}
 
     def loss(mask: np.ndarray) -> float:
-        return float(np.sum(ref.run(None, {**feeds, rewrite.MASK: mask})[0]))
+        return float(np.sum(ref.run(None, {**feeds, io_names.MASK: mask})[0]))
 
-    numeric = (loss(feeds[rewrite.MASK] + eps * u) - loss(feeds[rewrite.MASK] - eps * u)) / (2 * eps)
+    numeric = (loss(feeds[io_names.MASK] + eps * u) - loss(feeds[io_names.MASK] - eps * u)) / (2 * eps)
     return float(np.sum(u * g)), numeric
 
 
@@ -177,8 +177,8 @@ def test_ort_optimized_model(name: str, source: str, ops: set[str], kw: dict[str
     c = Case(path, np.random.default_rng(0), **kw)
     # float32 differences are blunt (tests/test_fixtures.py uses the same eps and bound);
     # the sharp check is the next one, against the source model's checked gradient.
-    result = check_vjp(rewrite.pruned(c.model, [rewrite.LOSS]), c.feeds, rng=rng,
-                       wrt=[rewrite.MASK], eps=1e-4, backend="onnxruntime")
+    result = check_vjp(pruned(c.model, [io_names.LOSS]), c.feeds, rng=rng,
+                       wrt=[io_names.MASK], eps=1e-4, backend="onnxruntime")
     assert result.error < 5e-2, result
     src = Case(SOURCE / f"{source}.onnx", np.random.default_rng(0), **kw)
     g, g0 = c.grad(), src.grad()

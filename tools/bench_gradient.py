@@ -20,7 +20,7 @@ activation masks and derivatives (ReLU6, SiLU, sigmoid gates) can reach with the
 convolutions, reorders and pooling gradients.
 
 `--forward-part` adds another: the instrumented model pruned to its probabilities (mask,
-masked input, forward pass; `rewrite.pruned`). Its ratio to the plain forward shows what the
+masked input, forward pass; `graph.pruned`). Its ratio to the plain forward shows what the
 instrumentation costs before the backward pass starts: the masked input, and any forward
 fusion onnxruntime loses because the backward pass reads an intermediate value.
 
@@ -71,8 +71,8 @@ import export_torchvision as exp
 import real_exports
 
 from neuromask_onnx import instrument, simplify
+from neuromask_onnx.graph import pruned
 from neuromask_onnx.io_names import LOSS, PROBS, TARGET
-from neuromask_onnx.rewrite import pruned
 
 
 def _session(model: bytes | str, threads: int, profile: str | None = None

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from neuromask_onnx import instrument, rewrite
+from neuromask_onnx import instrument, io_names
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
           "immunohistochemistry"]
@@ -71,12 +71,12 @@ def mask_grads(model: onnx.ModelProto | str, x: np.ndarray, target: np.ndarray
     xn = next(k for k in ins if not k.startswith("nm_"))
     types = {k: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
              for k, v in ins.items()}
-    mshape = [d.dim_value for d in ins[rewrite.MASK].type.tensor_type.shape.dim]
+    mshape = [d.dim_value for d in ins[io_names.MASK].type.tensor_type.shape.dim]
     sess = ort.InferenceSession(inst.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {xn: x.astype(types[xn]), rewrite.MASK: np.full(mshape, 0.5, types[rewrite.MASK]),
-             rewrite.TARGET: target}
+    feeds = {xn: x.astype(types[xn]), io_names.MASK: np.full(mshape, 0.5, types[io_names.MASK]),
+             io_names.TARGET: target}
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
-    return out[rewrite.GRAD_MASK].astype(np.float64), out[rewrite.PROBS].astype(np.float64)
+    return out[io_names.GRAD_MASK].astype(np.float64), out[io_names.PROBS].astype(np.float64)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:

@@ -24,7 +24,7 @@ from .registry import Grads, vjp_rule
 @vjp_rule("If", multi_output=True)
 def _vjp_if(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
     """gx_w = If(cond, then: d then_branch / d w . gy, else: d else_branch / d w . gy)."""
-    from ..rewrite import differentiate  # the driver imports the rules: import it late
+    from ..reverse import differentiate  # the driver imports the rules: import it late
 
     reads = implicit_inputs(node)
     wanted = [r for r in reads if r in op.wanted]

@@ -308,7 +308,7 @@ class _Unroller:
 @vjp_rule("LSTM", "GRU", "RNN", multi_output=True)
 def _vjp_recurrent(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
     """Unroll over the static sequence length, then run the reverse pass over the unrolled ops."""
-    from ..rewrite import differentiate  # the driver imports the rules: import it late
+    from ..reverse import differentiate  # the driver imports the rules: import it late
 
     start = len(op.nodes)
     outs = _Unroller(op, node).run()

@@ -128,7 +128,7 @@ def _k(op: Emitter, value: float, like: str) -> str:
 
 
 
-# Rules for node groups the driver merges for the reverse pass (rewrite.fuse_for_backward).
+# Rules for node groups the driver merges for the reverse pass (reverse.fuse_for_backward).
 # They are not ONNX ops, so they live apart from VJP_RULES.
 FUSED_RULES: dict[str, VjpRule] = {}
 
