@@ -31,7 +31,9 @@ The grid's gradient is d Y / d x through the weights (the taps' indices are piec
 in the grid): linear and cubic take the right derivative at integer coordinates (PyTorch's
 convention), nearest has none (piecewise constant); clamped or reflected taps need nothing
 more, the taps' values carry it. One axis of extent 1 with reflection and
-align_corners (the reference divides by a zero range there) samples its only pixel.
+align_corners (the reference divides by a zero range there) samples its only pixel. Inputs
+other than 4-D and 5-D, and cubic on 5-D, are refused in one line: onnxruntime runs neither,
+so no rule for them could be checked against it.
 """
 
 from __future__ import annotations
