@@ -1275,6 +1275,82 @@ add(unary("global_lp_pool_p3", "GlobalLpPool", normal, shape=(2, 3, 3, 4), p=3,
           f32=REF_NO_GLOBAL_LP))
 
 
+# ---- GridSample (issue 17; vjp_rules/sampling.py). The grids are drawn in pixel coordinates
+# at least 0.17 away from every integer and half-integer (tap boundaries, nearest's rounding,
+# the reflection borders -0.5 / 0 / d - 1 / d - 0.5), some outside the image, then normalized
+# and rounded to multiples of 2^-8 (exact in float32: the reference evaluator denormalizes in
+# float32). The gradient to X runs with the grid frozen, in float64 on the reference evaluator
+# at opset 20 (it knows only opset 20's mode names); the reference computes cubic weights in
+# float32 (a 1e-5 tolerance there), and clamps the coordinate before cubic's taps with border
+# padding where onnxruntime and PyTorch clamp each tap (followed by the rule: those cases run
+# on onnxruntime). With the grid an input its gradient is checked as well, in float64 on
+# onnxruntime (float64 differences of the grid are meaningless on the reference's float32
+# coordinates); opset 16's names bilinear / bicubic in float32 there.
+REF_CUBIC_F32 = 1e-5
+ORT_GS16_F32 = "onnxruntime has no float64 GridSample-16 kernel"
+
+
+def gs_grid(rng: np.random.Generator, lead: tuple[int, ...], dims: Sequence[int],
+            align: bool) -> np.ndarray:
+    """A [*lead, len(dims)] grid (x = the last axis first) off every kink of GridSample."""
+    comps = []
+    for d in reversed(dims):
+        u = rng.integers(-2, d + 2, lead) + rng.choice([0.25, 0.75], lead) + rng.uniform(
+            -0.06, 0.06, lead)
+        g = 2 * u / (d - 1) - 1 if align else (2 * u + 1) / d - 1
+        comps.append(np.round(g * 256) / 256)
+    return np.stack(comps, axis=-1)
+
+
+def gs_draw(dims: Sequence[int], align: bool) -> Draw:
+    def draw(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        return gs_grid(rng, shape[:-1], dims, align)
+
+    return draw
+
+
+def gs_case(cid: str, xs: tuple[int, ...], out: tuple[int, ...], opset: int = 20,
+            grid_input: bool = False, f32: str = "", **attrs: Any) -> RuleCase:
+    dims, align = xs[2:], bool(attrs.get("align_corners", 0))
+    gs = (xs[0], *out, len(dims))
+    node = [N("GridSample", ["x", "grid"], ["y"], **attrs)]
+    cubic = attrs.get("mode") in ("cubic", "bicubic")
+    on_ort = grid_input or (cubic and attrs.get("padding_mode") == "border")
+    kw: dict[str, Any] = {"backend": "onnxruntime"} if on_ort else {}
+    if cubic and not on_ort:
+        kw["tol"] = REF_CUBIC_F32
+    if grid_input:
+        return case(cid, "GridSample", node, {"x": xs, "grid": gs}, opset=opset,
+                    draw={"x": normal, "grid": gs_draw(dims, align)}, f32=f32, **kw)
+    return case(cid, "GridSample", node, {"x": xs}, opset=opset,
+                inits={"grid": gs_grid(GS_RNG, gs[:-1], dims, align)}, **kw)
+
+
+GS_RNG = _rng(17)
+for mode, pad, align in [(m, p, a) for m in ("linear", "nearest", "cubic")
+                         for p in ("zeros", "border", "reflection") for a in (0, 1)]:
+    add(gs_case(f"grid_sample_{mode}_{pad}_ac{align}", (2, 2, 4, 5), (3, 4), mode=mode,
+                padding_mode=pad, align_corners=align))
+add(gs_case("grid_sample_default_attrs", (1, 3, 3, 4), (5, 2)))
+add(gs_case("grid_sample_opset22_nearest_reflection", (2, 1, 3, 3), (2, 4), opset=22,
+            mode="nearest", padding_mode="reflection"))
+for mode, pad, align in [("linear", "zeros", 0), ("linear", "reflection", 1),
+                         ("linear", "border", 0), ("nearest", "reflection", 0)]:
+    add(gs_case(f"grid_sample_3d_{mode}_{pad}_ac{align}", (1, 2, 3, 4, 3), (2, 3, 2),
+                mode=mode, padding_mode=pad, align_corners=align))
+# both operands inputs: the grid's gradient as well (nearest's is zero: piecewise constant)
+for mode, pad, align in [(m, p, a) for m in ("linear", "cubic", "nearest")
+                         for p in ("zeros", "border", "reflection") for a in (0, 1)]:
+    add(gs_case(f"grid_sample_wrt_grid_{mode}_{pad}_ac{align}", (2, 2, 4, 5), (3, 4),
+                grid_input=True, mode=mode, padding_mode=pad, align_corners=align))
+# opset 16's names, in float32 (onnxruntime 1.32 has no float64 GridSample-16 kernel)
+for mode in ("bilinear", "bicubic"):
+    add(gs_case(f"grid_sample_opset16_{mode}_f32", (1, 3, 4, 5), (5, 6), opset=16,
+                grid_input=True, f32=ORT_GS16_F32, mode=mode, padding_mode="border"))
+add(gs_case("grid_sample_wrt_grid_3d_linear_reflection", (1, 2, 3, 4, 3), (2, 3, 2),
+            grid_input=True, mode="linear", padding_mode="reflection"))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (registers the rules)
     powers,
     quant,
     recurrent,
+    sampling,
     shape,
 )
 from .linalg import conv_pads, transpose_fit
