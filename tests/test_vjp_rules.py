@@ -1351,6 +1351,15 @@ add(gs_case("grid_sample_wrt_grid_3d_linear_reflection", (1, 2, 3, 4, 3), (2, 3,
             grid_input=True, mode="linear", padding_mode="reflection"))
 
 
+# ---- ReverseSequence (issue 17): its own adjoint; sequence_lens an int64 initializer
+add(case("reverse_sequence_time_major", "ReverseSequence",
+         [N("ReverseSequence", ["x", "lens"], ["y"])], {"x": (4, 3, 2)},
+         inits={"lens": np.array([4, 1, 3], np.int64)}))
+add(case("reverse_sequence_batch_major", "ReverseSequence",
+         [N("ReverseSequence", ["x", "lens"], ["y"], batch_axis=0, time_axis=1)],
+         {"x": (3, 5, 2)}, inits={"lens": np.array([2, 5, 0], np.int64)}))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

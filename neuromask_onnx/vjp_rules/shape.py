@@ -28,6 +28,15 @@ def _vjp_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     return [op.Transpose(gy, perm=[int(i) for i in np.argsort(perm)])]
 
 
+@vjp_rule("ReverseSequence")
+def _vjp_reverse_sequence(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = ReverseSequence(gy, sequence_lens): reversing each sequence's first lens steps is
+    a permutation that is its own inverse, hence its own adjoint."""
+    a = attrs_of(node)
+    return [op.ReverseSequence(gy, node.input[1], batch_axis=int(a.get("batch_axis", 1)),
+                               time_axis=int(a.get("time_axis", 0))), None]
+
+
 @vjp_rule("Expand")
 def _vjp_expand(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = gy summed over the expanded axes."""
