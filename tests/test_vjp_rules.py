@@ -1360,6 +1360,18 @@ add(case("reverse_sequence_batch_major", "ReverseSequence",
          {"x": (3, 5, 2)}, inits={"lens": np.array([2, 5, 0], np.int64)}))
 
 
+# ---- MaxUnpool (issue 17): the indices of a MaxPool (overlapping windows: duplicates, the
+# last writer gets the gradient), and ones written by hand
+add(case("max_unpool_from_max_pool", "MaxUnpool",
+         [N("MaxPool", ["x0"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+          N("MaxUnpool", ["x", "i"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+         {"x": (2, 3, 2, 3)}, inits={"x0": np.random.default_rng(5).normal(size=(2, 3, 4, 6))},
+         opset=11))
+add(case("max_unpool_duplicate_indices", "MaxUnpool",
+         [N("MaxUnpool", ["x", "i"], ["y"], kernel_shape=[2], strides=[1])],
+         {"x": (1, 1, 4)}, inits={"i": np.array([[[1, 1, 3, 2]]], np.int64)}, opset=11))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

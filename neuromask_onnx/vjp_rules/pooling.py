@@ -143,6 +143,33 @@ def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     return [op.reshape(flat, sx)]
 
 
+# MaxUnpool writes X into zeros at its flat indices; where two elements name the same index
+# the last in memory order wins (onnx's reference and onnxruntime both write in that order),
+# so only that one gets the gradient.
+@vjp_rule("MaxUnpool")
+def _vjp_max_unpool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = gy.flat[I] where element k is the last writer of I[k], else 0."""
+    sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
+    at = attrs_of(node)
+    kernel, strides = list(at["kernel_shape"]), list(at.get("strides", [1] * len(sx[2:])))
+    pads = list(at.get("pads", [0] * 2 * len(kernel)))
+    inferred = [sx[0], sx[1], *[(d - 1) * s - (pads[i] + pads[i + len(kernel)]) + k
+                                for i, (d, s, k) in enumerate(zip(sx[2:], strides, kernel,
+                                                                  strict=True))]]
+    if list(sy) != inferred:
+        msg = (f"MaxUnpool {node.name!r}: an output_shape other than the inferred one has no "
+               "gradient rule (the runtimes place the values differently)")
+        raise NotImplementedError(msg)
+    n = int(np.prod(sx))
+    idx = op.reshape(node.input[1], [-1])
+    order = op.const(np.arange(n, dtype=np.int64))
+    last = op.ScatterElements(op.const(np.full(int(np.prod(sy)), -1, np.int64)), idx, order,
+                              axis=0, reduction="max")
+    wins = op.mask_of(op.Equal(op.Gather(last, idx, axis=0), order), node.input[0])
+    g = op.Mul(op.Gather(op.reshape(gy, [-1]), idx, axis=0), wins)
+    return [op.reshape(g, sx), *[None] * (len(node.input) - 1)]
+
+
 def pool_divisor(in_spatial: Shape, out_spatial: Shape, kernel: Sequence[int],
                  strides: Sequence[int], dilations: Sequence[int], pads: Sequence[int],
                  count_include_pad: bool) -> np.ndarray:
