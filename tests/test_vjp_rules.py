@@ -1372,6 +1372,17 @@ add(case("max_unpool_duplicate_indices", "MaxUnpool",
          {"x": (1, 1, 4)}, inits={"i": np.array([[[1, 1, 3, 2]]], np.int64)}, opset=11))
 
 
+# ---- Col2Im (issue 17): its adjoint gathers (Im2Col); padding, strides and dilations
+add(case("col2im_plain", "Col2Im", [N("Col2Im", ["x", "img", "blk"], ["y"])],
+         {"x": (2, 6, 16)}, inits={"img": np.array([4, 5], np.int64),
+                                   "blk": np.array([1, 2], np.int64)}))
+add(case("col2im_pads_strides_dilations", "Col2Im",
+         [N("Col2Im", ["x", "img", "blk"], ["y"], pads=[1, 0, 1, 2], strides=[2, 1],
+            dilations=[1, 2])],
+         {"x": (1, 8, 12)}, inits={"img": np.array([5, 4], np.int64),
+                                   "blk": np.array([2, 2], np.int64)}))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

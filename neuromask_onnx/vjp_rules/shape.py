@@ -37,6 +37,48 @@ def _vjp_reverse_sequence(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
                                time_axis=int(a.get("time_axis", 0))), None]
 
 
+def col2im_sources(channels: int, image: Sequence[int], block: Sequence[int],
+                   dilations: Sequence[int], pads: Sequence[int],
+                   strides: Sequence[int]) -> np.ndarray:
+    """For Col2Im's input element [c * K + k, l] (K kernel offsets, l the block), the flat
+    index into its [C, *image] output it is added to, or C * prod(image) (a zero slot) where
+    that position lies in the padding. Offsets and blocks are row-major, as in the spec."""
+    d = len(image)
+    counts = [(image[i] + pads[i] + pads[i + d] - dilations[i] * (block[i] - 1) - 1)
+              // strides[i] + 1 for i in range(d)]
+    koff = np.stack(np.meshgrid(*[np.arange(b) for b in block], indexing="ij"), -1).reshape(-1, d)
+    blk = np.stack(np.meshgrid(*[np.arange(n) for n in counts], indexing="ij"), -1).reshape(-1, d)
+    pos = (blk[None] * np.asarray(strides) - np.asarray(pads[:d])
+           + koff[:, None] * np.asarray(dilations))  # [K, L, d]
+    inside = np.all((pos >= 0) & (pos < np.asarray(image)), axis=-1)
+    flat = np.ravel_multi_index(tuple(np.clip(pos, 0, np.asarray(image) - 1)
+                                      .transpose(2, 0, 1)), tuple(image))
+    size = int(np.prod(image))
+    per_channel = np.where(inside, flat, -1)  # [K, L]
+    out = np.concatenate([np.where(per_channel >= 0, c * size + per_channel, channels * size)
+                          for c in range(channels)])
+    return out.astype(np.int64)  # [C * K, L]
+
+
+@vjp_rule("Col2Im")
+def _vjp_col2im(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """Col2Im adds each column entry to one image position: gx gathers gy there (Im2Col), and
+    entries that fall in the padding get 0."""
+    image, block = op.g.const(node.input[1]), op.g.const(node.input[2])
+    if image is None or block is None:
+        msg = f"Col2Im {node.name!r}: image_shape and block_shape must be constants"
+        raise NotImplementedError(msg)
+    d = len(image)
+    at = attrs_of(node)
+    sy = op.g.shape(node.output[0])
+    n, c = sy[0], sy[1]
+    idx = col2im_sources(c, [int(v) for v in image], [int(v) for v in block],
+                         list(at.get("dilations", [1] * d)), list(at.get("pads", [0] * 2 * d)),
+                         list(at.get("strides", [1] * d)))
+    flat = op.Concat(op.reshape(gy, [n, -1]), op.zeros([n, 1], gy), axis=1)
+    return [op.Gather(flat, op.const(idx), axis=1), None, None]
+
+
 @vjp_rule("Expand")
 def _vjp_expand(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = gy summed over the expanded axes."""
