@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,3 +27,40 @@ def models_dir() -> Path:
     return MODELS_DIR
 
 # --------------------------------------------------------------------------- end gradient tests
+
+
+# --------------------------------------------------------------------------- torch exports
+# (tests/test_recurrent_models.py, tests/test_gridsample_models.py): the instrumented model's
+# per-sample cross-entropy and mask gradient against torch autograd of the same net.
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    """Relative L2 error of a against b."""
+    return float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64))
+                 / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
+
+
+def _mask_gradient_errors(path: Path, net: Any, x: np.ndarray, mask: np.ndarray,
+                          target: np.ndarray) -> tuple[float, float]:
+    """(loss error, gradient error), relative L2, of `path` instrumented at x's batch size."""
+    import onnxruntime as ort
+    import torch
+
+    from neuromask_onnx import instrument
+
+    model = instrument(str(path), batch_size=len(x))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    loss, grad = sess.run(["nm_loss", "nm_grad_mask"],
+                          {"input": x, "nm_mask": mask, "nm_target": target})
+    mt = torch.tensor(mask, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(net(torch.tensor(x) * mt), torch.tensor(target),
+                                            reduction="none")
+    ref.sum().backward()
+    assert mt.grad is not None
+    return _rel(loss, ref.detach().numpy()), _rel(grad, mt.grad.numpy())
+
+
+@pytest.fixture
+def mask_gradient_errors() -> Callable[..., tuple[float, float]]:
+    """`_mask_gradient_errors(path, net, x, mask, target) -> (loss error, gradient error)`."""
+    return _mask_gradient_errors
