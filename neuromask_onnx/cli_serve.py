@@ -12,6 +12,7 @@ here); the commands reach cli.py's `_errors` when they run.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -21,6 +22,13 @@ from .cliparams import finite_float
 
 if TYPE_CHECKING:
     from .remote import ServedModel
+
+class ServedObjective(str, Enum):
+    """The losses a served instrumented model can have (`serve --objective`)."""
+
+    probability = "probability"
+    cross_entropy = "cross_entropy"
+
 
 _TRITON = "Triton repository (with --triton)"
 _REMOTE = "Served model (with --server)"
@@ -160,6 +168,13 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless "
                                       "you open it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    grpc_port: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--grpc-port", min=1, max=65535, help="Also serve V2 infer over gRPC on HOST:PORT "
+        "(default: off).", show_default=False)] = None,
+    objective: Annotated[ServedObjective, typer.Option(
+        "--objective", help="Loss of the instrumented model served over V2 infer "
+        "(probability: the default preset; cross_entropy: the classic presets).")
+    ] = ServedObjective.probability,
     name: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--name", help="Model name in the URLs (default: the file's stem).",
         show_default=False)] = None,
@@ -175,7 +190,8 @@ def serve(
     labels: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--labels", help="Class names, one a line.", show_default=False)] = None,
 ) -> None:
-    """Serve MODEL's explanations with KServe: V1 :predict and :explain on HOST:PORT."""
+    """Serve MODEL's explanations with KServe: V1 :predict and :explain on HOST:PORT, and
+    its instrumented model over V2 infer (for `explain --server`)."""
     import re
 
     from .cli import _errors, _read_labels
@@ -196,10 +212,12 @@ def serve(
         m = build(model, name=name or stem, predictor=predictor_host, served_model=served_model,
                   preprocessing=preprocessing_preset(preprocess) if preprocess else None,
                   labels=_read_labels(labels), workers=workers,
+                  objective=objective.value,
                   limits=Limits(max_body_mb << 20, max_instances, max_pixels, max_steps))
-    typer.echo(f"serving {m.name!r} on http://{host}:{port}/v1/models/{m.name}:explain",
-               err=True)
-    run(m, host=host, port=port)
+    grpc = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
+    typer.echo(f"serving {m.name!r} on http://{host}:{port}/v1/models/{m.name}:explain "
+               f"(V2 infer at /v2/models/{m.name}/infer{grpc})", err=True)
+    run(m, host=host, port=port, grpc_port=grpc_port)
 
 
 def register(app: typer.Typer, cls: type[Any] | None = None) -> None:

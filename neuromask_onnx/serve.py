@@ -41,6 +41,7 @@ from .errors import ConvergenceWarning, InputError, NeuromaskError
 from .explain import NeuroMask
 from .optimize import preset
 from .preprocess import Preprocessing
+from .serve_v2 import V2Model
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,15 @@ class _Slot:
 def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | None = None,
           labels: list[str] | None = None, workers: int = 1,
           limits: Limits | None = None, predictor: str | None = None,
-          served_model: str | None = None) -> Any:
+          served_model: str | None = None, objective: str = "probability") -> Any:
     """The kserve.Model serving `path`'s explanations, or those of `served_model` on the
     V2 server `predictor` (http://HOST:PORT; the loop runs here, each step is one infer
-    there, as KServe's own explainers do with --predictor_host)."""
+    there, as KServe's own explainers do with --predictor_host). With `path`, V2 infer
+    serves its instrumented model too (`serve_v2`; `objective` as `instrument --triton`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import kserve
+    from kserve.protocol.infer_type import InferRequest
     from PIL import Image
 
     from .graph import load_model
@@ -100,6 +105,10 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
         def make(cfg: Any) -> NeuroMask:
             return RemoteNeuroMask(ServedModel.connect(predictor, served_model), cfg,
                                    batch_size=lim.max_instances, labels=names)
+
+        v2: V2Model | None = None
+        no_v2 = (f"this server explains {served_model!r} served at {predictor}; send V2 "
+                 "infer requests there")
     else:
         if path is None:
             msg = "serve needs MODEL, or --predictor-host URL --served-model NAME"
@@ -112,6 +121,15 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
         def make(cfg: Any) -> NeuroMask:
             return NeuroMask(proto, cfg, provider="cpu", batch_size=lim.max_instances,
                              labels=names, threads=1)
+
+        try:
+            v2 = V2Model.build(proto, name, preprocessing=prep, labels=names,
+                               objective=objective, max_batch_size=lim.max_instances)
+            no_v2 = ""
+        except NeuromaskError as exc:  # V1 still works; V2 requests get the reason
+            v2, no_v2 = None, f"V2 infer is off for this model: {exc}"
+
+    v2_pool = ThreadPoolExecutor(workers, thread_name_prefix="neuromask-v2")
 
     class Model(kserve.Model):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -126,6 +144,25 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
                 slot.nms[True] = slot.thread.submit(self._explainer, True).result()
             self.ready = True
             return True
+
+        # ------------------------------------------------------------- V2 (serve_v2)
+
+        def get_input_types(self) -> list[dict[str, Any]]:
+            return v2.metadata("inputs") if v2 else []
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            return v2.metadata("outputs") if v2 else []
+
+        def v2_config(self) -> dict[str, Any] | None:
+            return v2.config() if v2 else None
+
+        async def _infer(self, request: Any, headers: dict[str, str] | None) -> Any:
+            if v2 is None:
+                raise _invalid(no_v2)
+            size = int((headers or {}).get("content-length", "0") or 0)
+            feeds, _ = v2.feeds(request, body_bytes=size, max_body_bytes=lim.max_body_bytes)
+            values = await asyncio.get_running_loop().run_in_executor(v2_pool, v2.run, feeds)
+            return v2.response(request, values)
 
         def _explainer(self, with_baseline: bool) -> NeuroMask:
             return make(base.replace(baseline="blur" if with_baseline else "zero"))
@@ -243,7 +280,10 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
             return xs, shown, targets
 
         async def predict(self, payload: Any, headers: Any = None,
-                          response_headers: Any = None) -> dict[str, Any]:  # noqa: ARG002
+                          response_headers: Any = None) -> Any:  # noqa: ARG002
+            if isinstance(payload, InferRequest):  # V2 infer: the instrumented model
+                return await self._infer(payload, headers)
+
             def work(slot: dict[bool, NeuroMask]) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory() as t:
                     xs, _, _ = self._parse(payload, headers, Path(t))
@@ -305,19 +345,34 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
     return Model()
 
 
-def run(m: Any, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve `m` with KServe's REST server on host:port until SIGINT/SIGTERM (gRPC off)."""
+def run(m: Any, *, host: str = "127.0.0.1", port: int = 8080,
+        grpc_port: int | None = None) -> None:
+    """Serve `m` with KServe's REST server on host:port until SIGINT/SIGTERM, and its gRPC
+    server on host:grpc_port when given (both with `serve_v2`'s model-config route)."""
     import kserve
+    from kserve import model_server
     from kserve.model_server import FASTAPI_APP_IMPORT_STRING
     from kserve.protocol.rest.server import RESTServer
 
+    from .serve_v2 import add_routes, loopback_grpc_server
+
+    def config_for(name: str) -> dict[str, Any] | None:
+        return m.v2_config() if name == m.name else None
+
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1)
     server.register_model(m)
+    add_routes(model_server.app, config_for)  # before KServe's own
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane,
                       server.model_repository_extension, port, workers=1, grace_period=2)
     rest.config.host = host  # KServe's default is 0.0.0.0
     server._rest_server = rest
     server.servers.append(rest.start())
+    if grpc_port is not None:
+        grpc = loopback_grpc_server(host, grpc_port, server.dataplane,
+                                    server.model_repository_extension, config_for,
+                                    vars(model_server.args))
+        server._grpc_server = grpc
+        server.servers.append(grpc.start(server.max_threads))
     server.setup_event_loop()
     server.register_signal_handler()
     asyncio.run(server._serve())
