@@ -26,6 +26,7 @@ and parameters), so `neuromask explain --server URL --served-model NAME` runs it
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -193,7 +194,8 @@ class V2Model:
         if request.from_grpc:  # raw contents (kserve's to_grpc cannot take numpy data)
             for o in outs:
                 o.set_data_from_numpy(o.data, binary_data=True)
-        return InferResponse(request.id, self.name, outs, from_grpc=request.from_grpc,
+        rid = request.id or str(uuid.uuid4())  # the V2 response needs an id
+        return InferResponse(rid, self.name, outs, from_grpc=request.from_grpc,
                              use_binary_outputs=request.use_binary_outputs,
                              requested_outputs=request.request_outputs)
 

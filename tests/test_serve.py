@@ -1,6 +1,8 @@
-"""`neuromask serve`: the KServe model server in its own process on a free loopback port,
-answering V1 :predict and :explain over HTTP; bad requests are 400s with one sentence, and
-concurrent requests give what the same requests give one by one."""
+"""`neuromask serve`: the KServe model server in its own process on free loopback ports,
+answering V1 :predict and :explain over HTTP, and V2 infer for the instrumented model over
+HTTP and gRPC, which `neuromask explain --server` drives to the same masks as a local run; bad
+requests are 400s with one sentence, and concurrent requests give what the same requests give
+one by one."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pytest
 from PIL import Image
 
 from neuromask_onnx.explain import NeuroMask
-from neuromask_onnx.localserver import serving
+from neuromask_onnx.localserver import Served, free_port, serving
 from neuromask_onnx.optimize import preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,18 +30,25 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, int]]:
+    """The running `neuromask serve` and its gRPC port."""
     import importlib.util
 
     # not imported here: kserve's and tritonclient's V2 protos clash in one process
     if importlib.util.find_spec("kserve") is None:
         pytest.skip("kserve is not installed (it is in the test extra)")
     log = tmp_path_factory.mktemp("serve") / "server.log"
+    grpc_port = free_port()
     with serving([str(MODEL), "--preprocess", "raw", "--workers", "2", "--max-steps", "200",
-                  "--max-instances", "4", "--max-body-mb", "1"], "cnn_nchw", log=log,
-                 timeout=90, grace=15) as served:
+                  "--max-instances", "4", "--max-body-mb", "1", "--grpc-port", str(grpc_port)],
+                 "cnn_nchw", log=log, timeout=90, grace=15) as served:
         assert f"running on http://127.0.0.1:{served.port}" in served.log_text()  # loopback
-        yield served.model_url
+        yield served, grpc_port
+
+
+@pytest.fixture(scope="module")
+def url(server: tuple[Served, int]) -> str:
+    return server[0].model_url
 
 
 def _post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -141,3 +150,136 @@ def test_bad_requests_are_400_with_one_sentence(url: str, body: Any, text: str) 
     assert text in doc["error"]
     assert "\n" not in doc["error"]
     assert "Traceback" not in doc["error"]
+
+
+# --------------------------------------------------------------------------- V2 infer
+
+def test_v2_metadata_and_config_describe_the_instrumented_model(
+        server: tuple[Served, int]) -> None:
+    with urllib.request.urlopen(f"{server[0].url}/v2/models/cnn_nchw", timeout=30) as r:
+        md = json.loads(r.read())
+    ins = {t["name"]: (t["datatype"], t["shape"]) for t in md["inputs"]}
+    assert ins == {"input": ("FP32", [-1, 3, 32, 32]), "nm_mask": ("FP32", [-1, 1, 32, 32]),
+                   "nm_target": ("INT64", [-1]), "nm_baseline": ("FP32", [-1, 3, 32, 32])}
+    assert [t["name"] for t in md["outputs"]] == ["nm_loss", "nm_grad_mask", "nm_probs"]
+    with urllib.request.urlopen(f"{server[0].url}/v2/models/cnn_nchw/config", timeout=30) as r:
+        cfg = json.loads(r.read())
+    assert cfg["max_batch_size"] == 4  # --max-instances
+    params = {k: v["string_value"] for k, v in cfg["parameters"].items()}
+    assert params["neuromask.objective"] == "probability"
+    assert json.loads(params["neuromask.preprocess"])["mean"] == [0.0]  # --preprocess raw
+
+
+def test_cli_explain_against_neuromask_serve_matches_a_local_run(
+        server: tuple[Served, int], tmp_path: Path) -> None:
+    """`explain --server` over HTTP: shapes, objective and preprocessing from the server
+    (no --preprocess here), every step one V2 infer on `neuromask serve`."""
+    from typer.testing import CliRunner
+
+    from neuromask_onnx.cli import app
+
+    runner = CliRunner()
+    rng = np.random.default_rng(0)
+    img = tmp_path / "photo.png"
+    Image.fromarray((rng.uniform(0, 1, (40, 50, 3)) * 255).astype(np.uint8)).save(img)
+    args = [str(img), "--quiet", "--steps", "8", "--seed", "3"]
+    res = runner.invoke(app, ["explain", *args, "--server", server[0].url,
+                              "--served-model", "cnn_nchw", "-o", str(tmp_path / "remote")])
+    assert res.exit_code == 0, res.output
+    local = runner.invoke(app, ["explain", str(MODEL), *args, "--preprocess", "raw",
+                                "--provider", "cpu", "-o", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    got = json.loads((tmp_path / "remote" / "photo.json").read_text())
+    want = json.loads((tmp_path / "local" / "photo.json").read_text())
+    assert got["target"]["index"] == want["target"]["index"]
+    assert got["provider"] == f"cnn_nchw at {server[0].url}"
+    np.testing.assert_allclose(np.load(tmp_path / "remote" / "photo.mask.npy"),
+                               np.load(tmp_path / "local" / "photo.mask.npy"), atol=1e-5)
+
+
+def test_remote_masks_over_grpc_match_a_local_run(server: tuple[Served, int]) -> None:
+    from neuromask_onnx.remote import RemoteNeuroMask, ServedModel
+
+    url = f"grpc://127.0.0.1:{server[1]}"
+    served = ServedModel.connect(url, "cnn_nchw")
+    assert served.max_batch_size == 4  # over gRPC's ModelConfig
+    cfg = preset("default").replace(steps=8)
+    xs = [_png(s)[1] for s in range(3)]
+    remote = RemoteNeuroMask(served, cfg, batch_size=2)  # chunks of 2 and 1
+    local = NeuroMask(MODEL, cfg, batch_size=2, provider="cpu", threads=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = remote.explain_many(xs, [None, 3, 7])
+        want = local.explain_many(xs, [None, 3, 7])
+    for (g,), (w,) in zip(got, want, strict=True):
+        assert g.target == w.target
+        np.testing.assert_allclose(g.mask, w.mask, atol=1e-5)
+
+
+def _v2(batch: int = 1, **change: Any) -> dict[str, Any]:
+    """A valid V2 infer body for cnn_nchw, with `change[name]` merged into that input."""
+    spec = {"input": ("FP32", [3, 32, 32]), "nm_mask": ("FP32", [1, 32, 32]),
+            "nm_target": ("INT64", []), "nm_baseline": ("FP32", [3, 32, 32])}
+    inputs = []
+    for name, (dtype, dims) in spec.items():
+        shape = [batch, *dims]
+        t = {"name": name, "datatype": dtype, "shape": shape,
+             "data": [0] * int(np.prod(shape))}
+        inputs.append({**t, **change.get(name, {})})
+    return {"inputs": inputs}
+
+
+def test_v2_infer_json(server: tuple[Served, int]) -> None:
+    code, doc = _post(f"{server[0].url}/v2/models/cnn_nchw/infer",
+                      _v2(2, nm_mask={"data": [1.0] * 2048}))
+    assert code == 200, doc
+    out = {o["name"]: o for o in doc["outputs"]}
+    assert out["nm_probs"]["shape"] == [2, 10]
+    assert sum(out["nm_probs"]["data"][:10]) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(("body", "text"), [
+    (b"{not json", "not a V2 inference request"),
+    ({"inputs": 3}, "request at inputs"),
+    ({"inputs": []}, "lacks input 'input'"),
+    ({"inputs": [{"name": "zz", "datatype": "FP32", "shape": [1], "data": [1]}]},
+     "has no input 'zz'"),
+    (_v2(input={"datatype": "FP64"}), "datatype FP64; the model takes FP32"),
+    (_v2(input={"shape": [1, 3, 16, 16]}), "takes [batch, 3, 32, 32]"),
+    (_v2(5), "takes 1 to 4 per request"),
+    (_v2(nm_mask={"shape": [2, 1, 32, 32]}), "the same batch"),
+    (_v2(input={"data": [1.0, 2.0]}), "does not fill shape"),
+    (_v2(input={"data": ["a"] * 3072}), "does not fill shape"),
+    (_v2(nm_target={"data": [10]}), "class indices run 0..9"),
+    ({**_v2(), "outputs": [{"name": "nope"}]}, "has no output 'nope'"),
+    (_v2(input={"data": [0.5] * 300_000}), "the limit is 1048576"),
+])
+def test_bad_v2_requests_are_400_with_one_sentence(server: tuple[Served, int], body: Any,
+                                                   text: str) -> None:
+    code, doc = _post(f"{server[0].url}/v2/models/cnn_nchw/infer", body)
+    assert code == 400, doc
+    assert text in doc["error"]
+    assert "\n" not in doc["error"]
+    assert "Traceback" not in doc["error"]
+
+
+def test_bad_v2_binary_header_and_grpc_request(server: tuple[Served, int]) -> None:
+    req = urllib.request.Request(f"{server[0].url}/v2/models/cnn_nchw/infer", data=b"{}",
+                                 headers={"Inference-Header-Content-Length": "abc"})
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        raise AssertionError("accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400
+        assert "header must be the JSON part's length" in json.loads(e.read())["error"]
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(f"127.0.0.1:{server[1]}")
+    x = tc.InferInput("input", [1, 3, 16, 16], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(tc.InferenceServerException) as err:
+        client.infer("cnn_nchw", [x])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "lacks input 'nm_mask'" in err.value.message()
