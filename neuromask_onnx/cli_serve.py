@@ -163,7 +163,7 @@ def serve(
     *,
     predictor_host: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--predictor-host", help="Explain the instrumented model served at this V2 server "
-        "(http://HOST:PORT) instead of MODEL.", show_default=False)] = None,
+        "(grpc://HOST:PORT or http://HOST:PORT) instead of MODEL.", show_default=False)] = None,
     served_model: ServedOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless "
                                       "you open it).")] = "127.0.0.1",

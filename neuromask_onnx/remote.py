@@ -84,16 +84,20 @@ class Client:
     timeout: float = 30.0
     retries: int = 3
     backoff: float = 0.2
+    kserve_protos: bool = False
+    """gRPC over kserve's protos (`v2grpc`), in a process that has imported kserve."""
     protocol: str = field(init=False)
     raw: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.protocol, where = parse_url(self.url)
+        import importlib
+
+        name = {"grpc": "tritonclient.grpc", "http": "tritonclient.http"}[self.protocol]
+        if self.protocol == "grpc" and self.kserve_protos:
+            name = "neuromask_onnx.v2grpc"
         try:
-            if self.protocol == "grpc":
-                import tritonclient.grpc as tc
-            else:
-                import tritonclient.http as tc
+            tc: Any = importlib.import_module(name)
         except ImportError:
             msg = "talking to a server needs tritonclient; pip install 'neuromask-onnx[serve]'"
             raise InputError(msg) from None
@@ -139,9 +143,9 @@ class ServedModel:
     max_batch_size: int | None
 
     @classmethod
-    def connect(cls, url: str, name: str, *, timeout: float = 30.0,
-                retries: int = 3) -> ServedModel:
-        client = Client(url, timeout, retries)
+    def connect(cls, url: str, name: str, *, timeout: float = 30.0, retries: int = 3,
+                kserve_protos: bool = False) -> ServedModel:
+        client = Client(url, timeout, retries, kserve_protos=kserve_protos)
         live = client.call("reach the server", lambda: client.raw.is_server_live(**client.kw()))
         if not live:
             msg = f"the server at {url} is not live; wait for it or check --server"

@@ -17,9 +17,12 @@ body size, instance count, image pixels and steps have limits (`Limits`).
 Requests are independent: each takes one worker slot (`workers` of them) for the whole
 request and runs in that slot's own thread, so concurrent requests never share a session
 binding. With `predictor` the slots hold `remote.RemoteNeuroMask`s against a V2 server
-(HTTP only: kserve's and tritonclient's gRPC protos cannot share a process). The REST server binds 127.0.0.1 unless told otherwise (KServe's own
-`ModelServer.start` binds 0.0.0.0 and gRPC [::], so `run` starts KServe's REST server
-itself with the host set, gRPC off).
+(over gRPC with `v2grpc`: kserve's and tritonclient's gRPC protos cannot share a process).
+
+With a local model, V2 infer serves its instrumented model too (`serve_v2`), for `neuromask
+explain --server`. The REST server binds 127.0.0.1 unless told otherwise, and gRPC (off
+unless `grpc_port`) the same host (KServe's own `ModelServer.start` binds 0.0.0.0 and [::],
+so `run` starts KServe's servers itself with the host set).
 """
 
 from __future__ import annotations
@@ -93,17 +96,18 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
     if predictor is not None:
         from .remote import RemoteNeuroMask, ServedModel, parse_url
 
-        if parse_url(predictor)[0] != "http" or not served_model:
-            msg = ("--predictor-host takes http://HOST:PORT and --served-model NAME (kserve "
-                   "and tritonclient's gRPC protos cannot share a process)")
+        parse_url(predictor)  # grpc://HOST:PORT or http://HOST:PORT
+        if not served_model:
+            msg = "--predictor-host needs --served-model NAME (the instrumented model there)"
             raise InputError(msg)
-        served = ServedModel.connect(predictor, served_model)
+        served = ServedModel.connect(predictor, served_model, kserve_protos=True)
         spec = served.spec()
         prep = preprocessing or served.preprocessing(None)
         names = labels if labels is not None else served.labels()
 
         def make(cfg: Any) -> NeuroMask:
-            return RemoteNeuroMask(ServedModel.connect(predictor, served_model), cfg,
+            return RemoteNeuroMask(ServedModel.connect(predictor, served_model,
+                                                       kserve_protos=True), cfg,
                                    batch_size=lim.max_instances, labels=names)
 
         v2: V2Model | None = None

@@ -208,19 +208,28 @@ def test_one_line_errors(server, tmp_path: Path) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
 def test_kserve_explainer_in_front_of_triton(  # type: ignore[no-untyped-def]
-        server, tmp_path: Path) -> None:
+        server, tmp_path: Path, scheme: str) -> None:
     """`neuromask serve --predictor-host`: KServe's explainer pattern, the loop in the KServe
-    process and every step an infer on Triton (over HTTP: see serve.model)."""
+    process and every step an infer on Triton (gRPC through v2grpc: see serve.model)."""
     import importlib.util
+    import urllib.error
     import urllib.request
 
     from neuromask_onnx.localserver import serving
 
     if importlib.util.find_spec("kserve") is None:
         pytest.skip("kserve is not installed (it is in the test extra)")
-    with serving(["--predictor-host", server.http_url, "--served-model", "cnn"], "cnn",
+    url = server.grpc_url if scheme == "grpc" else server.http_url
+    with serving(["--predictor-host", url, "--served-model", "cnn"], "cnn",
                  log=tmp_path / "server.log", timeout=90, grace=15) as served:
+        infer = urllib.request.Request(f"{served.url}/v2/models/cnn/infer", data=json.dumps(
+            {"inputs": []}).encode(), headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:  # V2 infer is Triton's here
+            urllib.request.urlopen(infer, timeout=30)
+        assert refused.value.code == 400
+        assert "send V2 infer requests there" in json.loads(refused.value.read())["error"]
         x = _inputs()[0]
         body = {"instances": [{"tensor": x.tolist(), "target": 4}],
                 "parameters": {"steps": 12, "seed": 2}}
