@@ -268,12 +268,10 @@ def test_bad_v2_requests_are_400_with_one_sentence(server: tuple[Served, int], b
 def test_bad_v2_binary_header_and_grpc_request(server: tuple[Served, int]) -> None:
     req = urllib.request.Request(f"{server[0].url}/v2/models/cnn_nchw/infer", data=b"{}",
                                  headers={"Inference-Header-Content-Length": "abc"})
-    try:
+    with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, timeout=30)
-        raise AssertionError("accepted")
-    except urllib.error.HTTPError as e:
-        assert e.code == 400
-        assert "header must be the JSON part's length" in json.loads(e.read())["error"]
+    assert refused.value.code == 400
+    assert "header must be the JSON part's length" in json.loads(refused.value.read())["error"]
     import tritonclient.grpc as tc
 
     client = tc.InferenceServerClient(f"127.0.0.1:{server[1]}")
@@ -283,3 +281,22 @@ def test_bad_v2_binary_header_and_grpc_request(server: tuple[Served, int]) -> No
         client.infer("cnn_nchw", [x])
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "lacks input 'nm_mask'" in err.value.message()
+
+
+def test_v2_model_objective_and_batch_limit_are_what_it_serves() -> None:
+    """`serve --objective` / `--max-instances` reach the served model (no server needed)."""
+    import onnx
+
+    from neuromask_onnx.serve_v2 import V2Model
+
+    v2 = V2Model.build(onnx.load(MODEL), "cnn", preprocessing=None, labels=None,
+                       objective="cross_entropy", max_batch_size=3)
+    cfg = v2.config()
+    assert cfg["max_batch_size"] == 3
+    assert cfg["parameters"]["neuromask.objective"] == {"string_value": "cross_entropy"}
+    rng = np.random.default_rng(0)
+    feeds = {"input": rng.standard_normal((2, 3, 32, 32)).astype(np.float32),
+             "nm_mask": np.ones((2, 1, 32, 32), np.float32),
+             "nm_target": np.array([1, 4]), "nm_baseline": np.zeros((2, 3, 32, 32), np.float32)}
+    loss, _, probs = v2.run(feeds)
+    np.testing.assert_allclose(loss, -np.log(probs[[0, 1], [1, 4]]), rtol=1e-4)
