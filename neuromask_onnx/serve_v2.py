@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .errors import InputError
 from .io_names import PROBS, TARGET
 from .preprocess import Preprocessing
 
@@ -77,6 +78,10 @@ class V2Model:
         def tensor(vi: onnx.ValueInfoProto) -> _Tensor:
             t = vi.type.tensor_type
             dims = [d.dim_value for d in t.shape.dim][1:]
+            if t.elem_type not in _V2_TYPES:
+                kind = onnx.TensorProto.DataType.Name(t.elem_type)
+                msg = f"{vi.name!r} is {kind}, which V2 infer here does not serve"
+                raise InputError(msg)
             return _Tensor(vi.name, _V2_TYPES[t.elem_type], dims)
 
         init = {t.name for t in served.graph.initializer}
