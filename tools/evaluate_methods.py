@@ -1,9 +1,11 @@
 """Faithfulness of NeuroMask and the other methods, measured so that it cannot fool itself.
 
-- Photos: every real photograph found inside the installed wheels (scikit-image's data,
-  scikit-learn's sample images, matplotlib's sample data), split once and for all into a
-  TUNING half and a TEST half (`SPLIT`, alternating within each source). Tune only on
-  `--split tune`; report `--split test`.
+- Photos: every real photograph found inside wheels (scikit-image's data, scikit-learn's
+  sample images, matplotlib's sample data, and those of ultralytics, imgaug and mahotas,
+  which `tools/wheel_photos.py` unpacks without installing them), split once and for all
+  into a TUNING half and a TEST half (`SPLIT`, alternating within each source; the photos of
+  the three later wheels all joined the test half, after the default was frozen). Tune only
+  on `--split tune`; report `--split test`.
 - Models: the pretrained EfficientNet-Lite0 (the tuning model) and any other ONNX classifier
   given with `--model` (EfficientNet-Lite2 from tools/export_efficientnet_lite0.py --variant
   lite2 is the held-out check).
@@ -57,6 +59,7 @@ SKIMAGE = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcyc
            "moon.png", "brick.png", "grass.png", "gravel.png"]
 SKLEARN = ["china.jpg", "flower.jpg"]
 MATPLOTLIB = ["grace_hopper.jpg"]
+WHEEL_PHOTOS = ["bus.jpg", "zidane.jpg", "quokka.jpg", "luispedro.jpg"]  # tools/wheel_photos.py
 
 
 def find_photos() -> dict[str, Path]:
@@ -81,6 +84,9 @@ def find_photos() -> dict[str, Path]:
         sources.append((str(Path(matplotlib.get_data_path()) / "sample_data"), MATPLOTLIB))
     except ImportError:
         pass
+    from wheel_photos import DEFAULT_DIR
+
+    sources.append((str(DEFAULT_DIR), WHEEL_PHOTOS))
     for folder, names in sources:
         for n in names:
             p = Path(folder) / n
@@ -95,7 +101,7 @@ SPLIT = {
     "tune": ["chelsea", "rocket", "hubble_deep_field", "ihc", "coins", "brick", "gravel",
              "china", "motorcycle_left"],
     "test": ["astronaut", "coffee", "retina", "camera", "moon", "grass", "flower",
-             "grace_hopper"],
+             "grace_hopper", "bus", "zidane", "quokka", "luispedro"],
 }
 
 # --------------------------------------------------------------------------- methods
@@ -185,6 +191,10 @@ def main() -> None:
     args = ap.parse_args()
 
     photos = find_photos()
+    wanted = SPLIT["tune"] + SPLIT["test"] if args.split == "all" else SPLIT[args.split]
+    if missing := [n for n in wanted if n not in photos]:
+        print(f"warning: {len(missing)} photos not found ({', '.join(missing)}); "
+              "install the test extra and run tools/wheel_photos.py", file=sys.stderr)
     names = [n for n in (SPLIT["tune"] + SPLIT["test"] if args.split == "all"
                          else SPLIT[args.split]) if n in photos
              and (args.photos is None or n in args.photos.split(","))]
