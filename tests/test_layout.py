@@ -19,9 +19,6 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "neuromask_onnx"
 
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"graph", "control_flow", "functions", "simplify"}):
-        "graph's loader expands control flow and functions and simplifies, on graph's types "
-        "(issue 11, item 3 reshapes graph)",
     frozenset({"cli", "entry"}):
         "entry runs cli's app lazily (a fast --version); cli.run, the console script of old "
         "installs, hands over to entry.run",
