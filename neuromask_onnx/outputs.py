@@ -28,9 +28,9 @@ from PIL import Image
 from . import __version__
 from .charts import turbo
 from .errors import InputError, Interrupted
-from .explain import Explanation
 from .files import atomic_write, save_model, sha256
 from .preprocess import LoadedInput
+from .results import Explanation
 
 
 def heat(saliency: np.ndarray, percentile: float = 100.0) -> np.ndarray:
