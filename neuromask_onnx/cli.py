@@ -32,12 +32,7 @@ from .cli_serve import (
     TritonPrepOpt,
     register,
 )
-from .cliparams import (
-    OneLineCommand,
-    OneLineGroup,
-    config_command,
-    config_overrides,
-)
+from .cliparams import OneLineCommand, OneLineGroup, config_command, config_overrides
 from .cliparams import one_line_errors as _errors
 from .cliprint import print_explained, print_ops, print_summary
 from .cliprint import progress_bar as _bar
