@@ -2,26 +2,23 @@
 
 - `instrument MODEL --triton REPO`: `instrument_triton` (cli.py's `instrument` hands over
   when --triton is given; the option types are `TritonOpt` and friends below).
-- `explain --server URL --served-model NAME INPUT...`: `remote_model` (cli.py's `explain`
-  builds a `remote.RemoteNeuroMask` from it instead of a local `NeuroMask`).
+- `explain --server URL --served-model NAME INPUT...`: the options below (`pipeline`
+  builds a `remote.RemoteNeuroMask` from `remote.remote_model` instead of a local `NeuroMask`).
 - `explain-dataset` and `serve`: commands added by `register(app)`.
 
-This module imports nothing from cli.py at import time (cli.py imports the option types from
-here); the commands reach cli.py's `_errors` when they run.
+This module imports nothing from cli.py (cli.py imports the option types from here); errors
+become one line through `cliparams.one_line_errors`, as in cli.py.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from .cliparams import finite_float
-
-if TYPE_CHECKING:
-    from .remote import ServedModel
 
 class ServedObjective(str, Enum):
     """The losses a served instrumented model can have (`serve --objective`)."""
@@ -68,9 +65,10 @@ def instrument_triton(model: Path, repo: Path, *, name: str | None, python_backe
                       max_batch_size: int, labels: Path | None, preprocess: str | None,
                       force: bool, **instrument_opts: Any) -> None:
     """`neuromask instrument MODEL --triton REPO`."""
-    from .cli import _errors, _read_labels
+    from .cliparams import one_line_errors as _errors
     from .errors import InputError
     from .outputs import check_writable
+    from .pipeline import read_labels as _read_labels
     from .preprocess import preprocessing_preset
     from .triton import write_repository
 
@@ -88,17 +86,6 @@ def instrument_triton(model: Path, repo: Path, *, name: str | None, python_backe
     kind = "python" if python_backend else "onnxruntime"
     typer.echo(f"wrote Triton model {target.name!r} ({kind} backend, max_batch_size "
                f"{max_batch_size}) in {target}")
-
-
-def remote_model(server: str, served_model: str | None, timeout: float = 30.0) -> ServedModel:
-    """The served model behind `explain --server` (errors are NeuromaskErrors)."""
-    from .errors import InputError
-    from .remote import ServedModel
-
-    if not served_model:
-        msg = "--server needs --served-model NAME (the instrumented model's name there)"
-        raise InputError(msg)
-    return ServedModel.connect(server, served_model, timeout=timeout)
 
 
 def explain_dataset(
@@ -135,9 +122,10 @@ def explain_dataset(
 ) -> None:
     """Explain every input of SOURCE on Ray: per-input files plus summary.parquet/.csv;
     a rerun skips inputs whose outputs are complete."""
-    from .cli import _errors, _read_labels
+    from .cliparams import one_line_errors as _errors
     from .dataset import explain_dataset as run
     from .optimize import preset
+    from .pipeline import read_labels as _read_labels
     from .preprocess import preprocessing_preset
 
     def show(done: int, total: int) -> None:
@@ -194,7 +182,8 @@ def serve(
     its instrumented model over V2 infer (for `explain --server`)."""
     import re
 
-    from .cli import _errors, _read_labels
+    from .cliparams import one_line_errors as _errors
+    from .pipeline import read_labels as _read_labels
     from .preprocess import preprocessing_preset
     from .serve import Limits, run
     from .serve import model as build

@@ -13,11 +13,13 @@ preset's value). The command reads the values back with `config_overrides()`. So
 in `NeuroMaskConfig` is a new flag with no edit here or in cli.py.
 
 `finite_float` is the parser of every float flag: NaN and infinities are refused.
+`one_line_errors` is the one place that turns a library error into one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import inspect
 import itertools
@@ -26,14 +28,26 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from .errors import NeuromaskError
+
 _META = "neuromask.config_flags"
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """The one place that turns library errors into a message and exit code 1."""
+    try:
+        yield
+    except NeuromaskError as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 def finite_float(text: str) -> float:

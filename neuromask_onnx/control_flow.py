@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import PREFIX, Graph, Shape
+from .graphtypes import PREFIX, Graph, Shape
 
 # Unroll a Loop or Scan only while its copies stay below this many nodes.
 UNROLL_LIMIT = 20000
@@ -359,7 +359,7 @@ def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarra
 def fold_local(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Fold the constant parts of copied branch nodes into `g.consts` (Constant nodes,
     Unsqueeze of constants) and record static shapes: what `prepare` does for the top level."""
-    from .graph import fold_constants
+    from .shapes import fold_constants
 
     for _ in range(len(nodes) + 1):
         infer_local(g, nodes)

@@ -11,6 +11,10 @@ job's W0 depends only on (seed, restart), never on its batch position, so a batc
 masks its jobs give one by one. Models with a fixed batch axis get padded chunks. On CUDA the
 input, target and baseline stay on the device (I/O binding); only the mask and the small
 outputs cross each step.
+
+This module resolves the model and plans the jobs; the loop over one chunk of jobs (classic
+and areas objectives) is `chunks.ChunkOptimizer`, a mixin of `NeuroMask`, and the result types
+(`Explanation`, `TopClass`, `Progress`, `diagnose`) are `results`'s, re-exported here.
 """
 
 from __future__ import annotations
@@ -18,99 +22,34 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto
-from scipy.special import expit
 
-from . import areas
+from .chunks import ChunkOptimizer, Job
 from .errors import ConvergenceWarning, InputError
 from .graph import graph_inputs, input_dims, load_model
-from .mask import apply, masked_out, upsample, upsample_matrix
-from .optimize import NeuroMaskConfig, StepInfo, optimize
+from .mask import masked_out
+from .optimize import NeuroMaskConfig, StepInfo
+from .results import Explanation, Progress, TopClass, diagnose
 from .rewrite import instrument
 from .runtime import Provider, Runner, SessionRunner, available_provider
-from .smoothness import laplacian_kernel, smoothness, sparsity
+
+__all__ = ["Explanation", "NeuroMask", "Progress", "Target", "TopClass", "by_shape", "diagnose",
+           "probe_shape"]
 
 Target = int | str
 _NP_DTYPES: dict[int, type[np.floating[Any]]] = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
               TensorProto.FLOAT16: np.float16}
 
 
-@dataclass(frozen=True)
-class TopClass:
-    index: int
-    label: str | None
-    prob: float
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """One learned mask and everything needed to judge it."""
-
-    mask: np.ndarray
-    """float32 mask over the mask axes at model resolution (e.g. [H, W]), values in [0, 1]."""
-    target: int
-    label: str | None
-    prob_before: float
-    """Target probability on the unmasked input."""
-    prob_after: float
-    """Target probability on the masked input."""
-    top_k: tuple[TopClass, ...]
-    """The original (unmasked) prediction's top classes."""
-    losses: np.ndarray
-    """Total loss at every step."""
-    final_losses: dict[str, float]
-    """total, pred, sparse and smooth at the final weights."""
-    steps: int
-    stopped_early: bool
-    restart: int
-    """Which restart won (lowest final total loss)."""
-    config: NeuroMaskConfig
-    seed: int
-    provider: str
-    timings: dict[str, float]
-    warnings: tuple[str, ...] = ()
-    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
-    """The mask weights W at the mask resolution (before sigmoid and upsampling)."""
-    passes: int = 0
-    """Rows this explanation ran through the instrumented model (one forward and one
-    backward pass each), padding excluded."""
-    details: dict[str, Any] = field(default_factory=dict)
-    """areas mode: the target probability of each area's kept and deleted input at the last
-    step, e.g. {"0.05": {"preserve": 0.71, "delete": 0.02}, ...}."""
-    scores: dict[str, float] = field(default_factory=dict)
-    """The map's own deletion / insertion AUCs under both protocols (`metrics.self_check`),
-    when asked for (`explain --score`)."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What the progress callback sees after every step of every chunk."""
-
-    chunk: int
-    chunks: int
-    step: int
-    steps: int
-    jobs_done: int
-    jobs: int
-
-
 # --------------------------------------------------------------------------- the explainer
 
 
-@dataclass
-class _Job:
-    input: int
-    target: int
-    restart: int
-
-
-class NeuroMask:
+class NeuroMask(ChunkOptimizer):
     """Learn NeuroMask relevance masks for an ONNX classifier on onnxruntime.
 
     Args:
@@ -386,7 +325,7 @@ class NeuroMask:
             else:
                 wanted.append([self.class_index(c) for c in t])
         c = self.config
-        jobs = [_Job(i, t, r) for i, ts in enumerate(wanted) for t in ts for r in range(c.restarts)]
+        jobs = [Job(i, t, r) for i, ts in enumerate(wanted) for t in ts for r in range(c.restarts)]
         size, pad = self._chunk_size(len(jobs))
         chunks = [jobs[lo:lo + size] for lo in range(0, len(jobs), size)]
         results: dict[tuple[int, int, int], dict[str, Any]] = {}
@@ -414,198 +353,6 @@ class NeuroMask:
             out.append(row)
         return out
 
-    # ----------------------------------------------------------------- the optimisation
-
-    def _run_chunk(self, xs: list[np.ndarray], chunk: list[_Job], batch: int,
-                   report: Callable[[StepInfo], None]) -> dict[tuple[int, int, int], Any]:
-        c = self.config
-        n = len(chunk)
-        padded = chunk + [chunk[-1]] * (batch - n)
-        runner = self._runner(batch, xs[0].shape)
-        x = np.stack([xs[j.input] for j in padded])
-        target = np.array([j.target for j in padded], np.int64)
-        runner.bind(self.input_name, x, target, self._baseline(x))
-        full = tuple(runner.mask_shape[a] for a in self.mask_axes)
-        coarse = c.coarse_shape(full)
-        mats = [None if cs == s else upsample_matrix(s, cs, c.upsample)
-                for s, cs in zip(full, coarse, strict=True)]
-        kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
-        inv_t = np.float32(1.0 / c.temperature)
-        last: dict[str, np.ndarray] = {}
-
-        def fun(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            s = expit(w * inv_t).astype(np.float32)
-            m = upsample(mats, s)
-            pred, gm, probs = runner.run(m.reshape(runner.mask_shape).astype(self.dtype))
-            self.model_runs += batch
-            gm = gm.astype(np.float32).reshape(m.shape)
-            gs = apply(mats, gm, adjoint=True)
-            gw = gs * s * (np.float32(1.0) - s) * inv_t
-            sp, gsp = sparsity(w, c.tau, c.sparse_reduce)
-            if kernel is not None and c.smooth_weight > 0:
-                sm, gsm = smoothness(w, kernel, c.smooth_norm, c.smooth_reduce)
-            else:
-                sm, gsm = np.zeros(w.shape[0], np.float32), np.zeros_like(w)
-            f32 = np.float32
-            total = f32(c.pred_weight) * pred.astype(f32) + f32(c.sparse_weight) * sp \
-                + f32(c.smooth_weight) * sm
-            grad = f32(c.pred_weight) * gw + f32(c.sparse_weight) * gsp \
-                + f32(c.smooth_weight) * gsm
-            last.update(total=total, pred=pred, sparse=sp, smooth=sm, probs=probs, mask=m)
-            return total, grad
-
-        w0 = np.stack([np.random.default_rng([c.seed, j.restart]).uniform(
-            -c.tau, c.tau, coarse).astype(np.float32) for j in padded])
-        t0 = time.perf_counter()
-        res = optimize(fun, w0, steps=c.steps, learning_rate=c.learning_rate, decay=c.decay,
-                       epsilon=c.epsilon, momentum=c.momentum, tolerance=c.tolerance,
-                       patience=c.patience, callback=report)
-        fun(res.w)  # the final weights: losses, mask and masked probabilities
-        seconds = time.perf_counter() - t0
-        steps_run = int(res.steps.max())
-        timings = {"optimize": seconds, "per_step": seconds / (steps_run + 1),
-                   "instrument": self._timings["instrument"],
-                   "session": self._timings["session"], "batch": float(batch)}
-        out = {}
-        for b, job in enumerate(chunk):
-            out[(job.input, job.target, job.restart)] = {
-                "mask": last["mask"][b].astype(np.float32),
-                "weights": res.w[b].copy(),
-                "total": float(last["total"][b]),
-                "final": {k: float(last[k][b]) for k in ("total", "pred", "sparse", "smooth")},
-                "probs": last["probs"][b].astype(np.float64),
-                "losses": res.losses[b],
-                "steps": int(res.steps[b]),
-                "early": bool(res.stopped_early[b]),
-                "timings": dict(timings),
-                "provider": runner.provider,
-                "passes": int(res.steps[b]) + 1,
-            }
-        return out
-
-    def _run_chunk_areas(self, xs: list[np.ndarray], chunk: list[_Job],
-                         report: Callable[[StepInfo], None],
-                         ) -> dict[tuple[int, int, int], Any]:
-        """The areas objective (`areas.AreasObjective`) for a chunk of jobs: every job's
-        preserve and delete rows of every area in one session run per step (split into the
-        model's fixed batch where it has one)."""
-        c = self.config
-        jobs = len(chunk)
-        per = len(c.areas) * (2 if c.halves == "both" else 1)
-        total_rows = jobs * per
-        cuda = self.provider_name == "CUDAExecutionProvider"
-        piece = self.fixed_batch or min(total_rows, self.rows_per_run or (
-            total_rows if cuda else 2))
-        runner = self._runner(piece, xs[0].shape)
-        x_rows = np.stack([xs[j.input] for j in chunk for _ in range(per)])
-        t_rows = np.array([j.target for j in chunk for _ in range(per)], np.int64)
-        bases = [self._baseline(x_rows, kind) for kind in c.substrates]
-        full = tuple(runner.mask_shape[a] for a in self.mask_axes)
-        coarse = c.coarse_shape(full)
-        mats = [None if cs == s else upsample_matrix(s, cs, c.upsample)
-                for s, cs in zip(full, coarse, strict=True)]
-
-        def pad(a: np.ndarray, lo: int) -> np.ndarray:
-            return _rows(a, lo, piece)
-
-        seen: dict[str, np.ndarray] = {}
-
-        def run_rows(masks: np.ndarray, which: int) -> tuple[np.ndarray, np.ndarray]:
-            ps, gs, qs = [], [], []
-            for lo in range(0, total_rows, piece):
-                k = min(piece, total_rows - lo)
-                runner.bind(self.input_name, pad(x_rows, lo), pad(t_rows, lo),
-                            pad(bases[which], lo))  # type: ignore[arg-type]
-                mask = pad(masks, lo).reshape(runner.mask_shape).astype(self.dtype)
-                p, g, q = runner.run(mask)
-                self.model_runs += piece
-                ps.append(p[:k])
-                gs.append(g[:k].reshape(k, *full))
-                qs.append(q[:k])
-            seen["probs"] = np.concatenate(qs)
-            return np.concatenate(ps), np.concatenate(gs)
-
-        kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
-        obj = areas.AreasObjective(c, jobs, run_rows,
-                                   lambda v, adjoint: apply(mats, v, adjoint), kernel)
-        t0 = time.perf_counter()
-        if c.init == "prior":
-            w0 = self._prior_weights(runner, x_rows[::per], t_rows[::per], bases, per, full,
-                                     mats)
-        else:
-            w0 = np.concatenate([areas.init_weights(c, coarse, j.restart) for j in chunk])
-        res = optimize(obj, w0, steps=c.steps, learning_rate=c.learning_rate, decay=c.decay,
-                       epsilon=c.epsilon, momentum=c.momentum, tolerance=c.tolerance,
-                       patience=c.patience, callback=report, method=c.optimizer,
-                       beta1=c.beta1, beta2=c.beta2)
-        seconds = time.perf_counter() - t0
-        # The map comes from the final weights (no model run needed); the probabilities and
-        # losses are those of the last step's run.
-        k = len(c.areas)
-        final = upsample(mats, expit(res.w * obj.inv_t))  # at the last step's T
-        steps_run = int(res.steps.max())
-        timings = {"optimize": seconds, "per_step": seconds / max(steps_run, 1),
-                   "instrument": self._timings["instrument"],
-                   "session": self._timings["session"], "batch": float(piece)}
-        last = obj.last
-        largest = int(np.argmax(c.areas))
-        out = {}
-        for b, job in enumerate(chunk):
-            rows = slice(b * k, (b + 1) * k)
-            p_rows = last["p"][rows]
-            # "after" = the kept (or, with halves="delete", the deleted) input of the largest
-            # area, at the last step
-            probs = seen["probs"][b * per + largest * len(obj.halves)].astype(np.float64)
-            out[(job.input, job.target, job.restart)] = {
-                "mask": (final[rows].mean(axis=0) if obj.detail is None else areas.with_detail(
-                    final[rows].mean(axis=0), obj.detail[b], c.detail_weight, c.detail_sigma)
-                         ).astype(np.float32),
-                "weights": res.w[rows].copy(),
-                "total": float(last["total"][rows].sum()),
-                "final": {key: float(last[key][rows].sum())
-                          for key in ("total", "pred", "sparse", "smooth")},
-                "probs": probs,
-                "losses": np.sum([res.losses[b * k + i] for i in range(k)], axis=0),
-                "steps": int(res.steps[rows].max()),
-                "early": bool(res.stopped_early[rows].all()),
-                "timings": dict(timings),
-                "provider": runner.provider,
-                "passes": int(res.steps[rows].max()) * per
-                + (len(c.substrates) if c.init == "prior" else 0),
-                "areas": {f"{a:g}": {h: float(p_rows[i, hi]) for hi, h in
-                                     enumerate(obj.halves)} for i, a in enumerate(c.areas)},
-            }
-        return out
-
-    def _prior_weights(self, runner: Runner, x: np.ndarray, target: np.ndarray,
-                       bases: Sequence[np.ndarray | None], per: int, full: tuple[int, ...],
-                       mats: Sequence[np.ndarray | None]) -> np.ndarray:
-        """init prior: a row per job and substrate b at mask = 1 gives d p / d mask = the sum
-        over channels of (x - b) d p / d x_bar (gradient x input against b); summed over the
-        substrates (one alone can be blind: a blur keeps a region's mean brightness) and
-        smoothed by the upsampling's adjoint (each cell averages the pixels it covers)."""
-        c = self.config
-        piece = runner.batch
-        n, nb = len(x), len(bases)
-        # every (job, substrate) pair is one row; rows share runs, so no padding is wasted
-        xs = np.repeat(x, nb, axis=0)
-        ts = np.repeat(target, nb)
-        bs = np.stack([np.zeros_like(x[0]) if b is None else b[j * per]
-                       for j in range(n) for b in bases])
-        rows = []
-        for lo in range(0, len(xs), piece):
-            k = min(piece, len(xs) - lo)
-
-            runner.bind(self.input_name, _rows(xs, lo, piece), _rows(ts, lo, piece),
-                        _rows(bs, lo, piece))
-            _, gi, _ = runner.run(np.ones(runner.mask_shape, self.dtype))
-            self.model_runs += piece
-            rows.append(gi[:k].reshape(k, *full).astype(np.float32))
-        g = np.concatenate(rows).reshape(n, nb, *full).sum(axis=1)
-        cover = apply(mats, np.ones((1, *full), np.float32), adjoint=True)
-        coarse = apply(mats, g, adjoint=True) / np.maximum(cover, 1e-12)
-        return np.concatenate([areas.prior_weights(c, v) for v in coarse])
-
     def _explanation(self, r: dict[str, Any], before: np.ndarray, target: int, restart: int,
                      top_k: int | None, t_predict: float) -> Explanation:
         after = r["probs"]
@@ -623,14 +370,6 @@ class NeuroMask:
             seed=self.config.seed, provider=r["provider"], timings=timings,
             warnings=tuple(notes), weights=r["weights"], passes=r["passes"],
             details={"areas": r["areas"]} if "areas" in r else {})
-
-
-def _rows(a: np.ndarray, lo: int, piece: int) -> np.ndarray:
-    """Rows lo .. lo + piece of a, padded with copies of the last row (a fixed session batch)."""
-    part = a[lo:lo + piece]
-    if len(part) < piece:
-        part = np.concatenate([part, np.repeat(part[-1:], piece - len(part), axis=0)])
-    return part
 
 
 def by_shape(xs: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
@@ -655,22 +394,3 @@ def probe_shape(model: onnx.ModelProto, input_name: str | None,
     return tuple(int(d) for d in input_shape) if dynamic else None
 
 
-def diagnose(mask: np.ndarray, losses: np.ndarray, probs_after: np.ndarray,
-             target: int) -> list[str]:
-    """Why a learned mask should not be trusted (empty when nothing looks wrong)."""
-    notes = []
-    if mask.max() < 0.05:
-        notes.append("the mask collapsed to all-off (max < 0.05): the sparsity weight may be "
-                     "too high for this model; lower --sparse-weight or raise --pred-weight")
-    elif mask.min() > 0.95:
-        notes.append("the mask collapsed to all-on (min > 0.95): raise --sparse-weight or run "
-                     "more --steps")
-    if len(losses) > 1 and abs(float(losses[-1]) - float(losses[0])) <= 1e-6 * max(
-            1.0, abs(float(losses[0]))):
-        notes.append("the loss never moved: the model's output may not depend on the input; "
-                     "check --output and --output-kind")
-    if int(np.argmax(probs_after)) != target:
-        notes.append(f"the masked input is no longer classified as the target {target} "
-                     f"(p = {float(probs_after[target]):.3g}): lower --sparse-weight or "
-                     "raise --pred-weight")
-    return notes

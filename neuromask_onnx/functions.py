@@ -24,7 +24,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from .graph import FLOAT_TYPES, PREFIX, Shape
+from .graphtypes import FLOAT_TYPES, PREFIX, Shape
 
 
 def _schema(node: onnx.NodeProto, opset: int) -> onnx.defs.OpSchema | None:

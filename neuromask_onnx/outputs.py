@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from PIL import Image
 
 from . import __version__
 from .charts import turbo
 from .errors import InputError, Interrupted
-from .explain import Explanation
-from .files import atomic_write, sha256
+from .files import atomic_write, save_model, sha256
 from .preprocess import LoadedInput
+from .results import Explanation
 
 
 def heat(saliency: np.ndarray, percentile: float = 100.0) -> np.ndarray:
@@ -134,6 +135,31 @@ def check_writable(out_dir: Path, flag: str = "-o") -> None:
         msg = f"output directory {str(out_dir)!r} {what}: {exc.strerror or exc}; " \
               f"pick another with {flag}"
         raise InputError(msg) from None
+
+
+def write_instrumented(model: Path, output: Path, *, force: bool,
+                       **options: Any) -> onnx.ModelProto:
+    """`neuromask instrument MODEL -o OUTPUT`: refuse an unusable OUTPUT before the work,
+    then `rewrite.instrument(model, **options)` and write the result atomically."""
+    from .rewrite import instrument
+
+    if output.is_dir():
+        msg = f"{str(output)!r} is a directory; give a file name such as model.nm.onnx"
+        raise InputError(msg)
+    if output.exists() and not force:
+        msg = f"{str(output)!r} exists; pass --force to overwrite it"
+        raise InputError(msg)
+    if not output.parent.is_dir():
+        msg = f"directory {str(output.parent)!r} does not exist; create it first"
+        raise InputError(msg)
+    check_writable(output.parent)
+    m = instrument(model, **options)
+    try:
+        save_model(m, output)
+    except OSError as exc:
+        msg = f"cannot write {str(output)!r}: {exc.strerror or exc}"
+        raise InputError(msg) from None
+    return m
 
 
 def write_all(out_dir: Path, blobs: Sequence[tuple[Path, bytes]]) -> list[Path]:

@@ -169,7 +169,7 @@ def explain_files(model: Path, inputs: Sequence[Path] | None, out: Path, *,
         base, names, spec = (resolve_preprocessing(preprocess, proto), model_labels(proto),
                              explained_input(proto, input_name, layout))
     else:  # the model runs on the server; MODEL is the first input
-        from .cli_serve import remote_model
+        from .remote import remote_model
 
         served = remote_model(server, served_model, server_timeout)
         inputs = [model, *(inputs or [])]

@@ -237,6 +237,14 @@ class ServedModel:
         return tuple(i for i, d in enumerate(m) if i > 0 and d != 1)
 
 
+def remote_model(server: str, served_model: str | None, timeout: float = 30.0) -> ServedModel:
+    """The served model behind `explain --server` (errors are NeuromaskErrors)."""
+    if not served_model:
+        msg = "--server needs --served-model NAME (the instrumented model's name there)"
+        raise InputError(msg)
+    return ServedModel.connect(server, served_model, timeout=timeout)
+
+
 def _index(client: Client) -> str:
     try:
         if client.protocol == "grpc":

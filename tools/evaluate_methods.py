@@ -129,7 +129,8 @@ def centre_map(shape: tuple[int, ...]) -> np.ndarray:
 def config_key(cfg: NeuroMaskConfig) -> str:
     """The config and the source of the code that turns it into a map (cache key)."""
     src = "".join((ROOT / "neuromask_onnx" / f).read_text()
-                  for f in ("areas.py", "explain.py", "optimize.py", "smoothness.py"))
+                  for f in ("areas.py", "chunks.py", "explain.py", "optimize.py",
+                            "smoothness.py"))
     text = json.dumps(cfg.to_dict(), sort_keys=True) + src
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
