@@ -70,6 +70,18 @@ def _layout1(node: onnx.NodeProto) -> bool:
     return _attr(node, "layout", 0) == 1
 
 
+def _reads_outer_scope(node: onnx.NodeProto) -> bool:
+    """A subgraph of `node` reads a value it does not define (one of the enclosing graph's)."""
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            g = a.g
+            known = {i.name for i in g.input} | {i.name for i in g.initializer}
+            known |= {o for n in g.node for o in n.output}
+            if any(i and i not in known for n in g.node for i in n.input):
+                return True
+    return False
+
+
 # onnx's reference evaluator, found wrong at the releases below `fixed_in` (onnx 1.17 to 1.22).
 REFERENCE_FAULTS: list[Fault] = [
     Fault("Conv", (1, 23), "reference Conv gets auto_pad SAME_UPPER / SAME_LOWER's shape wrong",
@@ -80,6 +92,8 @@ REFERENCE_FAULTS: list[Fault] = [
       for op in _RECURRENT),
     *(Fault(op, (1, 23), f"reference {op} ignores layout 1 (and onnxruntime has no layout-1 "
             "kernel)", _layout1, ort_runs=False) for op in _RECURRENT),
+    Fault("Scan", (1, 22), "reference Scan cannot read the enclosing graph's values in its body",
+          _reads_outer_scope),
     Fault("ReverseSequence", (1, 23), "reference ReverseSequence fails with batch_axis 0",
           lambda n: _attr(n, "batch_axis", 1) == 0),
     *(Fault(op, (1, 20), f"reference {op} ignores noop_with_empty_axes",

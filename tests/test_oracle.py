@@ -74,3 +74,18 @@ def test_a_missing_float64_kernel_is_probed() -> None:
     m.ir_version = 8
     assert oracle.ort_float64_missing(_identity(18)) == ""
     assert "FusedConv" in oracle.ort_float64_missing(m)
+
+
+def test_a_scan_reading_the_enclosing_graph_is_a_fault_before_onnx_1_22() -> None:
+    vi = helper.make_tensor_value_info
+    body = helper.make_graph([N("Add", ["h_in", "w_outer"], ["h_out"])], "body",
+                             [vi("h_in", TensorProto.DOUBLE, [2])],
+                             [vi("h_out", TensorProto.DOUBLE, [2])])
+    scan = N("Scan", ["h0"], ["h"], body=body, num_scan_inputs=0)
+    assert oracle.reference_fault(scan, (1, 21)) is not None
+    assert oracle.reference_fault(scan, (1, 22)) is None
+    own = helper.make_graph([N("Add", ["h_in", "h_in"], ["h_out"])], "body",
+                            [vi("h_in", TensorProto.DOUBLE, [2])],
+                            [vi("h_out", TensorProto.DOUBLE, [2])])
+    assert oracle.reference_fault(N("Scan", ["h0"], ["h"], body=own, num_scan_inputs=0),
+                                  (1, 21)) is None
