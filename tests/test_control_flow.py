@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from neuromask_onnx import instrument
+from neuromask_onnx import instrument, oracle
 from neuromask_onnx.cli import app
 from neuromask_onnx.errors import UnsupportedOpError
 from neuromask_onnx.gradcheck import check_vjp
@@ -132,6 +132,8 @@ def test_scan_gradient(axes: tuple[int, int, int, int], rng: np.random.Generator
     # onnx's reference Scan knows axis 0, forward only; onnxruntime runs every variant in
     # float64.
     backend = "reference" if axes == (0, 0, 0, 0) else "onnxruntime"
+    if any(map(oracle.reference_fault, m.graph.node)):  # an older onnx's reference evaluator
+        backend = "onnxruntime"
     r = check_vjp(m, feeds, rng=rng, backend=backend)
     assert r.error < 1e-7, r
 

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from neuromask_onnx import UnsupportedOpError, instrument, io_names, reverse, vjp
+from neuromask_onnx import UnsupportedOpError, instrument, io_names, oracle, reverse, vjp
 from neuromask_onnx.errors import ModelContractError
 from neuromask_onnx.gradcheck import check_vjp
 from neuromask_onnx.vjp_rules import VJP_RULES
@@ -191,8 +191,13 @@ def test_an_output_shape_set_by_the_input_s_values_is_refused() -> None:
     m = mk([N("OneHot", ["i", "depth", "vals"], ["y"], axis=1)], {"depth": []},
            inits={"i": np.array([0, -7, -8]), "vals": np.array([1.0, 3.0])})
     m.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", F, [3, 10]))
-    with pytest.raises(ModelContractError, match=r"the shape of 'y' depends on the values of "
-                                                 r"the model's float inputs \(zeros give \[3, 0\]"):
+    precise = (r"the shape of 'y' depends on the values of the model's float inputs "
+               r"\(zeros give \[3, 0\]")
+    if oracle.release(onnx.__version__) < (1, 23):
+        # onnx < 1.23's shape inference gives y a partial shape, so the zero/one probe does
+        # not run: the refusal is the generic one-line reason instead
+        precise = r"value 'y' has no static shape after shape inference"
+    with pytest.raises(ModelContractError, match=precise):
         vjp(m)
 
 

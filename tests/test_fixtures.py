@@ -18,7 +18,7 @@ import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from neuromask_onnx import instrument, io_names
+from neuromask_onnx import instrument, io_names, oracle
 from neuromask_onnx.gradcheck import check_vjp
 from neuromask_onnx.graph import graph_inputs, pruned
 
@@ -101,6 +101,14 @@ def _graph_to_double(g: onnx.GraphProto) -> None:
                 _graph_to_double(a.g)
 
 
+def _skip_reference_fault(model: onnx.ModelProto) -> None:
+    """Skip where the installed onnx's reference evaluator is known wrong for a node (an older
+    onnx, the lowest-versions job); the float32 onnxruntime check (a) still runs there."""
+    fault = next(filter(None, map(oracle.reference_fault, model.graph.node)), None)
+    if fault is not None:
+        pytest.skip(oracle.describe(fault))
+
+
 @pytest.mark.parametrize("backend", ["float32-onnxruntime", "float64-reference"])
 def test_instrumented_graph_passes_the_dot_product_test(fixture: Fixture, backend: str,
                                                         rng: np.random.Generator) -> None:
@@ -116,6 +124,7 @@ def test_instrumented_graph_passes_the_dot_product_test(fixture: Fixture, backen
                            backend="onnxruntime")
         assert result.error < 5e-2, result
         return
+    _skip_reference_fault(fixture.model)
     feeds = {k: v.astype(np.float64) if v.dtype == np.float32 else v
              for k, v in fixture.feeds.items()}
     # The reference evaluator rounds Erf (and Gelu, which it expands to Erf) through float32;
@@ -129,6 +138,7 @@ def test_instrumented_graph_passes_the_dot_product_test(fixture: Fixture, backen
 
 def test_onnxruntime_and_reference_evaluator_agree(fixture: Fixture) -> None:
     """(b) Same loss and mask gradient from two independent runtimes."""
+    _skip_reference_fault(fixture.model)
     want = fixture.run()
     ref = ReferenceEvaluator(fixture.model)
     # The float32 masks are HardSigmoid steps with a slope near 2^127 (Emitter.step): numpy

@@ -17,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from neuromask_onnx import oracle
 from neuromask_onnx.errors import UnsupportedOpError
 from neuromask_onnx.gradcheck import check_vjp
 from neuromask_onnx.graph import load_model, prepare
@@ -106,6 +107,9 @@ def test_a_body_with_a_subgraph_is_renamed_inside_it(rng: np.random.Generator) -
                           [vi("y", f32, None), vi("state", f32, None)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 27)])
     m.ir_version = 11
+    why = oracle.unrunnable(m)  # an older onnx or onnxruntime (the lowest-versions job)
+    if why:
+        pytest.skip(why)
     feeds = {n: rng.standard_normal(shape).astype(np.float32) for n in names[:3]}
     feeds["decay"] = rng.uniform(0.5, 0.9, shape).astype(np.float32)
     result = check_vjp(m, feeds, rng=rng, eps=1e-3, backend="onnxruntime")

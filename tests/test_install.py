@@ -78,3 +78,25 @@ def test_gpu_install_lists_the_cuda_provider(tmp_path: Path) -> None:
     done = _bash(script, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "CUDAExecutionProvider" in done.stdout
+
+
+def _release(v: str) -> tuple[int, ...]:
+    parts = [int(p) for p in v.split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def test_lowest_job_pins_the_floors() -> None:
+    """.ci/lowest installs exactly pyproject's floors (each dependency's `>=` at `==`), and the
+    GPU wheel's floors (the extra, the README's command) are onnxruntime's."""
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)^\]", text, flags=re.DOTALL | re.MULTILINE)
+    assert deps is not None
+    floors = dict(re.findall(r'"([a-z0-9-]+)>=([0-9.]+)"', deps.group(1)))
+    assert len(floors) == deps.group(1).count('"') // 2, "every dependency has a floor"
+    pins = dict(re.findall(r'"([a-z0-9-]+)==([0-9.]+)"', (ROOT / ".ci/lowest").read_text()))
+    assert {k: _release(v) for k, v in floors.items()} == {
+        k: _release(pins[k]) for k in floors if k in pins}
+    assert set(floors) <= set(pins), f"not pinned by .ci/lowest: {set(floors) - set(pins)}"
+    ort = floors["onnxruntime"]
+    assert f'"onnxruntime-gpu>={ort}"' in text
+    assert f'"onnxruntime-gpu>={ort}"' in (ROOT / "README.md").read_text()

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from neuromask_onnx import instrument
+from neuromask_onnx import instrument, oracle
 from neuromask_onnx.cli import app
 from neuromask_onnx.errors import InputError
 from neuromask_onnx.graph import load_model
@@ -70,8 +70,11 @@ def test_onnxruntime_s_reason_is_given_where_the_checker_names_no_node() -> None
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 8
     with pytest.raises(InputError, match=r"onnxruntime refuses it \(.*Mod.*fmod attribute must "
-                                         r"be true for floating point types before opset 28\);"):
+                                         r"be true for floating point types( before opset 28)?\);"):
         load_model(m)
     m.opset_import[0].version = 28  # float floor-mod is in the spec there
     m.ir_version = 11
+    why = oracle.unrunnable(m)  # an onnxruntime before opset 28 (the lowest-versions job)
+    if why:
+        pytest.skip(why)
     assert load_model(m).graph.node[0].op_type == "Mod"
