@@ -20,6 +20,7 @@ import typer
 
 from .cliparams import finite_float
 
+
 class ServedObjective(str, Enum):
     """The losses a served instrumented model can have (`serve --objective`)."""
 
