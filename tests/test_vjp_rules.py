@@ -1383,6 +1383,23 @@ add(case("col2im_pads_strides_dilations", "Col2Im",
                                    "blk": np.array([2, 2], np.int64)}))
 
 
+# ---- h11-conf (issue 17): CumProd (vjp_rules/powers.py). Inputs with zeros, one and two in
+# a slice along the axis: the rule divides by nothing, so the gradient is exact there.
+def cumprod_zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """(3, 4) values in +-[0.5, 1.5] with one zero in row 1 and two in row 2."""
+    x = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+    x[1, 1] = x[2, 0] = x[2, 2] = 0.0
+    return x
+
+
+for ex, rev in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+    add(case(f"cumprod_ex{ex}_rev{rev}", "CumProd",
+             [N("CumProd", ["x", "ax"], ["y"], exclusive=ex, reverse=rev)], {"x": (3, 4)},
+             draw=cumprod_zeros, inits={"ax": np.array(1, np.int64)}, opset=26))
+add(case("cumprod_axis0_3d", "CumProd", [N("CumProd", ["x", "ax"], ["y"])], {"x": (4, 2, 3)},
+         inits={"ax": np.array(-3, np.int64)}, opset=26))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
