@@ -1400,6 +1400,43 @@ add(case("cumprod_axis0_3d", "CumProd", [N("CumProd", ["x", "ax"], ["y"])], {"x"
          inits={"ax": np.array(-3, np.int64)}, opset=26))
 
 
+# ---- h11-conf (issue 17): ScatterElements / ScatterND with reduction mul, max, min
+# (vjp_rules/indexing.py). Repeated indices, so several updates fold into one position; mul's
+# updates have zeros (alone at a position, or two at one), max / min's values are
+# tie-free (data and updates on interleaved grids).
+def upd_zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values in +-[0.5, 1.5], the first entry and the last two zero."""
+    x = (rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)).reshape(-1)
+    x[0] = x[-1] = x[-2] = 0.0
+    return x.reshape(shape)
+
+
+def distinct_odd(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """`distinct` values shifted by half their step: never equal to a `distinct` value."""
+    return distinct(rng, shape) + 0.05
+
+
+SE_IDX = i64([[0, 2, 2, 1], [0, -1, 2, 1], [1, 2, 0, 1]])  # (3, 4) into x (3, 4) along axis 0
+for red in ("mul", "max", "min"):
+    draws: dict[str, Draw] = ({"x": positive, "u": upd_zeros} if red == "mul"
+                              else {"x": distinct, "u": distinct_odd})
+    add(case(f"scatter_elements_{red}_axis0", "ScatterElements",
+             [N("ScatterElements", ["x", "i", "u"], ["y"], axis=0, reduction=red)],
+             {"x": (3, 4), "u": (3, 4)}, draw=draws, inits={"i": SE_IDX}))
+    # row 3 written twice (once as -1); for mul, (0, 1) gets two zeros, (1, 0) one
+    add(case(f"scatter_nd_{red}_rows", "ScatterND",
+             [N("ScatterND", ["x", "i", "u"], ["y"], reduction=red)],
+             {"x": (4, 3), "u": (4, 3)}, draw=draws, inits={"i": i64([[1], [-1], [0], [3]])}))
+    add(case(f"scatter_nd_{red}_elements", "ScatterND",
+             [N("ScatterND", ["x", "i", "u"], ["y"], reduction=red)],
+             {"x": (2, 3), "u": (4,)}, draw=draws,
+             inits={"i": i64([[0, 1], [1, 2], [0, 1], [-1, 0]])}))
+add(case("scatter_elements_mul_data_zeros", "ScatterElements",
+         [N("ScatterElements", ["x", "i", "u"], ["y"], axis=1, reduction="mul")],
+         {"x": (3, 4), "u": (3, 2)}, draw={"x": cumprod_zeros, "u": upd_zeros},
+         inits={"i": i64([[0, 0], [1, -1], [3, 3]])}))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

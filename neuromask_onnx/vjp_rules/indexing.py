@@ -6,13 +6,19 @@ positions and its gradient to `data` is gy with those positions zeroed (reductio
 they were overwritten) or gy itself (reduction "add"). Indices are integer data and get no
 gradient (`NONDIFF_OPERANDS`); negative ND indices are wrapped into range first (the element
 ops take them as they are). Duplicate positions in a reduction-"none" scatter are undefined in
-ONNX, so the rules assume unique ones, as the spec requires. Reductions "mul", "max" and "min"
-are refused with the reason.
+ONNX, so the rules assume unique ones, as the spec requires.
+
+The other reductions fold every update written to a position p into data_p:
+- "mul": y_p = data_p prod(updates at p). g_data = gy times that product (a scatter-mul of
+  ones); g_update = gy data_p times the product of the other updates at p, zero-safe as in
+  ReduceProd: the zeros among p's updates are counted, and only nonzero updates divide.
+- "max" / "min": y_p is the largest (smallest) of data_p and p's updates; the gradient goes to
+  the operands equal to y_p, split evenly between ties (the Max / ReduceMax convention).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -45,12 +51,43 @@ def _full_nd_indices(op: Emitter, idx: str, sx: Shape, si: Shape, batch_dims: in
 
 def _reduction(node: onnx.NodeProto) -> str:
     r = attrs_of(node).get("reduction", "none")
-    r = r.decode() if isinstance(r, bytes) else str(r)
-    if r not in ("none", "add"):
-        msg = (f"{node.op_type} {node.name!r}: reduction={r!r} has no gradient rule (only "
-               "'none' and 'add')")
+    return r.decode() if isinstance(r, bytes) else str(r)
+
+
+def _folded(op: Emitter, red: str, node: onnx.NodeProto, gy: str,
+            scatter: Callable[[str, str, str], str],
+            gather: Callable[[str], str]) -> tuple[str | None, str | None]:
+    """(g_data, g_updates) of a scatter with reduction mul, max or min (module docstring)."""
+    data, upd, y = node.input[0], node.input[2], node.output[0]
+    sx = op.g.shape(data)
+    zero, one = op.const(0.0, like=data), op.const(1.0, like=data)
+    gd = gu = None
+    if red == "mul":
+        if data in op.wanted:
+            gd = op.Mul(gy, scatter(op.Expand(one, op.ints(sx)), upd, "mul"))
+        if upd in op.wanted:
+            is_zero = op.Equal(upd, zero)
+            zeros = scatter(op.zeros(sx, data), op.mask_of(is_zero, upd), "add")
+            nonzero = scatter(op.Expand(one, op.ints(sx)), op.Where(is_zero, one, upd), "mul")
+            at = gather(op.Mul(op.Mul(gy, data), nonzero))  # gy data_p prod(nonzero at p)
+            count = gather(zeros)
+            none = op.Mul(op.Reciprocal(op.Where(is_zero, one, upd)),
+                          op.mask_of(op.Equal(count, zero), upd))
+            lone = op.mask_of(op.And(is_zero, op.Equal(count, one)), upd)
+            gu = op.Mul(at, op.Add(none, lone))
+        return gd, gu
+    if red not in ("max", "min"):
+        msg = (f"{node.op_type} {node.name!r}: reduction={red!r} has no gradient rule (only "
+               "'none', 'add', 'mul', 'max' and 'min')")
         raise NotImplementedError(msg)
-    return r
+    data_wins = op.mask_of(op.Equal(data, y), data)
+    upd_wins = op.mask_of(op.Equal(upd, gather(y)), upd)
+    share = op.Div(gy, scatter(data_wins, upd_wins, "add"))  # gy / (number of winners at p)
+    if data in op.wanted:
+        gd = op.Mul(share, data_wins)
+    if upd in op.wanted:
+        gu = op.Mul(gather(share), upd_wins)
+    return gd, gu
 
 
 @vjp_rule("GatherND")
@@ -70,6 +107,11 @@ def _vjp_scatter_nd(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     sx, si, su = op.g.shape(data), op.g.shape(idx), op.g.shape(upd)
     red = _reduction(node)
     full = _wrapped(op, idx, sx[:si[-1]])
+    if red not in ("none", "add"):
+        gd, gu = _folded(op, red, node, gy,
+                         lambda d, u, r: op.ScatterND(d, full, u, reduction=r),
+                         lambda v: op.GatherND(v, full))
+        return [gd, None, gu]
     gd = None
     if data in op.wanted:
         gd = gy if red == "add" else op.ScatterND(gy, full, op.zeros(su, upd))
@@ -84,6 +126,11 @@ def _vjp_scatter_elements(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     sx, su = op.g.shape(data), op.g.shape(upd)
     axis = normalize_axes([attrs_of(node).get("axis", 0)], len(sx))[0]
     red = _reduction(node)  # both element ops take negative indices as they are
+    if red not in ("none", "add"):
+        gd, gu = _folded(op, red, node, gy,
+                         lambda d, u, r: op.ScatterElements(d, idx, u, axis=axis, reduction=r),
+                         lambda v: op.GatherElements(v, idx, axis=axis))
+        return [gd, None, gu]
     gd = None
     if data in op.wanted:
         gd = gy if red == "add" else op.ScatterElements(gy, idx, op.zeros(su, upd), axis=axis)
