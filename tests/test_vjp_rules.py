@@ -1437,6 +1437,30 @@ add(case("scatter_elements_mul_data_zeros", "ScatterElements",
          inits={"i": i64([[0, 0], [1, -1], [3, 3]])}))
 
 
+# ---- h11-conf (issue 17): Compress (vjp_rules/indexing.py), Det (linalg.py).
+# Compress's conditions keep repeated runs and end short of the axis (the rest dropped).
+add(case("compress_axis1_short_condition", "Compress",
+         [N("Compress", ["x", "c"], ["y"], axis=1)], {"x": (3, 5)},
+         inits={"c": np.array([True, False, True, True], bool)}, opset=11))
+add(case("compress_flat", "Compress", [N("Compress", ["x", "c"], ["y"])], {"x": (2, 3)},
+         inits={"c": np.array([False, True, True, False, False, True], bool)}, opset=11))
+add(case("compress_negative_axis_none_kept", "Compress",
+         [N("Compress", ["x", "c"], ["y"], axis=-1), N("Concat", ["y", "x"], ["z"], axis=-1)],
+         {"x": (2, 2)}, outputs=("z",), inits={"c": np.array([False, False], bool)}, opset=11))
+
+def rank_deficient(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """[..., n, n] matrices of rank n - 1 (det 0, no inverse; the cofactors are not 0)."""
+    n = shape[-1]
+    return rng.standard_normal((*shape[:-1], n - 1)) @ rng.standard_normal(
+        (*shape[:-2], n - 1, n))
+
+
+for cid, shape, dr in [("det_3x3", (3, 3), normal), ("det_batch_2x2", (2, 3, 2, 2), normal),
+                       ("det_1x1", (4, 1, 1), normal), ("det_singular_4x4", (2, 4, 4),
+                                                         rank_deficient)]:
+    add(case(cid, "Det", [N("Det", ["x"], ["y"])], {"x": shape}, draw=dr, opset=11))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

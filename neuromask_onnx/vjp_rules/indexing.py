@@ -1,4 +1,4 @@
-"""VJP rules of the indexed reads and writes: GatherND, ScatterND, ScatterElements.
+"""VJP rules of the indexed reads and writes: GatherND, ScatterND, ScatterElements, Compress.
 
 Each rule is the other half of its pair: a gather's gradient is a scatter-add of gy at the
 gathered positions, a scatter's gradient to `updates` is a gather of gy at the written
@@ -7,6 +7,10 @@ they were overwritten) or gy itself (reduction "add"). Indices are integer data 
 gradient (`NONDIFF_OPERANDS`); negative ND indices are wrapped into range first (the element
 ops take them as they are). Duplicate positions in a reduction-"none" scatter are undefined in
 ONNX, so the rules assume unique ones, as the spec requires.
+
+Compress (a constant condition) keeps some positions: its gradient gathers gy back to them
+and zeros elsewhere. (Unique has no rule: its output's length is the number of distinct
+input values, which a gradient graph of static shapes cannot follow; `reverse` says so.)
 
 The other reductions fold every update written to a position p into data_p:
 - "mul": y_p = data_p prod(updates at p). g_data = gy times that product (a scatter-mul of
@@ -136,3 +140,27 @@ def _vjp_scatter_elements(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         gd = gy if red == "add" else op.ScatterElements(gy, idx, op.zeros(su, upd), axis=axis)
     gu = op.GatherElements(gy, idx, axis=axis) if upd in op.wanted else None
     return [gd, None, gu]
+
+
+@vjp_rule("Compress")
+def _vjp_compress(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = Gather(Concat(gy, 0), source): each position its rank among the kept, or the 0."""
+    x, c = node.input
+    sx, sy = op.g.shape(x), op.g.shape(node.output[0])
+    cond = op.g.const(c)
+    if cond is None:
+        msg = f"Compress {node.name!r}: the condition is computed, not a constant"
+        raise NotImplementedError(msg)
+    axis_attr = attrs_of(node).get("axis")
+    flat = axis_attr is None
+    axis = 0 if flat else normalize_axes([axis_attr], len(sx))[0]
+    n = int(np.prod(sx)) if flat else sx[axis]
+    kept = np.flatnonzero(np.asarray(cond).reshape(-1)[:n].astype(bool))
+    source = np.full(n, len(kept), dtype=np.int64)
+    source[kept] = np.arange(len(kept))
+    pad = list(sy)
+    pad[axis] = 1
+    padded = op.Concat(gy, op.zeros(pad, x), axis=axis)
+    gx = op.Gather(padded, op.const(source), axis=axis)
+    return [op.reshape(gx, sx) if flat else gx, None]
+

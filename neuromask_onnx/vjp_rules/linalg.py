@@ -1,4 +1,9 @@
-"""VJP rules of MatMul, Gemm, Conv, ConvTranspose and Einsum."""
+"""VJP rules of MatMul, Gemm, Conv, ConvTranspose, Einsum and Det.
+
+Det's gradient is its cofactor matrix, d det(A) / d A_ij = (-1)^(i+j) det(minor_ij), which is
+det(A) A^-T where A is invertible and stays exact where it is not; ONNX has no inverse, and
+the minors are Det's own input: one Gather builds all n^2 of them, one Det takes them.
+"""
 
 from __future__ import annotations
 
@@ -295,3 +300,32 @@ def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         full = tuple(sizes[c] for c in t)
         grads.append(op.sum_to(g, full, s))
     return grads
+
+
+DET_MAX_N = 32  # n^2 minors of (n - 1)^2 entries each: 0.9 M entries per matrix at 32
+
+
+def det_minor_index(n: int) -> np.ndarray:
+    """[n, n, n - 1, n - 1] flat indices into an n x n matrix: entry (r, c) of minor (i, j)."""
+    i, j, r, c = np.ix_(*(np.arange(k) for k in (n, n, n - 1, n - 1)))
+    return ((r + (r >= i)) * n + c + (c >= j)).astype(np.int64)
+
+
+@vjp_rule("Det")
+def _vjp_det(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gA = gy * cofactor(A), the minors' determinants by Det itself (module docstring)."""
+    a = node.input[0]
+    sa = op.g.shape(a)
+    n, lead = sa[-1], list(sa[:-2])
+    if n > DET_MAX_N:
+        msg = (f"Det {node.name!r}: the cofactor gradient of a {n} x {n} matrix needs {n * n} "
+               f"minors (only n <= {DET_MAX_N})")
+        raise NotImplementedError(msg)
+    g = op.Unsqueeze(gy, op.ints([-2, -1]))  # [*lead, 1, 1]
+    if n == 1:
+        return [op.Mul(g, op.const(np.ones((1, 1)), like=a))]
+    flat = op.reshape(a, [*lead, n * n])
+    minors = op.Gather(flat, op.const(det_minor_index(n)), axis=len(lead))
+    sign = np.where(np.add.outer(np.arange(n), np.arange(n)) % 2 == 0, 1.0, -1.0)
+    cof = op.Mul(op.Det(minors), op.const(sign, like=a))
+    return [op.Mul(g, cof)]
