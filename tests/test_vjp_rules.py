@@ -1461,6 +1461,33 @@ for cid, shape, dr in [("det_3x3", (3, 3), normal), ("det_batch_2x2", (2, 3, 2, 
     add(case(cid, "Det", [N("Det", ["x"], ["y"])], {"x": shape}, draw=dr, opset=11))
 
 
+# ---- h11-conf (issue 17): DFT (vjp_rules/spectral.py), at DFT-17 (axis attribute) and DFT-20
+# (axis input): real and complex signals, forward and inverse, one-sided, dft_length padding
+# and truncating, and the one-sided inverse (a real output).
+def dft(cid: str, xs: tuple[int, ...], opset: int = 20, axis: int | None = None,
+        length: int | None = None, backend: Literal["reference", "onnxruntime"] = "reference",
+        **attrs: Any) -> RuleCase:
+    inits: dict[str, Any] = {}
+    ins = ["x", ""]
+    if length is not None:
+        inits["len"], ins[1] = np.array(length, np.int64), "len"
+    if opset >= 20 and axis is not None:
+        inits["ax"] = np.array(axis, np.int64)
+        ins.append("ax")
+    elif axis is not None:
+        attrs["axis"] = axis
+    return case(cid, "DFT", [N("DFT", ins, ["y"], **attrs)], {"x": xs}, inits=inits,
+                opset=opset, backend=backend)
+
+
+add(dft("dft_real_default_axis", (2, 5, 1)))
+add(dft("dft_complex_axis1_of_4d", (2, 6, 3, 2), axis=1))
+add(dft("dft_inverse_complex_neg_axis", (3, 4, 2), axis=-2, inverse=1))
+add(dft("dft_rfft_padded", (2, 3, 5, 1), axis=2, length=8, onesided=1))
+add(dft("dft_truncated_opset19", (2, 7, 2), opset=19, axis=1, length=4))
+add(dft("dft_irfft_opset19", (1, 4, 3, 2), opset=19, axis=1, inverse=1, onesided=1))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -2,7 +2,7 @@
 
 The registry and its conventions are in `registry`; the rules live in one module per op
 family (`elementwise`, `arith`, `linalg`, `shape`, `pooling`, `nn`, `recurrent`, `control`,
-`quant` for quantized models, `contrib` for onnxruntime's com.microsoft ops, `ml` for
+`spectral` for DFT, `quant` for quantized models, `contrib` for onnxruntime's com.microsoft ops, `ml` for
 ONNX-ML), imported here so that importing this package registers every rule.
 """
 
@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (registers the rules)
     recurrent,
     sampling,
     shape,
+    spectral,
 )
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor
