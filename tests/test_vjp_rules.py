@@ -1488,6 +1488,37 @@ add(dft("dft_truncated_opset19", (2, 7, 2), opset=19, axis=1, length=4))
 add(dft("dft_irfft_opset19", (1, 4, 3, 2), opset=19, axis=1, inverse=1, onesided=1))
 
 
+# ---- h11-conf (issue 17): Resize with tf_crop_and_resize (vjp_rules/resize.py): regions
+# inside and partly outside the image (the extrapolated outputs are constants), given for
+# every axis or for `axes` only, by sizes and by scales (dyadic where float32 weights must be
+# exact: onnxruntime has no float64 Resize to read them off)
+TF_CROP = {"coordinate_transformation_mode": "tf_crop_and_resize"}
+for cid, ins, inits, attrs in [
+    ("resize_tf_crop_linear_sizes", ["x", "roi", "", "sz"],
+     {"roi": np.array([0, 0, 0.2, 0.1, 1, 1, 0.9, 0.7], np.float32),
+      "sz": np.array([1, 2, 3, 5], np.int64)}, {"mode": "linear"}),
+    ("resize_tf_crop_extrapolated_axes_3_2", ["x", "roi", "", "sz"],
+     {"roi": np.array([0.25, -0.5, 1.25, 0.75], np.float32), "sz": np.array([5, 6], np.int64)},
+     {"mode": "linear", "axes": [3, 2], "extrapolation_value": 10.0}),
+    ("resize_tf_crop_nearest_scales", ["x", "roi", "sc"],
+     {"roi": np.array([0, 0, 0.1, -0.2, 1, 1, 0.8, 1.3], np.float32),
+      "sc": np.array([1, 1, 1.5, 2], np.float32)}, {"mode": "nearest"}),
+    ("resize_tf_crop_cubic", ["x", "roi", "", "sz"],
+     {"roi": np.array([0.2, 0.1, 0.9, 1.1], np.float32), "sz": np.array([6, 4], np.int64)},
+     {"mode": "cubic", "axes": [2, 3]}),
+]:
+    add(case(cid, "Resize", [N("Resize", ins, ["y"], **TF_CROP, **attrs)], {"x": RX},
+             inits=inits, opset=18))
+# An axis of unchanged size: onnxruntime copies it, ignoring its roi (the reference evaluator
+# crops it). The rule follows the runtime, so the case runs there.
+add(case("resize_tf_crop_same_height_f32", "Resize",
+         [N("Resize", ["x", "roi", "", "sz"], ["y"], mode="linear", axes=[2, 3], **TF_CROP)],
+         {"x": RX}, inits={"roi": np.array([-0.4, 0.3, 0.8, 1.2], np.float32),
+                           "sz": np.array([4, 5], np.int64)},
+         f32="onnxruntime ignores the roi of an axis whose size does not change",
+         piecewise_linear=True))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
