@@ -1519,6 +1519,20 @@ add(case("resize_tf_crop_same_height_f32", "Resize",
          piecewise_linear=True))
 
 
+# ---- h11-conf (issue 17): Dropout in training mode (vjp_rules/nn.py), seeded so that the
+# finite differences see the same mask: with the mask output, without it (the rule names
+# one), ratio 0 (the identity), training_mode false. On the reference evaluator: it reseeds
+# every run, where onnxruntime's seeded Dropout draws a new mask each run of a session.
+BOOL_T = {"t": np.array(True)}
+for cid, ins, outs, ratio in [("dropout_training_mask", ["x", "r", "t"], ["y", "m"], 0.3),
+                              ("dropout_training_no_mask", ["x", "r", "t"], ["y"], 0.75),
+                              ("dropout_training_zero_ratio", ["x", "r", "t"], ["y"], 0.0)]:
+    add(case(cid, "Dropout", [N("Dropout", ins, outs, seed=3)], {"x": (4, 5)},
+             inits={**BOOL_T, "r": np.array(ratio)}, opset=22))
+add(case("dropout_training_false", "Dropout", [N("Dropout", ["x", "r", "t"], ["y"], seed=3)],
+         {"x": (4, 5)}, inits={"r": np.array(0.5), "t": np.array(False)}, opset=22))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -1,4 +1,12 @@
-"""VJP rules of normalisation, Softmax/LogSoftmax and CumSum, and the fused SiLU rule."""
+"""VJP rules of normalisation, Softmax/LogSoftmax, CumSum and Dropout, and the fused SiLU rule.
+
+Dropout at inference is the identity. In training mode (a constant true `training_mode`) it
+draws a random mask: y = x mask / (1 - ratio). A ratio of 0 keeps everything (the identity
+again); otherwise the rule uses the mask the node drew in the same run, so the gradient is the
+exact one of the function that run computed, as PyTorch's dropout backward. Where the model
+does not output the mask, the rule names a mask output on the node itself (the values it
+computes are unchanged). Across runs the masks differ unless the node has a seed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,38 @@ from ..graph import Emitter, attrs_of, normalize_axes
 from .registry import FUSED_RULES, Grads, _k, vjp_rule
 
 # --------------------------------------------------------------------------- nn
+
+
+@vjp_rule("Dropout", multi_output=True)
+def _vjp_dropout(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """gx = gy at inference or ratio 0; gy mask / (1 - ratio) in training mode."""
+    gy = gys[0]
+    assert gy is not None  # the mask is boolean: no gradient reaches it
+    rest = [None] * (len(node.input) - 1)
+    training = node.input[2] if len(node.input) > 2 else ""
+    if op.g.opset < 12 or not training:
+        return [gy, *rest]
+    mode = op.g.const(training)
+    if mode is None:
+        msg = f"Dropout {node.name!r}: training_mode is computed, not a constant"
+        raise NotImplementedError(msg)
+    if not bool(np.asarray(mode).reshape(-1)[0]):
+        return [gy, *rest]
+    ratio_v = op.g.const(node.input[1]) if node.input[1] else 0.5
+    if ratio_v is None:
+        msg = f"Dropout {node.name!r}: training mode with a computed ratio"
+        raise NotImplementedError(msg)
+    ratio = float(np.asarray(ratio_v).reshape(-1)[0])
+    if ratio == 0.0:
+        return [gy, *rest]
+    if len(node.output) < 2 or not node.output[1]:
+        mask = op.fresh("dropout_mask")
+        del node.output[1:]
+        node.output.append(mask)
+        op.g.dtypes[mask] = onnx.TensorProto.BOOL
+        op.g.shapes[mask] = op.g.shape(node.input[0])
+    keep = op.mask_of(node.output[1], gy)
+    return [op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)), *rest]
 
 
 @vjp_rule("BatchNormalization")
