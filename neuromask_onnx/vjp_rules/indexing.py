@@ -1,4 +1,5 @@
-"""VJP rules of the indexed reads and writes: GatherND, ScatterND, ScatterElements, Compress.
+"""VJP rules of the indexed reads and writes: GatherND, ScatterND, ScatterElements, Compress,
+TensorScatter.
 
 Each rule is the other half of its pair: a gather's gradient is a scatter-add of gy at the
 gathered positions, a scatter's gradient to `updates` is a gather of gy at the written
@@ -9,7 +10,9 @@ ops take them as they are). Duplicate positions in a reduction-"none" scatter ar
 ONNX, so the rules assume unique ones, as the spec requires.
 
 Compress (a constant condition) keeps some positions: its gradient gathers gy back to them
-and zeros elsewhere. (Unique has no rule: its output's length is the number of distinct
+and zeros elsewhere. TensorScatter (opset 24's KV-cache write) is a scatter too: gy with the
+written positions zeroed for the cache (the same TensorScatter, of zeros), gy gathered at
+write_indices[b] + t (mod the cache length when circular) for the update. (Unique has no rule: its output's length is the number of distinct
 input values, which a gradient graph of static shapes cannot follow; `reverse` says so.)
 
 The other reductions fold every update written to a position p into data_p:
@@ -164,3 +167,30 @@ def _vjp_compress(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     gx = op.Gather(padded, op.const(source), axis=axis)
     return [op.reshape(gx, sx) if flat else gx, None]
 
+
+
+@vjp_rule("TensorScatter")
+def _vjp_tensor_scatter(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """g_cache = TensorScatter(gy, zeros); g_update = GatherElements(gy, written positions)."""
+    cache, upd = node.input[0], node.input[1]
+    wi = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    sc, su = op.g.shape(cache), op.g.shape(upd)
+    at = attrs_of(node)
+    axis = normalize_axes([at.get("axis", -2)], len(sc))[0]
+    mode = at.get("mode", "linear")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    gc = gu = None
+    if cache in op.wanted:
+        gc = op.TensorScatter(*[gy, op.zeros(su, upd), *([wi] if wi else [])], **at)
+    if upd in op.wanted:
+        steps = [1] * len(su)
+        steps[axis] = su[axis]
+        pos = op.const(np.arange(su[axis], dtype=np.int64).reshape(steps))
+        if wi:
+            lead = [1] * len(su)
+            lead[0] = su[0]
+            pos = op.Add(pos, op.reshape(op.Cast(wi, to=I64, _dtype=I64), lead))
+        if mode == "circular":
+            pos = op.Mod(pos, op.ints([sc[axis]]))
+        gu = op.GatherElements(gy, op.Expand(pos, op.ints(su)), axis=axis)
+    return [gc, gu, *([None] if len(node.input) > 2 else [])]
