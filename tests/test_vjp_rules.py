@@ -1534,16 +1534,21 @@ add(case("dropout_training_false", "Dropout", [N("Dropout", ["x", "r", "t"], ["y
 
 
 # ---- h11-conf (issue 17): TensorScatter (vjp_rules/indexing.py): cache and update both
-# inputs; linear and circular writes (wrapping past the end), the default axis and axis 1
+# inputs; linear and circular writes (wrapping past the end), the default axis and axis 1.
+# On onnxruntime too: the reference evaluator's GatherElements wraps an index past the end
+# (an unwrapped circular position goes unnoticed there), onnxruntime's refuses it.
+BOTH_BACKENDS: tuple[Literal["reference", "onnxruntime"], ...] = ("reference", "onnxruntime")
 for cid, cs, us, wi, attrs in [
     ("tensor_scatter_linear", (2, 3, 5, 4), (2, 3, 2, 4), [1, 3], {}),
     ("tensor_scatter_circular_wraps", (2, 5, 3), (2, 3, 3), [4, 1],
      {"mode": "circular", "axis": 1}),
     ("tensor_scatter_no_indices", (3, 4, 2), (3, 2, 2), None, {}),
 ]:
-    add(case(cid, "TensorScatter",
-             [N("TensorScatter", ["c", "u", *(["w"] if wi else [])], ["y"], **attrs)],
-             {"c": cs, "u": us}, inits={"w": i64(wi)} if wi else {}, opset=24))
+    for backend in BOTH_BACKENDS:
+        add(case(f"{cid}_{backend}", "TensorScatter",
+                 [N("TensorScatter", ["c", "u", *(["w"] if wi else [])], ["y"], **attrs)],
+                 {"c": cs, "u": us}, inits={"w": i64(wi)} if wi else {}, opset=24,
+                 backend=backend))
 
 
 # --------------------------------------------------------------------------- the tests
