@@ -1551,6 +1551,13 @@ for cid, cs, us, wi, attrs in [
                  backend=backend))
 
 
+# ---- h11-conf (issue 17): MaxPool with storage_order=1 and its Indices output (column-major
+# numbering; the rule pools again for row-major indices) (vjp_rules/pooling.py)
+add(case("maxpool_storage_order_1_indices", "MaxPool",
+         [N("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 1],
+            storage_order=1)], {"x": (1, 2, 4, 5)}, draw=distinct))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
