@@ -1558,6 +1558,23 @@ add(case("maxpool_storage_order_1_indices", "MaxPool",
             storage_order=1)], {"x": (1, 2, 4, 5)}, draw=distinct))
 
 
+# ---- h11-conf (issue 17): STFT (vjp_rules/spectral.py): overlapping frames, a window, a
+# complex signal two-sided, and trailing samples that no frame reaches (a zero gradient).
+# onesided is explicit: without it onnx infers the two-sided shape (the rule refuses, below).
+for cid, xs, step, window, length, attrs in [
+    ("stft_frame_length_overlap", (2, 20, 1), 3, None, 8, {"onesided": 1}),
+    ("stft_hann_window_tail", (1, 23, 1), 4, np.hanning(8), None, {"onesided": 1}),
+    ("stft_complex_two_sided", (2, 12, 2), 2, np.linspace(0.5, 1.5, 6), 6, {"onesided": 0}),
+]:
+    inits = {"step": np.array(step, np.int64)}
+    ins = ["x", "step", "", ""]
+    if window is not None:
+        inits["w"], ins[2] = window, "w"
+    if length is not None:
+        inits["len"], ins[3] = np.array(length, np.int64), "len"
+    add(case(cid, "STFT", [N("STFT", ins, ["y"], **attrs)], {"x": xs}, inits=inits, opset=17))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -1621,3 +1638,15 @@ def test_a_wrong_rule_fails(cid: str, rng: np.random.Generator,
     result = check_vjp(c.model, c.sample(rng), rng=rng, eps=c.eps, backend=c.backend,
                        reference=c.reference)
     assert result.error > c.tol
+
+
+def test_stft_with_default_onesided_is_refused() -> None:
+    """onnx infers a two-sided STFT shape where onesided is left at its default 1 (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    c = case("stft_default_onesided", "STFT", [N("STFT", ["x", "step", "", "len"], ["y"])],
+             {"x": (1, 12, 1)}, inits={"step": np.array(2, np.int64),
+                                       "len": np.array(4, np.int64)}, opset=17)
+    with pytest.raises(UnsupportedOpError, match="set the onesided attribute explicitly"):
+        vjp(c.model, wrt=["x"], of=["y"])

@@ -46,7 +46,7 @@ NONDIFF_OPERANDS: dict[str, frozenset[int]] = {
     "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}), "Split": frozenset({1}),
     "Slice": frozenset({1, 2, 3, 4}), "Pad": frozenset({1, 3}), "CumSum": frozenset({1}),
     "CumProd": frozenset({1}), "Compress": frozenset({1}), "DFT": frozenset({1, 2}),
-    "TensorScatter": frozenset({2}),
+    "TensorScatter": frozenset({2}), "STFT": frozenset({1, 3}),
     "Gather": frozenset({1}), "GatherElements": frozenset({1}), "GatherND": frozenset({1}),
     "TopK": frozenset({1}), "ScatterElements": frozenset({1}), "ScatterND": frozenset({1}),
     "ReduceSum": frozenset({1}), "ReduceMean": frozenset({1}), "ReduceMax": frozenset({1}),

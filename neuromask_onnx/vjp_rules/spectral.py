@@ -1,4 +1,4 @@
-"""VJP rule of the discrete Fourier transform: DFT.
+"""VJP rules of the discrete Fourier transforms: DFT and STFT.
 
 DFT is linear in its signal: along one axis, the n x c input entries (c = 1 for a real signal,
 2 for real and imaginary parts) map to the m x c' output entries (c' = 2, or 1 for the
@@ -10,6 +10,14 @@ axis of basis vectors, length 1 along every other axis), in float64 where it has
 so M is whatever the runtime computes, the one-sided inverse included. The gradient is then
 one MatMul per slice: gy with the axis and the complex axis last, flattened to m c', times M^T.
 `dft_length` and `axis` are shape data (`NONDIFF_OPERANDS`); they must be constants.
+
+STFT is the same per frame: frame f of batch b is signal[b, f step : f step + L] times the
+window, transformed. The per-frame matrix (window included) is read off STFT itself, run on
+an L-long basis of one frame; the gradient applies its transpose to every frame of gy and
+adds the frames back where they overlap (a ScatterElements with reduction add). The window,
+frame_step and frame_length must be constants (a window computed from the data is refused).
+Without an explicit `onesided`, onnx's shape inference (1.23) counts the two-sided bins where
+the runtimes compute one-sided ones: the static shapes are wrong, so the rule refuses.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..graph import Emitter, attrs_of, normalize_axes
 from .registry import Grads, vjp_rule
 
-DFT_MATRIX_MAX = 1 << 24  # entries of M (n c x m c'): 128 MiB in float64
+DFT_MATRIX_MAX = 1 << 24  # entries of M (n c x m c'; STFT: one frame's): 128 MiB in float64
 
 
 def _const_input(op: Emitter, node: onnx.NodeProto, i: int) -> np.ndarray | None:
@@ -29,9 +37,40 @@ def _const_input(op: Emitter, node: onnx.NodeProto, i: int) -> np.ndarray | None
         return None
     v = op.g.const(node.input[i])
     if v is None:
-        msg = f"DFT {node.name!r}: input {i + 1} ({node.input[i]!r}) is computed, not a constant"
+        msg = (f"{node.op_type} {node.name!r}: input {i + 1} ({node.input[i]!r}) is computed, "
+               "not a constant")
         raise NotImplementedError(msg)
     return np.asarray(v)
+
+
+def _run_basis(node: onnx.NodeProto, op_type: str, ins: list[str], attrs: dict[str, object],
+               inits: list[onnx.TensorProto], shape: list[int], opset: int) -> np.ndarray:
+    """The op on an identity basis of shape [k, *shape[1:]] (k = prod(shape[1:])), on
+    onnxruntime, in float64 where it has the kernel; the outputs as a [k, -1] matrix."""
+    import onnxruntime as ort
+
+    k = int(np.prod(shape[1:]))
+    last: Exception | None = None
+    for dtype in (TensorProto.DOUBLE, TensorProto.FLOAT):  # float64 where the kernel exists
+        np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+        typed = [numpy_helper.from_array(numpy_helper.to_array(t).astype(np_dtype), t.name)
+                 if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE) else t for t in inits]
+        g = helper.make_graph([helper.make_node(op_type, ins, ["y"], **attrs)], "basis",
+                              [helper.make_tensor_value_info("x", dtype, shape)],
+                              [helper.make_tensor_value_info("y", dtype, None)], typed)
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8 if opset <= 18 else 9
+        basis = np.eye(k, dtype=np_dtype).reshape(shape)
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+            out = np.asarray(sess.run(None, {"x": basis})[0], dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001  (no float64 kernel: float32 next)
+            last = exc
+            continue
+        return out.reshape(k, -1)
+    msg = f"{node.op_type} {node.name!r}: onnxruntime cannot run it on a basis ({last})"
+    raise NotImplementedError(msg)
 
 
 def dft_axis(op: Emitter, node: onnx.NodeProto, rank: int) -> int:
@@ -46,8 +85,6 @@ def dft_axis(op: Emitter, node: onnx.NodeProto, rank: int) -> int:
 
 def dft_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
     """M [n c, m c'] with out.flat = in.flat @ M along the axis, run on onnxruntime."""
-    import onnxruntime as ort
-
     sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
     rank, n, c, m = len(sx), sx[axis], sx[-1], sy[axis] * sy[-1]
     if n * c * m > DFT_MATRIX_MAX:
@@ -67,24 +104,7 @@ def dft_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
         ins.append("axis")
     else:
         attrs["axis"] = axis + 1
-    last: Exception | None = None
-    for dtype in (TensorProto.DOUBLE, TensorProto.FLOAT):  # float64 where the kernel exists
-        g = helper.make_graph([helper.make_node("DFT", ins, ["y"], **attrs)], "basis",
-                              [helper.make_tensor_value_info("x", dtype, shp)],
-                              [helper.make_tensor_value_info("y", dtype, None)], inits)
-        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", op.g.opset)])
-        model.ir_version = 8 if op.g.opset <= 18 else 9
-        basis = np.eye(n * c, dtype=helper.tensor_dtype_to_np_dtype(dtype)).reshape(shp)
-        try:
-            sess = ort.InferenceSession(model.SerializeToString(),
-                                        providers=["CPUExecutionProvider"])
-            out = np.asarray(sess.run(None, {"x": basis})[0], dtype=np.float64)
-        except Exception as exc:  # noqa: BLE001  (no float64 kernel: float32 next)
-            last = exc
-            continue
-        return out.reshape(n * c, m)
-    msg = f"DFT {node.name!r}: onnxruntime cannot run it on a basis ({last})"
-    raise NotImplementedError(msg)
+    return _run_basis(node, "DFT", ins, attrs, inits, shp, op.g.opset)
 
 
 @vjp_rule("DFT")
@@ -103,3 +123,47 @@ def _vjp_dft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     g = op.reshape(g, [*lead, sx[axis], sx[-1]])
     g = op.Transpose(g, perm=inv) if perm != list(range(rank)) else g
     return [g, *[None] * (len(node.input) - 1)]
+
+
+@vjp_rule("STFT")
+def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx = overlap-add over the frames of (gy's frame @ M^T), M one windowed frame's DFT."""
+    x = node.input[0]
+    sx, sy = op.g.shape(x), op.g.shape(node.output[0])
+    b, c, frames = sx[0], sx[-1], sy[1]
+    if len(node.input) > 2 and node.input[2] and node.input[2] in op.wanted:
+        msg = f"STFT {node.name!r}: the window is computed from the data (only the signal)"
+        raise NotImplementedError(msg)
+    step_v, window, length_v = (_const_input(op, node, i) for i in (1, 2, 3))
+    assert step_v is not None  # frame_step is a required input
+    step = int(step_v.reshape(-1)[0])
+    length = int(length_v.reshape(-1)[0]) if length_v is not None else (
+        window.size if window is not None else 0)
+    if length <= 0:
+        msg = f"STFT {node.name!r}: neither a window nor a frame_length gives the frame's length"
+        raise NotImplementedError(msg)
+    out = sy[2] * sy[3]
+    if length * c * out > DFT_MATRIX_MAX:
+        msg = (f"STFT {node.name!r}: its frame matrix of {length * c} x {out} entries is over "
+               f"{DFT_MATRIX_MAX}")
+        raise NotImplementedError(msg)
+    inits = [numpy_helper.from_array(np.array(step, np.int64), "step")]
+    ins = ["x", "step", "", ""]
+    if window is not None:
+        inits.append(numpy_helper.from_array(window, "window"))
+        ins[2] = "window"
+    if length_v is not None:
+        inits.append(numpy_helper.from_array(np.array(length, np.int64), "length"))
+        ins[3] = "length"
+    shape = [length * c, length, c]  # one frame per basis vector
+    mat = _run_basis(node, "STFT", ins, attrs_of(node), inits, shape, op.g.opset)
+    if mat.shape[1] != out:  # onnx's shape inference takes onesided's default as 0
+        msg = (f"STFT {node.name!r}: onnx's shape inference gives {sy[2]} frequency bins, "
+               f"onnxruntime {mat.shape[1] // sy[3]}; set the onesided attribute explicitly")
+        raise NotImplementedError(msg)
+    g = op.MatMul(op.reshape(gy, [b, frames, out]), op.const(mat.T, like=x))  # [b, f, L c]
+    g = op.reshape(g, [b, frames * length, c])
+    where = (np.arange(frames)[:, None] * step + np.arange(length)[None, :]).reshape(-1)
+    index = np.broadcast_to(where[None, :, None], (b, frames * length, c)).astype(np.int64)
+    gx = op.ScatterElements(op.zeros(sx, x), op.const(index), g, axis=1, reduction="add")
+    return [gx, *[None] * (len(node.input) - 1)]
