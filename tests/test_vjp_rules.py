@@ -1575,6 +1575,41 @@ for cid, xs, step, window, length, attrs in [
     add(case(cid, "STFT", [N("STFT", ins, ["y"], **attrs)], {"x": xs}, inits=inits, opset=17))
 
 
+# ---- h11-conf (issue 17): DeformConv (vjp_rules/deform.py): offsets, mask, bias and weights
+# all inputs, so all their gradients are checked; offsets off the integers (the bilinear
+# kinks), some taps outside the image; strides, pads, dilations, groups, offset groups
+def off_grid(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Offsets in [-1.8, 1.8] at least 0.1 away from every integer."""
+    whole = rng.integers(-2, 2, shape)
+    return whole + rng.uniform(0.1, 0.9, shape)
+
+
+def deform(cid: str, xs: tuple[int, ...], ws: tuple[int, ...], ys: tuple[int, int],
+           og: int = 1, bias: bool = False, mask: bool = False, opset: int = 22,
+           **attrs: Any) -> RuleCase:
+    k = ws[2] * ws[3]
+    ins = {"x": xs, "w": ws, "off": (xs[0], og * k * 2, *ys)}
+    names = ["x", "w", "off", "", ""]
+    draws: dict[str, Draw] = {"x": normal, "w": normal, "off": off_grid}
+    if bias:
+        ins["b"], names[3], draws["b"] = (ws[0],), "b", normal
+    if mask:
+        ins["m"], names[4], draws["m"] = (xs[0], og * k, *ys), "m", positive
+    while names[-1] == "":
+        names.pop()
+    f32 = ORT_GS16_F32 if opset < 20 else ""  # the rule's GridSample is at the model's opset
+    return case(cid, "DeformConv", [N("DeformConv", names, ["y"], offset_group=og, **attrs)],
+                ins, draw=draws, opset=opset, backend="onnxruntime", f32=f32)
+
+
+# onnx 1.23's reference DeformConv calls GridSample with a mode name it rejects: onnxruntime
+add(deform("deform_conv_plain_opset19", (1, 2, 4, 5), (3, 2, 2, 2), (3, 4), opset=19))
+add(deform("deform_conv_pads_strides_bias", (2, 2, 5, 4), (2, 2, 3, 3), (3, 2), bias=True,
+           pads=[1, 1, 1, 1], strides=[2, 2]))
+add(deform("deform_conv_groups_mask_dilation", (1, 4, 5, 5), (4, 2, 2, 2), (3, 4), og=2,
+           mask=True, group=2, dilations=[2, 1]))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -2,7 +2,7 @@
 
 The registry and its conventions are in `registry`; the rules live in one module per op
 family (`elementwise`, `arith`, `linalg`, `shape`, `resize`, `pooling`, `nn`, `recurrent`,
-`control`, `spectral` for DFT, `quant` for quantized models, `contrib` for onnxruntime's
+`control`, `deform`, `spectral` for DFT, `quant` for quantized models, `contrib` for onnxruntime's
 com.microsoft ops, `ml` for ONNX-ML), imported here so that importing this package registers
 every rule.
 """
@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (registers the rules)
     arith,
     contrib,
     control,
+    deform,
     elementwise,
     indexing,
     linalg,
