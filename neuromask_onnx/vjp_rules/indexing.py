@@ -156,7 +156,7 @@ def _vjp_compress(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         raise NotImplementedError(msg)
     axis_attr = attrs_of(node).get("axis")
     flat = axis_attr is None
-    axis = 0 if flat else normalize_axes([axis_attr], len(sx))[0]
+    axis = 0 if axis_attr is None else normalize_axes([int(axis_attr)], len(sx))[0]
     n = int(np.prod(sx)) if flat else sx[axis]
     kept = np.flatnonzero(np.asarray(cond).reshape(-1)[:n].astype(bool))
     source = np.full(n, len(kept), dtype=np.int64)

@@ -22,6 +22,8 @@ the runtimes compute one-sided ones: the static shapes are wrong, so the rule re
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -43,7 +45,7 @@ def _const_input(op: Emitter, node: onnx.NodeProto, i: int) -> np.ndarray | None
     return np.asarray(v)
 
 
-def _run_basis(node: onnx.NodeProto, op_type: str, ins: list[str], attrs: dict[str, object],
+def _run_basis(node: onnx.NodeProto, op_type: str, ins: list[str], attrs: dict[str, Any],
                inits: list[onnx.TensorProto], shape: list[int], opset: int) -> np.ndarray:
     """The op on an identity basis of shape [k, *shape[1:]] (k = prod(shape[1:])), on
     onnxruntime, in float64 where it has the kernel; the outputs as a [k, -1] matrix."""
