@@ -1610,6 +1610,19 @@ add(deform("deform_conv_groups_mask_dilation", (1, 4, 5, 5), (4, 2, 2, 2), (3, 4
            mask=True, group=2, dilations=[2, 1]))
 
 
+# ---- h11-conf (issue 17): BatchNormalization in training mode (vjp_rules/nn.py): the batch's
+# statistics, and the running mean and variance outputs differentiated too
+for cid, outs in [("batch_norm_training_all_outputs", ["y", "rm", "rv"]),
+                  ("batch_norm_training_y_only", ["y"]),
+                  ("batch_norm_training_running_var_only", ["rv"])]:
+    add(case(cid, "BatchNormalization",
+             [N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"],
+                training_mode=1, momentum=0.8)],
+             {"x": (3, 2, 2, 3)}, outputs=outs,
+             inits={"s": w(2) + 1.0, "b": w(2), "m": w(2), "v": np.abs(w(2)) + 0.5},
+             opset=15))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -53,13 +53,14 @@ def _vjp_dropout(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -
     return [op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)), *rest]
 
 
-@vjp_rule("BatchNormalization")
-def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+@vjp_rule("BatchNormalization", multi_output=True)
+def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
     """Inference mode is affine per channel: gx = gy scale / sqrt(var + eps)."""
     at = attrs_of(node)
     if at.get("training_mode", 0):
-        msg = f"BatchNormalization {node.name!r} runs in training mode"
-        raise NotImplementedError(msg)
+        return _batch_norm_training(op, node, gys)
+    gy = gys[0]
+    assert gy is not None  # inference BatchNormalization has one output
     x, scale, _, _, var = node.input[:5]
     sx = op.g.shape(x)
     eps = at.get("epsilon", 1e-5)
@@ -75,6 +76,37 @@ def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
             msg = f"BatchNormalization {node.name!r}: statistics that depend on the input"
             raise NotImplementedError(msg)
     return [op.Mul(gy, k), None, None, None, None]
+
+
+def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """Training mode normalizes by the batch's statistics over every axis but the channel's
+    (population variance) and outputs running_mean = momentum mean + (1 - momentum) mean_b,
+    running_var likewise with var_b: gx = the normalization's gradient of gy scale, plus
+    (1 - momentum) / n (g_mean + 2 g_var (x - mean_b)) from the running statistics."""
+    x, scale = node.input[:2]
+    sx = op.g.shape(x)
+    at = attrs_of(node)
+    eps, momentum = float(at.get("epsilon", 1e-5)), float(at.get("momentum", 0.9))
+    axes = [0, *range(2, len(sx))]
+    n = int(np.prod([sx[a] for a in axes]))
+    bshape = [sx[1]] + [1] * (len(sx) - 2)
+    for name in node.input[1:]:
+        if name in op.wanted:
+            msg = f"BatchNormalization {node.name!r}: scale, bias or statistics from the input"
+            raise NotImplementedError(msg)
+    gy, gmean, gvar = [*gys, None, None][:3]
+    parts = []
+    if gy is not None:
+        h = op.Mul(gy, op.reshape(scale, bshape))
+        parts.append(_normalized_grad(op, x, h, axes, eps))
+    w = (1.0 - momentum) / n
+    if gmean is not None:
+        parts.append(op.expand_to(op.Mul(op.reshape(gmean, bshape), _k(op, w, x)), sx))
+    if gvar is not None:
+        cen = op.Sub(x, op.ReduceMean(x, op.ints(axes), keepdims=1))
+        parts.append(op.Mul(cen, op.Mul(op.reshape(gvar, bshape), _k(op, 2.0 * w, x))))
+    gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
+    return [gx, *[None] * (len(node.input) - 1)]
 
 
 def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
