@@ -1623,6 +1623,16 @@ for cid, outs in [("batch_norm_training_all_outputs", ["y", "rm", "rv"]),
              opset=15))
 
 
+# ---- h11-conf (issue 17): Einsum with a repeated index (a diagonal; vjp_rules/linalg.py)
+for cid, eq, shapes in [("einsum_batch_diagonal", "...ii->...i", [(2, 3, 3)]),
+                        ("einsum_trace", "ii", [(4, 4)]),
+                        ("einsum_diagonal_times_matrix", "iij,jk->ik", [(3, 3, 2), (2, 4)]),
+                        ("einsum_triple_diagonal_operand_b", "ij,jjj->i", [(2, 3), (3, 3, 3)])]:
+    names = ["a", "b"][:len(shapes)]
+    add(case(cid, "Einsum", [N("Einsum", names, ["y"], equation=eq)], dict(zip(names, shapes)),
+             opset=12))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -268,6 +268,27 @@ def _expand_full(op: Emitter, x: str, term: str, shape: Shape, sizes: dict[str, 
     return x if list(shape) == full else op.Expand(x, op.ints(full))
 
 
+def _on_diagonal(op: Emitter, g: str, tu: str, t: str, sizes: dict[str, int], eq: str,
+                 like: str) -> str:
+    """g (letters `tu`) placed on the diagonals of term `t` (its letters repeated), zero off
+    them: each later occurrence of a letter gets a fresh one, tied to the first by an identity
+    matrix in one Einsum."""
+    spare = iter(c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                 if c not in eq and c not in t)
+    seen: set[str] = set()
+    renamed, ties = "", []
+    for c in t:
+        if c in seen:
+            fresh = next(spare)
+            ties.append(c + fresh)
+            renamed += fresh
+        else:
+            seen.add(c)
+            renamed += c
+    eyes = [op.const(np.eye(sizes[tie[0]]), like=like) for tie in ties]
+    return op.Einsum(g, *eyes, equation=",".join([tu, *ties]) + "->" + renamed)
+
+
 @vjp_rule("Einsum")
 def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """g_i = einsum(other operands, gy -> letters of operand i), broadcast back where needed."""
@@ -284,19 +305,21 @@ def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         if node.input[i] not in op.wanted:
             grads.append(None)
             continue
-        if len(set(t)) != len(t):
-            msg = f"Einsum {node.name!r}: repeated index in operand {t!r} (a diagonal)"
-            raise NotImplementedError(msg)
+        # A repeated letter reads a diagonal: differentiate the diagonal (t's distinct
+        # letters), then put the gradient back on it (_on_diagonal).
+        tu = "".join(dict.fromkeys(t))
         # Einsum broadcasts only through '...': spell size-1 axes out to their full size.
         others = [(terms[j], _expand_full(op, node.input[j], terms[j], shapes[j], sizes))
                   for j in range(len(terms)) if j != i]
         avail = set(out) | {c for tt, _ in others for c in tt}
-        reduced = "".join(c for c in t if c in avail)
+        reduced = "".join(c for c in tu if c in avail)
         eq_i = ",".join([*(tt for tt, _ in others), out]) + "->" + reduced
         g = op.Einsum(*(n for _, n in others), gy, equation=eq_i)
-        if reduced != t:  # letters only this operand had: their gradient is constant along them
-            shape_r = [sizes[c] if c in reduced else 1 for c in t]
-            g = op.Expand(op.reshape(g, shape_r), op.ints([sizes[c] for c in t]))
+        if reduced != tu:  # letters only this operand had: their gradient is constant along them
+            shape_r = [sizes[c] if c in reduced else 1 for c in tu]
+            g = op.Expand(op.reshape(g, shape_r), op.ints([sizes[c] for c in tu]))
+        if tu != t:
+            g = _on_diagonal(op, g, tu, t, sizes, eq, node.input[i])
         full = tuple(sizes[c] for c in t)
         grads.append(op.sum_to(g, full, s))
     return grads
