@@ -41,7 +41,7 @@ ZERO_GRAD_OPS = frozenset({
 # Dropout's ratio from the data). The driver passes them over where a rule returns None.
 NONDIFF_OPERANDS: dict[str, frozenset[int]] = {
     "CastLike": frozenset({1}),  # `target_type`: only its element type is read
-    "Dropout": frozenset({1, 2}),  # ratio, training_mode: inference Dropout is the identity
+    "Dropout": frozenset({1, 2}),  # ratio, training_mode: constants where they matter
     "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}),
     "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}), "Split": frozenset({1}),
     "Slice": frozenset({1, 2, 3, 4}), "Pad": frozenset({1, 3}), "CumSum": frozenset({1}),
