@@ -1629,8 +1629,8 @@ for cid, eq, shapes in [("einsum_batch_diagonal", "...ii->...i", [(2, 3, 3)]),
                         ("einsum_diagonal_times_matrix", "iij,jk->ik", [(3, 3, 2), (2, 4)]),
                         ("einsum_triple_diagonal_operand_b", "ij,jjj->i", [(2, 3), (3, 3, 3)])]:
     names = ["a", "b"][:len(shapes)]
-    add(case(cid, "Einsum", [N("Einsum", names, ["y"], equation=eq)], dict(zip(names, shapes)),
-             opset=12))
+    add(case(cid, "Einsum", [N("Einsum", names, ["y"], equation=eq)],
+             dict(zip(names, shapes, strict=True)), opset=12))
 
 
 # --------------------------------------------------------------------------- the tests
