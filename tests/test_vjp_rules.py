@@ -1708,3 +1708,25 @@ def test_stft_with_default_onesided_is_refused() -> None:
                                        "len": np.array(4, np.int64)}, opset=17)
     with pytest.raises(UnsupportedOpError, match="set the onesided attribute explicitly"):
         vjp(c.model, wrt=["x"], of=["y"])
+
+
+def test_training_dropout_in_a_data_dependent_if_is_refused() -> None:
+    """The If rule recomputes its branch in the backward pass: a second Dropout draw would
+    not be the forward's mask, so the rule refuses (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    vi = helper.make_tensor_value_info
+    drop = N("Dropout", ["x", "r", "t"], ["d"], seed=1)
+    then = helper.make_graph([drop], "then", [], [vi("d", D, [3, 4])])
+    other = helper.make_graph([N("Neg", ["x"], ["e"])], "else", [], [vi("e", D, [3, 4])])
+    nodes = [N("ReduceSum", ["x"], ["s"], keepdims=0), N("Greater", ["s", "z"], ["c"]),
+             N("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    g = helper.make_graph(nodes, "if_dropout", [vi("x", D, [3, 4])], [vi("y", D, [3, 4])],
+                          [numpy_helper.from_array(np.array(0.0), "z"),
+                           numpy_helper.from_array(np.array(0.5), "r"),
+                           numpy_helper.from_array(np.array(True), "t")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)])
+    m.ir_version = 10
+    with pytest.raises(UnsupportedOpError, match="inside a data-dependent If"):
+        vjp(m, wrt=["x"], of=["y"])

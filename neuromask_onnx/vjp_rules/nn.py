@@ -43,6 +43,10 @@ def _vjp_dropout(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -
     ratio = float(np.asarray(ratio_v).reshape(-1)[0])
     if ratio == 0.0:
         return [gy, *rest]
+    if not any(n is node for n in op.g.nodes):  # a copy the reverse pass recomputes (If)
+        msg = (f"Dropout {node.name!r}: in training mode inside a data-dependent If, whose "
+               "gradient recomputes the branch and so would draw another mask")
+        raise NotImplementedError(msg)
     if len(node.output) < 2 or not node.output[1]:
         mask = op.fresh("dropout_mask")
         del node.output[1:]
