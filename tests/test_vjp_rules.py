@@ -1730,3 +1730,22 @@ def test_training_dropout_in_a_data_dependent_if_is_refused() -> None:
     m.ir_version = 10
     with pytest.raises(UnsupportedOpError, match="inside a data-dependent If"):
         vjp(m, wrt=["x"], of=["y"])
+
+
+@pytest.mark.parametrize(("cid", "module", "limit", "words"), [
+    ("cumprod_axis0_3d", "powers", "CUMPROD_TABLE_MAX", "needs a table of"),
+    ("det_3x3", "linalg", "DET_MAX_N", r"9 minors \(only n <= 2\)"),
+    ("dft_real_default_axis", "spectral", "DFT_MATRIX_MAX", "transform shorter signals"),
+])
+def test_size_limits_refuse_in_one_line(cid: str, module: str, limit: str, words: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its size limit (here lowered) a rule refuses with the sizes, not a huge graph."""
+    import importlib
+
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    monkeypatch.setattr(importlib.import_module(f"neuromask_onnx.vjp_rules.{module}"), limit, 2)
+    c = next(c for c in CASES if c.id == cid)
+    with pytest.raises(UnsupportedOpError, match=words):
+        vjp(c.model)
