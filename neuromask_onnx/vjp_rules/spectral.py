@@ -132,7 +132,8 @@ def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = overlap-add over the frames of (gy's frame @ M^T), M one windowed frame's DFT."""
     x = node.input[0]
     sx, sy = op.g.shape(x), op.g.shape(node.output[0])
-    b, c, frames = sx[0], sx[-1], sy[1]
+    b, frames = sx[0], sy[1]
+    c = sx[2] if len(sx) == 3 else 1  # a real signal may be [B, L] (onnxruntime: no [B, L, 1])
     if len(node.input) > 2 and node.input[2] and node.input[2] in op.wanted:
         msg = f"STFT {node.name!r}: the window is computed from the data (only the signal)"
         raise NotImplementedError(msg)
@@ -157,15 +158,17 @@ def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     if length_v is not None:
         inits.append(numpy_helper.from_array(np.array(length, np.int64), "length"))
         ins[3] = "length"
-    shape = [length * c, length, c]  # one frame per basis vector
+    shape = [length * c, length, *sx[2:]]  # one frame per basis vector
     mat = _run_basis(node, "STFT", ins, attrs_of(node), inits, shape, op.g.opset)
     if mat.shape[1] != out:  # onnx's shape inference takes onesided's default as 0
         msg = (f"STFT {node.name!r}: onnx's shape inference gives {sy[2]} frequency bins, "
                f"onnxruntime {mat.shape[1] // sy[3]}; set the onesided attribute explicitly")
         raise NotImplementedError(msg)
     g = op.MatMul(op.reshape(gy, [b, frames, out]), op.const(mat.T, like=x))  # [b, f, L c]
-    g = op.reshape(g, [b, frames * length, c])
+    cols = [b, frames * length, *sx[2:]]
+    g = op.reshape(g, cols)
     where = (np.arange(frames)[:, None] * step + np.arange(length)[None, :]).reshape(-1)
-    index = np.broadcast_to(where[None, :, None], (b, frames * length, c)).astype(np.int64)
+    where = where.reshape(1, -1, *[1] * (len(sx) - 2))
+    index = np.broadcast_to(where, cols).astype(np.int64)
     gx = op.ScatterElements(op.zeros(sx, x), op.const(index), g, axis=1, reduction="add")
     return [gx, *[None] * (len(node.input) - 1)]
