@@ -1752,3 +1752,15 @@ def test_size_limits_refuse_in_one_line(cid: str, module: str, limit: str, words
     c = next(c for c in CASES if c.id == cid)
     with pytest.raises(UnsupportedOpError, match=words):
         vjp(c.model)
+
+
+def test_dynamic_quantize_scale_only_is_refused_with_its_reason() -> None:
+    """Only y_scale used: the straight-through rule has nothing to pass (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    c = case("dql_scale_only", "DynamicQuantizeLinear",
+             [N("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"])], {"x": (3, 4)},
+             outputs=("s",), dtype=F, opset=13)
+    with pytest.raises(UnsupportedOpError, match="passes no gradient through the scale"):
+        vjp(c.model, wrt=["x"], of=["s"])
