@@ -12,8 +12,9 @@ ONNX, so the rules assume unique ones, as the spec requires.
 Compress (a constant condition) keeps some positions: its gradient gathers gy back to them
 and zeros elsewhere. TensorScatter (opset 24's KV-cache write) is a scatter too: gy with the
 written positions zeroed for the cache (the same TensorScatter, of zeros), gy gathered at
-write_indices[b] + t (mod the cache length when circular) for the update. (Unique has no rule: its output's length is the number of distinct
-input values, which a gradient graph of static shapes cannot follow; `reverse` says so.)
+write_indices[b] + t (mod the cache length when circular) for the update. (Unique has no
+rule: its output's length is the number of distinct input values, which a gradient graph of
+static shapes cannot follow; `reverse` says so.)
 
 The other reductions fold every update written to a position p into data_p:
 - "mul": y_p = data_p prod(updates at p). g_data = gy times that product (a scatter-mul of
@@ -166,7 +167,6 @@ def _vjp_compress(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     padded = op.Concat(gy, op.zeros(pad, x), axis=axis)
     gx = op.Gather(padded, op.const(source), axis=axis)
     return [op.reshape(gx, sx) if flat else gx, None]
-
 
 
 @vjp_rule("TensorScatter")
