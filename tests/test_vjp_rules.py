@@ -1764,3 +1764,14 @@ def test_dynamic_quantize_scale_only_is_refused_with_its_reason() -> None:
              outputs=("s",), dtype=F, opset=13)
     with pytest.raises(UnsupportedOpError, match="passes no gradient through the scale"):
         vjp(c.model, wrt=["x"], of=["s"])
+
+
+def test_float64_deform_conv_below_opset_20_is_refused() -> None:
+    """Its gradient's GridSample-16 has no float64 kernel in onnxruntime (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    c = case("deform_f64_opset19", "DeformConv", [N("DeformConv", ["x", "w", "off"], ["y"])],
+             {"x": (1, 2, 4, 5)}, inits={"w": w(3, 2, 2, 2), "off": w(1, 8, 3, 4)}, opset=19)
+    with pytest.raises(UnsupportedOpError, match="float64 below opset 20"):
+        vjp(c.model, wrt=["x"], of=["y"])

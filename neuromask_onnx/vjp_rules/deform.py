@@ -83,6 +83,10 @@ def _vjp_deform_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     if len(op.g.shape(node.input[0])) != 4:
         msg = f"DeformConv {node.name!r}: only 2-D DeformConv has a gradient rule"
         raise NotImplementedError(msg)
+    if op.g.opset < 20 and op.g.dtypes.get(node.input[0]) == onnx.TensorProto.DOUBLE:
+        msg = (f"DeformConv {node.name!r}: float64 below opset 20 (onnxruntime has no float64 "
+               "GridSample-16 for the gradient); convert the model to opset 20 or float32")
+        raise NotImplementedError(msg)
     start = len(op.nodes)
     cols, sw = _columns(op, node)
     sy = op.g.shape(node.output[0])
