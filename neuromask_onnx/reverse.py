@@ -94,6 +94,9 @@ _CONTROL_FLOW_DETAIL = {
     "Loop": "its trip count or condition is not known after constant folding, so it cannot be "
             "unrolled",
     "Scan": "its sequence length is not static, so it cannot be unrolled",
+    # Ops that cannot have a rule here, not just ones that lack one.
+    "Unique": "its output's length is the number of distinct input values, which a gradient "
+              "graph of static shapes cannot follow",
 }
 
 

@@ -87,9 +87,9 @@ def test_the_node_is_written_out_and_named_in_the_op_report() -> None:
 
 
 def test_an_op_without_a_function_body_is_still_refused() -> None:
-    """Det has no rule and no function: the refusal names it, as before."""
-    m = model("Det", {"x": (3, 3)}, ["y"], 18)
-    with pytest.raises(UnsupportedOpError, match="op Det"):
+    """Unique has no rule and no function: the refusal names it, as before."""
+    m = model("Unique", {"x": (3, 3)}, ["y"], 18)
+    with pytest.raises(UnsupportedOpError, match="op Unique"):
         vjp(m)
 
 

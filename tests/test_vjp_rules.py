@@ -1396,6 +1396,259 @@ add(case("col2im_pads_strides_dilations", "Col2Im",
                                    "blk": np.array([2, 2], np.int64)}))
 
 
+# ---- h11-conf (issue 17): CumProd (vjp_rules/powers.py). Inputs with zeros, one and two in
+# a slice along the axis: the rule divides by nothing, so the gradient is exact there.
+def cumprod_zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """(3, 4) values in +-[0.5, 1.5] with one zero in row 1 and two in row 2."""
+    x = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+    x[1, 1] = x[2, 0] = x[2, 2] = 0.0
+    return x
+
+
+for ex, rev in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+    add(case(f"cumprod_ex{ex}_rev{rev}", "CumProd",
+             [N("CumProd", ["x", "ax"], ["y"], exclusive=ex, reverse=rev)], {"x": (3, 4)},
+             draw=cumprod_zeros, inits={"ax": np.array(1, np.int64)}, opset=26))
+add(case("cumprod_axis0_3d", "CumProd", [N("CumProd", ["x", "ax"], ["y"])], {"x": (4, 2, 3)},
+         inits={"ax": np.array(-3, np.int64)}, opset=26))
+
+
+# ---- h11-conf (issue 17): ScatterElements / ScatterND with reduction mul, max, min
+# (vjp_rules/indexing.py). Repeated indices, so several updates fold into one position; mul's
+# updates have zeros (alone at a position, or two at one), max / min's values are
+# tie-free (data and updates on interleaved grids).
+def upd_zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values in +-[0.5, 1.5], the first entry and the last two zero."""
+    x = (rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)).reshape(-1)
+    x[0] = x[-1] = x[-2] = 0.0
+    return x.reshape(shape)
+
+
+def distinct_odd(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """`distinct` values shifted by half their step: never equal to a `distinct` value."""
+    return distinct(rng, shape) + 0.05
+
+
+SE_IDX = i64([[0, 2, 2, 1], [0, -1, 2, 1], [1, 2, 0, 1]])  # (3, 4) into x (3, 4) along axis 0
+for red in ("mul", "max", "min"):
+    draws: dict[str, Draw] = ({"x": positive, "u": upd_zeros} if red == "mul"
+                              else {"x": distinct, "u": distinct_odd})
+    add(case(f"scatter_elements_{red}_axis0", "ScatterElements",
+             [N("ScatterElements", ["x", "i", "u"], ["y"], axis=0, reduction=red)],
+             {"x": (3, 4), "u": (3, 4)}, draw=draws, inits={"i": SE_IDX}))
+    # row 3 written twice (once as -1); for mul, (0, 1) gets two zeros, (1, 0) one
+    add(case(f"scatter_nd_{red}_rows", "ScatterND",
+             [N("ScatterND", ["x", "i", "u"], ["y"], reduction=red)],
+             {"x": (4, 3), "u": (4, 3)}, draw=draws, inits={"i": i64([[1], [-1], [0], [3]])}))
+    add(case(f"scatter_nd_{red}_elements", "ScatterND",
+             [N("ScatterND", ["x", "i", "u"], ["y"], reduction=red)],
+             {"x": (2, 3), "u": (4,)}, draw=draws,
+             inits={"i": i64([[0, 1], [1, 2], [0, 1], [-1, 0]])}))
+add(case("scatter_elements_mul_data_zeros", "ScatterElements",
+         [N("ScatterElements", ["x", "i", "u"], ["y"], axis=1, reduction="mul")],
+         {"x": (3, 4), "u": (3, 2)}, draw={"x": cumprod_zeros, "u": upd_zeros},
+         inits={"i": i64([[0, 0], [1, -1], [3, 3]])}))
+
+
+# ---- h11-conf (issue 17): Compress (vjp_rules/indexing.py), Det (linalg.py).
+# Compress's conditions keep repeated runs and end short of the axis (the rest dropped).
+add(case("compress_axis1_short_condition", "Compress",
+         [N("Compress", ["x", "c"], ["y"], axis=1)], {"x": (3, 5)},
+         inits={"c": np.array([True, False, True, True], bool)}, opset=11))
+add(case("compress_flat", "Compress", [N("Compress", ["x", "c"], ["y"])], {"x": (2, 3)},
+         inits={"c": np.array([False, True, True, False, False, True], bool)}, opset=11))
+add(case("compress_negative_axis_none_kept", "Compress",
+         [N("Compress", ["x", "c"], ["y"], axis=-1), N("Concat", ["y", "x"], ["z"], axis=-1)],
+         {"x": (2, 2)}, outputs=("z",), inits={"c": np.array([False, False], bool)}, opset=11))
+
+def rank_deficient(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """[..., n, n] matrices of rank n - 1 (det 0, no inverse; the cofactors are not 0)."""
+    n = shape[-1]
+    return rng.standard_normal((*shape[:-1], n - 1)) @ rng.standard_normal(
+        (*shape[:-2], n - 1, n))
+
+
+for cid, shape, dr in [("det_3x3", (3, 3), normal), ("det_batch_2x2", (2, 3, 2, 2), normal),
+                       ("det_1x1", (4, 1, 1), normal), ("det_singular_4x4", (2, 4, 4),
+                                                         rank_deficient)]:
+    add(case(cid, "Det", [N("Det", ["x"], ["y"])], {"x": shape}, draw=dr, opset=11))
+
+
+# ---- h11-conf (issue 17): DFT (vjp_rules/spectral.py), at DFT-17 (axis attribute) and DFT-20
+# (axis input): real and complex signals, forward and inverse, one-sided, dft_length padding
+# and truncating, and the one-sided inverse (a real output).
+def dft(cid: str, xs: tuple[int, ...], opset: int = 20, axis: int | None = None,
+        length: int | None = None, backend: Literal["reference", "onnxruntime"] = "reference",
+        **attrs: Any) -> RuleCase:
+    inits: dict[str, Any] = {}
+    ins = ["x", ""]
+    if length is not None:
+        inits["len"], ins[1] = np.array(length, np.int64), "len"
+    if opset >= 20 and axis is not None:
+        inits["ax"] = np.array(axis, np.int64)
+        ins.append("ax")
+    elif axis is not None:
+        attrs["axis"] = axis
+    return case(cid, "DFT", [N("DFT", ins, ["y"], **attrs)], {"x": xs}, inits=inits,
+                opset=opset, backend=backend)
+
+
+add(dft("dft_real_default_axis", (2, 5, 1)))
+add(dft("dft_complex_axis1_of_4d", (2, 6, 3, 2), axis=1))
+add(dft("dft_inverse_complex_neg_axis", (3, 4, 2), axis=-2, inverse=1))
+add(dft("dft_rfft_padded", (2, 3, 5, 1), axis=2, length=8, onesided=1))
+add(dft("dft_truncated_opset19", (2, 7, 2), opset=19, axis=1, length=4))
+add(dft("dft_irfft_opset19", (1, 4, 3, 2), opset=19, axis=1, inverse=1, onesided=1))
+
+
+# ---- h11-conf (issue 17): Resize with tf_crop_and_resize (vjp_rules/resize.py): regions
+# inside and partly outside the image (the extrapolated outputs are constants), given for
+# every axis or for `axes` only, by sizes and by scales (dyadic where float32 weights must be
+# exact: onnxruntime has no float64 Resize to read them off)
+TF_CROP = {"coordinate_transformation_mode": "tf_crop_and_resize"}
+for cid, ins, inits, attrs in [
+    ("resize_tf_crop_linear_sizes", ["x", "roi", "", "sz"],
+     {"roi": np.array([0, 0, 0.2, 0.1, 1, 1, 0.9, 0.7], np.float32),
+      "sz": np.array([1, 2, 3, 5], np.int64)}, {"mode": "linear"}),
+    ("resize_tf_crop_extrapolated_axes_3_2", ["x", "roi", "", "sz"],
+     {"roi": np.array([0.25, -0.5, 1.25, 0.75], np.float32), "sz": np.array([5, 6], np.int64)},
+     {"mode": "linear", "axes": [3, 2], "extrapolation_value": 10.0}),
+    ("resize_tf_crop_nearest_scales", ["x", "roi", "sc"],
+     {"roi": np.array([0, 0, 0.1, -0.2, 1, 1, 0.8, 1.3], np.float32),
+      "sc": np.array([1, 1, 1.5, 2], np.float32)}, {"mode": "nearest"}),
+    ("resize_tf_crop_cubic", ["x", "roi", "", "sz"],
+     {"roi": np.array([0.2, 0.1, 0.9, 1.1], np.float32), "sz": np.array([6, 4], np.int64)},
+     {"mode": "cubic", "axes": [2, 3]}),
+]:
+    add(case(cid, "Resize", [N("Resize", ins, ["y"], **TF_CROP, **attrs)], {"x": RX},
+             inits=inits, opset=18))
+# An axis of unchanged size: onnxruntime copies it, ignoring its roi (the reference evaluator
+# crops it). The rule follows the runtime, so the case runs there.
+add(case("resize_tf_crop_same_height_f32", "Resize",
+         [N("Resize", ["x", "roi", "", "sz"], ["y"], mode="linear", axes=[2, 3], **TF_CROP)],
+         {"x": RX}, inits={"roi": np.array([-0.4, 0.3, 0.8, 1.2], np.float32),
+                           "sz": np.array([4, 5], np.int64)},
+         f32="onnxruntime ignores the roi of an axis whose size does not change",
+         piecewise_linear=True))
+
+
+# ---- h11-conf (issue 17): Dropout in training mode (vjp_rules/nn.py), seeded so that the
+# finite differences see the same mask: with the mask output, without it (the rule names
+# one), ratio 0 (the identity), training_mode false. On the reference evaluator: it reseeds
+# every run, where onnxruntime's seeded Dropout draws a new mask each run of a session.
+BOOL_T = {"t": np.array(True)}
+for cid, ins, outs, ratio in [("dropout_training_mask", ["x", "r", "t"], ["y", "m"], 0.3),
+                              ("dropout_training_no_mask", ["x", "r", "t"], ["y"], 0.75),
+                              ("dropout_training_zero_ratio", ["x", "r", "t"], ["y"], 0.0)]:
+    add(case(cid, "Dropout", [N("Dropout", ins, outs, seed=3)], {"x": (4, 5)},
+             inits={**BOOL_T, "r": np.array(ratio)}, opset=22))
+add(case("dropout_training_false", "Dropout", [N("Dropout", ["x", "r", "t"], ["y"], seed=3)],
+         {"x": (4, 5)}, inits={"r": np.array(0.5), "t": np.array(False)}, opset=22))
+
+
+# ---- h11-conf (issue 17): TensorScatter (vjp_rules/indexing.py): cache and update both
+# inputs; linear and circular writes (wrapping past the end), the default axis and axis 1.
+# On onnxruntime too: the reference evaluator's GatherElements wraps an index past the end
+# (an unwrapped circular position goes unnoticed there), onnxruntime's refuses it.
+BOTH_BACKENDS: tuple[Literal["reference", "onnxruntime"], ...] = ("reference", "onnxruntime")
+for cid, cs, us, wi, attrs in [
+    ("tensor_scatter_linear", (2, 3, 5, 4), (2, 3, 2, 4), [1, 3], {}),
+    ("tensor_scatter_circular_wraps", (2, 5, 3), (2, 3, 3), [4, 1],
+     {"mode": "circular", "axis": 1}),
+    ("tensor_scatter_no_indices", (3, 4, 2), (3, 2, 2), None, {}),
+]:
+    for backend in BOTH_BACKENDS:
+        add(case(f"{cid}_{backend}", "TensorScatter",
+                 [N("TensorScatter", ["c", "u", *(["w"] if wi else [])], ["y"], **attrs)],
+                 {"c": cs, "u": us}, inits={"w": i64(wi)} if wi else {}, opset=24,
+                 backend=backend))
+
+
+# ---- h11-conf (issue 17): MaxPool with storage_order=1 and its Indices output (column-major
+# numbering; the rule pools again for row-major indices) (vjp_rules/pooling.py)
+add(case("maxpool_storage_order_1_indices", "MaxPool",
+         [N("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 1],
+            storage_order=1)], {"x": (1, 2, 4, 5)}, draw=distinct))
+
+
+# ---- h11-conf (issue 17): STFT (vjp_rules/spectral.py): overlapping frames, a window, a
+# complex signal two-sided, and trailing samples that no frame reaches (a zero gradient).
+# onesided is explicit: without it onnx infers the two-sided shape (the rule refuses, below).
+for cid, xs, step, window, length, attrs in [
+    ("stft_frame_length_overlap", (2, 20, 1), 3, None, 8, {"onesided": 1}),
+    ("stft_hann_window_tail", (1, 23, 1), 4, np.hanning(8), None, {"onesided": 1}),
+    ("stft_complex_two_sided", (2, 12, 2), 2, np.linspace(0.5, 1.5, 6), 6, {"onesided": 0}),
+    # torch's form, a [B, L] signal: on onnxruntime (the reference evaluator's STFT fails)
+    ("stft_rank2_signal", (2, 14), 3, np.hanning(6), None, {"onesided": 1}),
+]:
+    inits = {"step": np.array(step, np.int64)}
+    ins = ["x", "step", "", ""]
+    if window is not None:
+        inits["w"], ins[2] = window, "w"
+    if length is not None:
+        inits["len"], ins[3] = np.array(length, np.int64), "len"
+    add(case(cid, "STFT", [N("STFT", ins, ["y"], **attrs)], {"x": xs}, inits=inits, opset=17,
+             backend="onnxruntime" if len(xs) == 2 else "reference"))
+
+
+# ---- h11-conf (issue 17): DeformConv (vjp_rules/deform.py): offsets, mask, bias and weights
+# all inputs, so all their gradients are checked; offsets off the integers (the bilinear
+# kinks), some taps outside the image; strides, pads, dilations, groups, offset groups
+def off_grid(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Offsets in [-1.8, 1.8] at least 0.1 away from every integer."""
+    whole = rng.integers(-2, 2, shape)
+    return whole + rng.uniform(0.1, 0.9, shape)
+
+
+def deform(cid: str, xs: tuple[int, ...], ws: tuple[int, ...], ys: tuple[int, int],
+           og: int = 1, bias: bool = False, mask: bool = False, opset: int = 22,
+           **attrs: Any) -> RuleCase:
+    k = ws[2] * ws[3]
+    ins = {"x": xs, "w": ws, "off": (xs[0], og * k * 2, *ys)}
+    names = ["x", "w", "off", "", ""]
+    draws: dict[str, Draw] = {"x": normal, "w": normal, "off": off_grid}
+    if bias:
+        ins["b"], names[3], draws["b"] = (ws[0],), "b", normal
+    if mask:
+        ins["m"], names[4], draws["m"] = (xs[0], og * k, *ys), "m", positive
+    while names[-1] == "":
+        names.pop()
+    f32 = ORT_GS16_F32 if opset < 20 else ""  # the rule's GridSample is at the model's opset
+    return case(cid, "DeformConv", [N("DeformConv", names, ["y"], offset_group=og, **attrs)],
+                ins, draw=draws, opset=opset, backend="onnxruntime", f32=f32)
+
+
+# onnx 1.23's reference DeformConv calls GridSample with a mode name it rejects: onnxruntime
+add(deform("deform_conv_plain_opset19", (1, 2, 4, 5), (3, 2, 2, 2), (3, 4), opset=19))
+add(deform("deform_conv_pads_strides_bias", (2, 2, 5, 4), (2, 2, 3, 3), (3, 2), bias=True,
+           pads=[1, 1, 1, 1], strides=[2, 2]))
+add(deform("deform_conv_groups_mask_dilation", (1, 4, 5, 5), (4, 2, 2, 2), (3, 4), og=2,
+           mask=True, group=2, dilations=[2, 1]))
+
+
+# ---- h11-conf (issue 17): BatchNormalization in training mode (vjp_rules/nn.py): the batch's
+# statistics, and the running mean and variance outputs differentiated too
+for cid, outs in [("batch_norm_training_all_outputs", ["y", "rm", "rv"]),
+                  ("batch_norm_training_y_only", ["y"]),
+                  ("batch_norm_training_running_var_only", ["rv"])]:
+    add(case(cid, "BatchNormalization",
+             [N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"],
+                training_mode=1, momentum=0.8)],
+             {"x": (3, 2, 2, 3)}, outputs=outs,
+             inits={"s": w(2) + 1.0, "b": w(2), "m": w(2), "v": np.abs(w(2)) + 0.5},
+             opset=15))
+
+
+# ---- h11-conf (issue 17): Einsum with a repeated index (a diagonal; vjp_rules/linalg.py)
+for cid, eq, shapes in [("einsum_batch_diagonal", "...ii->...i", [(2, 3, 3)]),
+                        ("einsum_trace", "ii", [(4, 4)]),
+                        ("einsum_diagonal_times_matrix", "iij,jk->ik", [(3, 3, 2), (2, 4)]),
+                        ("einsum_triple_diagonal_operand_b", "ij,jjj->i", [(2, 3), (3, 3, 3)])]:
+    names = ["a", "b"][:len(shapes)]
+    add(case(cid, "Einsum", [N("Einsum", names, ["y"], equation=eq)],
+             dict(zip(names, shapes, strict=True)), opset=12))
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -1468,3 +1721,79 @@ def test_a_wrong_rule_fails(cid: str, rng: np.random.Generator,
     result = check_vjp(c.model, c.sample(rng), rng=rng, eps=c.eps, backend=c.backend,
                        reference=c.reference)
     assert result.error > c.tol
+
+
+def test_stft_with_default_onesided_is_refused() -> None:
+    """onnx infers a two-sided STFT shape where onesided is left at its default 1 (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    c = case("stft_default_onesided", "STFT", [N("STFT", ["x", "step", "", "len"], ["y"])],
+             {"x": (1, 12, 1)}, inits={"step": np.array(2, np.int64),
+                                       "len": np.array(4, np.int64)}, opset=17)
+    with pytest.raises(UnsupportedOpError, match="set the onesided attribute explicitly"):
+        vjp(c.model, wrt=["x"], of=["y"])
+
+
+def test_training_dropout_in_a_data_dependent_if_is_refused() -> None:
+    """The If rule recomputes its branch in the backward pass: a second Dropout draw would
+    not be the forward's mask, so the rule refuses (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    vi = helper.make_tensor_value_info
+    drop = N("Dropout", ["x", "r", "t"], ["d"], seed=1)
+    then = helper.make_graph([drop], "then", [], [vi("d", D, [3, 4])])
+    other = helper.make_graph([N("Neg", ["x"], ["e"])], "else", [], [vi("e", D, [3, 4])])
+    nodes = [N("ReduceSum", ["x"], ["s"], keepdims=0), N("Greater", ["s", "z"], ["c"]),
+             N("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    g = helper.make_graph(nodes, "if_dropout", [vi("x", D, [3, 4])], [vi("y", D, [3, 4])],
+                          [numpy_helper.from_array(np.array(0.0), "z"),
+                           numpy_helper.from_array(np.array(0.5), "r"),
+                           numpy_helper.from_array(np.array(True), "t")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)])
+    m.ir_version = 10
+    with pytest.raises(UnsupportedOpError, match="inside a data-dependent If"):
+        vjp(m, wrt=["x"], of=["y"])
+
+
+@pytest.mark.parametrize(("cid", "module", "limit", "words"), [
+    ("cumprod_axis0_3d", "powers", "CUMPROD_TABLE_MAX", "needs a table of"),
+    ("det_3x3", "linalg", "DET_MAX_N", r"9 minors \(only n <= 2\)"),
+    ("dft_real_default_axis", "spectral", "DFT_MATRIX_MAX", "transform shorter signals"),
+])
+def test_size_limits_refuse_in_one_line(cid: str, module: str, limit: str, words: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its size limit (here lowered) a rule refuses with the sizes, not a huge graph."""
+    import importlib
+
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    monkeypatch.setattr(importlib.import_module(f"neuromask_onnx.vjp_rules.{module}"), limit, 2)
+    c = next(c for c in CASES if c.id == cid)
+    with pytest.raises(UnsupportedOpError, match=words):
+        vjp(c.model)
+
+
+def test_dynamic_quantize_scale_only_is_refused_with_its_reason() -> None:
+    """Only y_scale used: the straight-through rule has nothing to pass (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    c = case("dql_scale_only", "DynamicQuantizeLinear",
+             [N("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"])], {"x": (3, 4)},
+             outputs=("s",), dtype=F, opset=13)
+    with pytest.raises(UnsupportedOpError, match="passes no gradient through the scale"):
+        vjp(c.model, wrt=["x"], of=["s"])
+
+
+def test_float64_deform_conv_below_opset_20_is_refused() -> None:
+    """Its gradient's GridSample-16 has no float64 kernel in onnxruntime (h11-conf)."""
+    from neuromask_onnx.errors import UnsupportedOpError
+    from neuromask_onnx.reverse import vjp
+
+    c = case("deform_f64_opset19", "DeformConv", [N("DeformConv", ["x", "w", "off"], ["y"])],
+             {"x": (1, 2, 4, 5)}, inits={"w": w(3, 2, 2, 2), "off": w(1, 8, 3, 4)}, opset=19)
+    with pytest.raises(UnsupportedOpError, match="float64 below opset 20"):
+        vjp(c.model, wrt=["x"], of=["y"])

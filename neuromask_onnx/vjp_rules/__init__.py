@@ -1,9 +1,10 @@
 """Vector-Jacobian rules: one function per ONNX op, emitting standard ONNX ops only.
 
 The registry and its conventions are in `registry`; the rules live in one module per op
-family (`elementwise`, `arith`, `linalg`, `shape`, `pooling`, `nn`, `recurrent`, `control`,
-`quant` for quantized models, `contrib` for onnxruntime's com.microsoft ops, `ml` for
-ONNX-ML), imported here so that importing this package registers every rule.
+family (`elementwise`, `arith`, `linalg`, `shape`, `resize`, `pooling`, `nn`, `recurrent`,
+`control`, `deform`, `spectral` for DFT, `quant` for quantized models, `contrib` for onnxruntime's
+com.microsoft ops, `ml` for ONNX-ML), imported here so that importing this package registers
+every rule.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from . import (  # noqa: F401  (registers the rules)
     arith,
     contrib,
     control,
+    deform,
     elementwise,
     indexing,
     linalg,
@@ -21,8 +23,10 @@ from . import (  # noqa: F401  (registers the rules)
     powers,
     quant,
     recurrent,
+    resize,
     sampling,
     shape,
+    spectral,
 )
 from .linalg import conv_pads, transpose_fit
 from .pooling import pool_divisor

@@ -13,15 +13,10 @@ from .registry import Grads, _k, elementwise_rule, vjp_rule
 # --------------------------------------------------------------------------- elementwise
 
 
-@vjp_rule("Identity", "Dropout")
+@vjp_rule("Identity")
 def _vjp_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
-    """gx = gy (Dropout is the identity at inference)."""
-    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
-        mode = op.g.const(node.input[2])
-        if mode is None or bool(mode):
-            msg = f"Dropout {node.name!r}: training_mode is true or computed (a random mask)"
-            raise NotImplementedError(msg)
-    return [gy, *[None] * (len(node.input) - 1)]
+    """gx = gy (Dropout's rule is in `nn`)."""
+    return [gy]
 
 
 @vjp_rule("Neg")

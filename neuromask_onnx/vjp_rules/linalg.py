@@ -1,4 +1,9 @@
-"""VJP rules of MatMul, Gemm, Conv, ConvTranspose and Einsum."""
+"""VJP rules of MatMul, Gemm, Conv, ConvTranspose, Einsum and Det.
+
+Det's gradient is its cofactor matrix, d det(A) / d A_ij = (-1)^(i+j) det(minor_ij), which is
+det(A) A^-T where A is invertible and stays exact where it is not; ONNX has no inverse, and
+the minors are Det's own input: one Gather builds all n^2 of them, one Det takes them.
+"""
 
 from __future__ import annotations
 
@@ -263,6 +268,27 @@ def _expand_full(op: Emitter, x: str, term: str, shape: Shape, sizes: dict[str, 
     return x if list(shape) == full else op.Expand(x, op.ints(full))
 
 
+def _on_diagonal(op: Emitter, g: str, tu: str, t: str, sizes: dict[str, int], eq: str,
+                 like: str) -> str:
+    """g (letters `tu`) placed on the diagonals of term `t` (its letters repeated), zero off
+    them: each later occurrence of a letter gets a fresh one, tied to the first by an identity
+    matrix in one Einsum."""
+    spare = iter(c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                 if c not in eq and c not in t)
+    seen: set[str] = set()
+    renamed, ties = "", []
+    for c in t:
+        if c in seen:
+            fresh = next(spare)
+            ties.append(c + fresh)
+            renamed += fresh
+        else:
+            seen.add(c)
+            renamed += c
+    eyes = [op.const(np.eye(sizes[tie[0]]), like=like) for tie in ties]
+    return op.Einsum(g, *eyes, equation=",".join([tu, *ties]) + "->" + renamed)
+
+
 @vjp_rule("Einsum")
 def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """g_i = einsum(other operands, gy -> letters of operand i), broadcast back where needed."""
@@ -279,19 +305,50 @@ def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         if node.input[i] not in op.wanted:
             grads.append(None)
             continue
-        if len(set(t)) != len(t):
-            msg = f"Einsum {node.name!r}: repeated index in operand {t!r} (a diagonal)"
-            raise NotImplementedError(msg)
+        # A repeated letter reads a diagonal: differentiate the diagonal (t's distinct
+        # letters), then put the gradient back on it (_on_diagonal).
+        tu = "".join(dict.fromkeys(t))
         # Einsum broadcasts only through '...': spell size-1 axes out to their full size.
         others = [(terms[j], _expand_full(op, node.input[j], terms[j], shapes[j], sizes))
                   for j in range(len(terms)) if j != i]
         avail = set(out) | {c for tt, _ in others for c in tt}
-        reduced = "".join(c for c in t if c in avail)
+        reduced = "".join(c for c in tu if c in avail)
         eq_i = ",".join([*(tt for tt, _ in others), out]) + "->" + reduced
         g = op.Einsum(*(n for _, n in others), gy, equation=eq_i)
-        if reduced != t:  # letters only this operand had: their gradient is constant along them
-            shape_r = [sizes[c] if c in reduced else 1 for c in t]
-            g = op.Expand(op.reshape(g, shape_r), op.ints([sizes[c] for c in t]))
+        if reduced != tu:  # letters only this operand had: their gradient is constant along them
+            shape_r = [sizes[c] if c in reduced else 1 for c in tu]
+            g = op.Expand(op.reshape(g, shape_r), op.ints([sizes[c] for c in tu]))
+        if tu != t:
+            g = _on_diagonal(op, g, tu, t, sizes, eq, node.input[i])
         full = tuple(sizes[c] for c in t)
         grads.append(op.sum_to(g, full, s))
     return grads
+
+
+DET_MAX_N = 32  # n^2 minors of (n - 1)^2 entries each: 0.9 M entries per matrix at 32
+
+
+def det_minor_index(n: int) -> np.ndarray:
+    """[n, n, n - 1, n - 1] flat indices into an n x n matrix: entry (r, c) of minor (i, j)."""
+    i, j, r, c = np.ix_(*(np.arange(k) for k in (n, n, n - 1, n - 1)))
+    return ((r + (r >= i)) * n + c + (c >= j)).astype(np.int64)
+
+
+@vjp_rule("Det")
+def _vjp_det(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gA = gy * cofactor(A), the minors' determinants by Det itself (module docstring)."""
+    a = node.input[0]
+    sa = op.g.shape(a)
+    n, lead = sa[-1], list(sa[:-2])
+    if n > DET_MAX_N:
+        msg = (f"Det {node.name!r}: the cofactor gradient of a {n} x {n} matrix needs {n * n} "
+               f"minors (only n <= {DET_MAX_N})")
+        raise NotImplementedError(msg)
+    g = op.Unsqueeze(gy, op.ints([-2, -1]))  # [*lead, 1, 1]
+    if n == 1:
+        return [op.Mul(g, op.const(np.ones((1, 1)), like=a))]
+    flat = op.reshape(a, [*lead, n * n])
+    minors = op.Gather(flat, op.const(det_minor_index(n)), axis=len(lead))
+    sign = np.where(np.add.outer(np.arange(n), np.arange(n)) % 2 == 0, 1.0, -1.0)
+    cof = op.Mul(op.Det(minors), op.const(sign, like=a))
+    return [op.Mul(g, cof)]

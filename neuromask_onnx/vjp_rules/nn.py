@@ -1,4 +1,12 @@
-"""VJP rules of normalisation, Softmax/LogSoftmax and CumSum, and the fused SiLU rule."""
+"""VJP rules of normalisation, Softmax/LogSoftmax, CumSum and Dropout, and the fused SiLU rule.
+
+Dropout at inference is the identity. In training mode (a constant true `training_mode`) it
+draws a random mask: y = x mask / (1 - ratio). A ratio of 0 keeps everything (the identity
+again); otherwise the rule uses the mask the node drew in the same run, so the gradient is the
+exact one of the function that run computed, as PyTorch's dropout backward. Where the model
+does not output the mask, the rule names a mask output on the node itself (the values it
+computes are unchanged). Across runs the masks differ unless the node has a seed.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +21,50 @@ from .registry import FUSED_RULES, Grads, _k, vjp_rule
 # --------------------------------------------------------------------------- nn
 
 
-@vjp_rule("BatchNormalization")
-def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+@vjp_rule("Dropout", multi_output=True)
+def _vjp_dropout(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """gx = gy at inference or ratio 0; gy mask / (1 - ratio) in training mode."""
+    gy = gys[0]
+    assert gy is not None  # the mask is boolean: no gradient reaches it
+    rest = [None] * (len(node.input) - 1)
+    training = node.input[2] if len(node.input) > 2 else ""
+    if op.g.opset < 12 or not training:
+        return [gy, *rest]
+    mode = op.g.const(training)
+    if mode is None:
+        msg = f"Dropout {node.name!r}: training_mode is computed, not a constant"
+        raise NotImplementedError(msg)
+    if not bool(np.asarray(mode).reshape(-1)[0]):
+        return [gy, *rest]
+    ratio_v = op.g.const(node.input[1]) if node.input[1] else 0.5
+    if ratio_v is None:
+        msg = f"Dropout {node.name!r}: training mode with a computed ratio"
+        raise NotImplementedError(msg)
+    ratio = float(np.asarray(ratio_v).reshape(-1)[0])
+    if ratio == 0.0:
+        return [gy, *rest]
+    if not any(n is node for n in op.g.nodes):  # a copy the reverse pass recomputes (If)
+        msg = (f"Dropout {node.name!r}: in training mode inside a data-dependent If, whose "
+               "gradient recomputes the branch and so would draw another mask")
+        raise NotImplementedError(msg)
+    if len(node.output) < 2 or not node.output[1]:
+        mask = op.fresh("dropout_mask")
+        del node.output[1:]
+        node.output.append(mask)
+        op.g.dtypes[mask] = onnx.TensorProto.BOOL
+        op.g.shapes[mask] = op.g.shape(node.input[0])
+    keep = op.mask_of(node.output[1], gy)
+    return [op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)), *rest]
+
+
+@vjp_rule("BatchNormalization", multi_output=True)
+def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
     """Inference mode is affine per channel: gx = gy scale / sqrt(var + eps)."""
     at = attrs_of(node)
     if at.get("training_mode", 0):
-        msg = f"BatchNormalization {node.name!r} runs in training mode"
-        raise NotImplementedError(msg)
+        return _batch_norm_training(op, node, gys)
+    gy = gys[0]
+    assert gy is not None  # inference BatchNormalization has one output
     x, scale, _, _, var = node.input[:5]
     sx = op.g.shape(x)
     eps = at.get("epsilon", 1e-5)
@@ -35,6 +80,37 @@ def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
             msg = f"BatchNormalization {node.name!r}: statistics that depend on the input"
             raise NotImplementedError(msg)
     return [op.Mul(gy, k), None, None, None, None]
+
+
+def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """Training mode normalizes by the batch's statistics over every axis but the channel's
+    (population variance) and outputs running_mean = momentum mean + (1 - momentum) mean_b,
+    running_var likewise with var_b: gx = the normalization's gradient of gy scale, plus
+    (1 - momentum) / n (g_mean + 2 g_var (x - mean_b)) from the running statistics."""
+    x, scale = node.input[:2]
+    sx = op.g.shape(x)
+    at = attrs_of(node)
+    eps, momentum = float(at.get("epsilon", 1e-5)), float(at.get("momentum", 0.9))
+    axes = [0, *range(2, len(sx))]
+    n = int(np.prod([sx[a] for a in axes]))
+    bshape = [sx[1]] + [1] * (len(sx) - 2)
+    for name in node.input[1:]:
+        if name in op.wanted:
+            msg = f"BatchNormalization {node.name!r}: scale, bias or statistics from the input"
+            raise NotImplementedError(msg)
+    gy, gmean, gvar = [*gys, None, None][:3]
+    parts = []
+    if gy is not None:
+        h = op.Mul(gy, op.reshape(scale, bshape))
+        parts.append(_normalized_grad(op, x, h, axes, eps))
+    w = (1.0 - momentum) / n
+    if gmean is not None:
+        parts.append(op.expand_to(op.Mul(op.reshape(gmean, bshape), _k(op, w, x)), sx))
+    if gvar is not None:
+        cen = op.Sub(x, op.ReduceMean(x, op.ints(axes), keepdims=1))
+        parts.append(op.Mul(cen, op.Mul(op.reshape(gvar, bshape), _k(op, 2.0 * w, x))))
+    gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
+    return [gx, *[None] * (len(node.input) - 1)]
 
 
 def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,

@@ -125,11 +125,10 @@ def _pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, lis
 def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """gx = ScatterElements(zeros, argmax indices, gy, reduction=add)."""
     at = attrs_of(node)
-    if at.get("storage_order", 0):
-        msg = f"MaxPool {node.name!r}: storage_order=1 has no gradient rule"
-        raise NotImplementedError(msg)
     sx, _, kernel, strides, dil, pads = _pool_geometry(op, node)
-    if len(node.output) > 1 and node.output[1]:
+    # storage_order=1 numbers the indices column-major: the rule's own MaxPool numbers them
+    # row-major, as the scatter below reads them.
+    if len(node.output) > 1 and node.output[1] and not at.get("storage_order", 0):
         idx = node.output[1]
     else:
         idx = op.emit("MaxPool", [node.input[0]], outputs=2, kernel_shape=kernel,

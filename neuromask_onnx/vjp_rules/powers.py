@@ -1,10 +1,15 @@
-"""VJP rules of the product reduction and the p-norm pools: ReduceProd, LpPool, GlobalLpPool.
+"""VJP rules of the products and the p-norm pools: ReduceProd, CumProd, LpPool, GlobalLpPool.
 
 Kept apart from `pooling` (sums and maxima) because both need care where values vanish:
 
 - ReduceProd: d prod / d x_i is the product of the other factors. y / x_i divides by zero
   where x_i = 0, so the rule counts the zeros of each group: none -> p / x_i; one -> the
   product of the nonzero factors at the zero, 0 elsewhere; more -> 0. Exact everywhere.
+- CumProd: y_i is the product of x over a set S_i of positions along the axis (k <= i, or
+  k < i with `exclusive`, mirrored with `reverse`), so d y_i / d x_j = [j in S_i] times the
+  product over S_i without j. For every j the rule runs the same CumProd on x with x_j set to
+  1 (an [n, n] table per slice) and masks the entries with j outside S_i: no division, exact
+  at zeros. The table costs n times the input; over `CUMPROD_TABLE_MAX` entries it refuses.
 - LpPool / GlobalLpPool: y = (sum_window |x|^p)^(1/p), so gx = sum over the windows holding x
   of gy y^(1-p) |x|^(p-1) sign(x); the window sum is the transposed convolution with a ones
   kernel that AveragePool's rule uses. A window of zeros (y = 0) passes no gradient (the
@@ -16,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph import Emitter, attrs_of
+from ..graph import Emitter, attrs_of, normalize_axes
 from .linalg import transpose_fit
 from .pooling import _keep_shape, _pool_geometry, _reduce_axes
 from .registry import Grads, _k, vjp_rule
@@ -41,6 +46,44 @@ def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     lone = op.mask_of(op.And(is_zero, op.Equal(count, one)), x)  # the one zero of its group
     d = op.Add(op.Mul(none, op.mask_of(op.Equal(count, zero), x)), op.Mul(prod, lone))
     return [op.Mul(gk, d), *rest]
+
+
+CUMPROD_TABLE_MAX = 1 << 26  # entries of CumProd's [.., n, n] table (256 MiB in float32)
+
+
+@vjp_rule("CumProd")
+def _vjp_cumprod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+    """gx_j = sum_i gy_i [j in S_i] CumProd(x with x_j = 1)_i, along the axis moved last."""
+    x, ax = node.input[0], node.input[1]
+    sx = op.g.shape(x)
+    axis_v = op.g.const(ax)
+    if axis_v is None:
+        msg = f"CumProd {node.name!r}: the axis is computed, not a constant"
+        raise NotImplementedError(msg)
+    rank = len(sx)
+    axis = normalize_axes([int(np.asarray(axis_v).reshape(-1)[0])], rank)[0]
+    n = sx[axis]
+    if int(np.prod(sx)) * n > CUMPROD_TABLE_MAX:
+        msg = (f"CumProd {node.name!r}: the exact gradient over an axis of {n} needs a table of "
+               f"{int(np.prod(sx)) * n} entries (over {CUMPROD_TABLE_MAX}); cumulate fewer")
+        raise NotImplementedError(msg)
+    at = attrs_of(node)
+    exclusive, reverse = int(at.get("exclusive", 0)), int(at.get("reverse", 0))
+    perm = [a for a in range(rank) if a != axis] + [axis]
+    inv = [int(i) for i in np.argsort(perm)]
+    xt = op.Transpose(x, perm=perm) if axis != rank - 1 else x
+    gt = op.Transpose(gy, perm=perm) if axis != rank - 1 else gy
+    j, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    # member[j, i] = [j in S_i]
+    member = (j > i if reverse else j < i) if exclusive else (j >= i if reverse else j <= i)
+    eye = op.const(np.eye(n, dtype=bool))
+    rows = op.Where(eye, op.const(1.0, like=x), op.Unsqueeze(xt, op.ints([-2])))  # [.., j, k]
+    last = op.Squeeze(op.ints([-1]))  # CumProd's axis is 0-D (op.const makes 1-D arrays)
+    table = op.CumProd(rows, last, exclusive=exclusive, reverse=reverse)  # [.., j, i]
+    weights = op.Mul(table, op.const(member.astype(np.float64), like=x))
+    gxt = op.ReduceSum(op.Mul(weights, op.Unsqueeze(gt, op.ints([-2]))), op.ints([-1]),
+                       keepdims=0)
+    return [op.Transpose(gxt, perm=inv) if axis != rank - 1 else gxt, None]
 
 
 def _lp_factor(op: Emitter, x: str, p: int) -> str:

@@ -148,8 +148,10 @@ def _vjp_dynamic_quantize(op: Emitter, node: onnx.NodeProto,
     rounding the zero point can push an end value half a step out, which is not saturation.
     """
     gq = gys[0]
-    if gq is None:
-        return [None]
+    if gq is None:  # only y_scale reaches the output: the rule passes nothing through it
+        msg = (f"DynamicQuantizeLinear {node.name!r}: only its y_scale output is used, and the "
+               "straight-through rule passes no gradient through the scale")
+        raise NotImplementedError(msg)
     x = node.input[0]
     return [op.Div(op.cast_like(gq, x), node.output[1])]
 

@@ -41,10 +41,12 @@ ZERO_GRAD_OPS = frozenset({
 # Dropout's ratio from the data). The driver passes them over where a rule returns None.
 NONDIFF_OPERANDS: dict[str, frozenset[int]] = {
     "CastLike": frozenset({1}),  # `target_type`: only its element type is read
-    "Dropout": frozenset({1, 2}),  # ratio, training_mode: inference Dropout is the identity
+    "Dropout": frozenset({1, 2}),  # ratio, training_mode: constants where they matter
     "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}),
     "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}), "Split": frozenset({1}),
     "Slice": frozenset({1, 2, 3, 4}), "Pad": frozenset({1, 3}), "CumSum": frozenset({1}),
+    "CumProd": frozenset({1}), "Compress": frozenset({1}), "DFT": frozenset({1, 2}),
+    "TensorScatter": frozenset({2}), "STFT": frozenset({1, 3}),
     "Gather": frozenset({1}), "GatherElements": frozenset({1}), "GatherND": frozenset({1}),
     "TopK": frozenset({1}), "ScatterElements": frozenset({1}), "ScatterND": frozenset({1}),
     "ReduceSum": frozenset({1}), "ReduceMean": frozenset({1}), "ReduceMax": frozenset({1}),

@@ -1,4 +1,4 @@
-"""VJP rules of shape and indexing ops: reshapes, joins, slices, pads, gathers, resizes."""
+"""VJP rules of shape and indexing ops: reshapes, joins, slices, pads, gathers (Resize: `resize`)."""
 
 from __future__ import annotations
 
@@ -308,88 +308,6 @@ def _vjp_topk(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> G
     assert gy is not None
     gx = op.ScatterElements(op.zeros(sx, x), node.output[1], gy, axis=axis, reduction="add")
     return [gx, None]
-
-
-def _resize_attr(node: onnx.NodeProto, name: str, default: str) -> str:
-    v = attrs_of(node).get(name, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _resize_full(op: Emitter, node: onnx.NodeProto, idx: int) -> np.ndarray | None:
-    """Resize's scales (idx 2) or sizes (idx 3) spelled out for every axis, or None."""
-    if len(node.input) <= idx or not node.input[idx]:
-        return None
-    v = op.g.const(node.input[idx])
-    if v is None or v.size == 0:
-        return None
-    rank = len(op.g.shape(node.input[0]))
-    axes = attrs_of(node).get("axes")
-    if axes is None:
-        return v.reshape(-1)
-    full = (np.ones(rank) if idx == 2 else np.array(op.g.shape(node.input[0]))).astype(v.dtype)
-    for j, a in enumerate(int(a) % rank for a in axes):  # in the given order, not sorted
-        full[a] = v.reshape(-1)[j]
-    return full
-
-
-def _resize_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
-    """The [out, in] interpolation matrix of one axis, read off the node itself at build time.
-
-    Running the forward Resize on an identity basis (length 1 along every other axis) gives
-    the exact weights for any mode, coordinate transform, rounding and antialias setting.
-    """
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
-    n, rank = sx[axis], len(sx)
-    if axis == 0:
-        msg = f"Resize {node.name!r}: resizing the batch axis has no gradient rule"
-        raise NotImplementedError(msg)
-    shp = [n] + [1] * (rank - 1)
-    shp[axis] = n
-    basis = np.eye(n, dtype=np.float32).reshape(shp)
-    attrs = attrs_of(node)
-    for drop in ("axes", "keep_aspect_ratio_policy"):
-        attrs.pop(drop, None)
-    scales = _resize_full(op, node, 2)
-    if scales is not None:
-        sc = np.ones(rank, dtype=np.float32)
-        sc[axis] = float(scales[axis])
-        inits = [numpy_helper.from_array(sc, "scales")]
-        ins = ["x", "", "scales"]
-    else:
-        sizes = np.array(shp, dtype=np.int64)
-        sizes[axis] = sy[axis]
-        inits = [numpy_helper.from_array(sizes, "sizes")]
-        ins = ["x", "", "", "sizes"]
-    rnode = helper.make_node("Resize", ins, ["y"], **attrs)
-    g = helper.make_graph([rnode], "basis",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, shp)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(op.g.opset, 18))])
-    m.ir_version = 8
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"x": basis})[0]
-    return np.asarray(out, dtype=np.float64).reshape(n, sy[axis]).T
-
-
-@vjp_rule("Resize")
-def _vjp_resize(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
-    """gx = gy contracted, axis by axis, with each resized axis's interpolation matrix."""
-    x = node.input[0]
-    sx, sy = op.g.shape(x), op.g.shape(node.output[0])
-    if _resize_attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
-        msg = f"Resize {node.name!r}: tf_crop_and_resize has no gradient rule"
-        raise NotImplementedError(msg)
-    scales = _resize_full(op, node, 2)
-    g, cur = gy, list(sy)
-    for a in range(len(sx)):
-        if sx[a] == sy[a] and (scales is None or float(scales[a]) == 1.0):
-            continue
-        g = op.axis_matmul(g, tuple(cur), a, _resize_matrix(op, node, a), x)
-        cur[a] = sx[a]
-    return [g, *[None] * (len(node.input) - 1)]
 
 
 def _space_depth_perm(node: onnx.NodeProto, shape: Shape) -> tuple[list[int], list[int], list[int]]:
