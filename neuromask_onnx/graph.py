@@ -167,6 +167,19 @@ def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.
     return out
 
 
+def _explicit_defaults(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The node, with the attribute defaults that onnx's shape inference gets wrong spelled out.
+
+    STFT's `onesided` defaults to 1 (the spec, onnxruntime), but onnx's inference (1.23) counts
+    the two-sided bins when the attribute is absent, so every later shape would be wrong.
+    """
+    if (node.op_type == "STFT" and node.domain in ("", "ai.onnx")
+            and not any(a.name == "onesided" for a in node.attribute)):
+        node = onnx.NodeProto.FromString(node.SerializeToString())  # the caller's stays as is
+        node.attribute.append(helper.make_attribute("onesided", 1))
+    return node
+
+
 def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
     """Convert, pin the inputs in `pinned`, fold constants and infer static shapes."""
     model = _convert_opset(_inputs_as_constants(model))
@@ -180,7 +193,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
             shp.ClearField("dim")
             for d in pinned[vi.name]:
                 shp.dim.add().dim_value = int(d)
-    nodes = list(g.node)
+    nodes = [_explicit_defaults(n) for n in g.node]
     shapes: dict[str, Shape] = {}
     dtypes: dict[str, int] = {}
     # Each round can unlock only the next stage: shape inference stops at a value whose shape

@@ -1573,7 +1573,7 @@ add(case("maxpool_storage_order_1_indices", "MaxPool",
 
 # ---- h11-conf (issue 17): STFT (vjp_rules/spectral.py): overlapping frames, a window, a
 # complex signal two-sided, and trailing samples that no frame reaches (a zero gradient).
-# onesided is explicit: without it onnx infers the two-sided shape (the rule refuses, below).
+# onesided is explicit here; its default is the test at the end of the file.
 for cid, xs, step, window, length, attrs in [
     ("stft_frame_length_overlap", (2, 20, 1), 3, None, 8, {"onesided": 1}),
     ("stft_hann_window_tail", (1, 23, 1), 4, np.hanning(8), None, {"onesided": 1}),
@@ -1723,16 +1723,18 @@ def test_a_wrong_rule_fails(cid: str, rng: np.random.Generator,
     assert result.error > c.tol
 
 
-def test_stft_with_default_onesided_is_refused() -> None:
-    """onnx infers a two-sided STFT shape where onesided is left at its default 1 (h11-conf)."""
-    from neuromask_onnx.errors import UnsupportedOpError
-    from neuromask_onnx.reverse import vjp
-
+def test_stft_with_default_onesided_gets_the_one_sided_gradient() -> None:
+    """onnx's shape inference counts two-sided bins where STFT's onesided is left at its
+    default 1; graph.prepare spells the default out, so the rule sees onnxruntime's shape."""
     c = case("stft_default_onesided", "STFT", [N("STFT", ["x", "step", "", "len"], ["y"])],
              {"x": (1, 12, 1)}, inits={"step": np.array(2, np.int64),
-                                       "len": np.array(4, np.int64)}, opset=17)
-    with pytest.raises(UnsupportedOpError, match="set the onesided attribute explicitly"):
-        vjp(c.model, wrt=["x"], of=["y"])
+                                       "len": np.array(4, np.int64)}, opset=17,
+             backend="onnxruntime")
+    rng = np.random.default_rng(0)
+    result = check_vjp(c.model, c.sample(rng), rng=rng, eps=c.eps, backend=c.backend,
+                       reference=c.reference)
+    assert result.error < c.tol, result
+    assert [a.name for a in c.model.graph.node[0].attribute] == []  # the caller's model
 
 
 def test_training_dropout_in_a_data_dependent_if_is_refused() -> None:
