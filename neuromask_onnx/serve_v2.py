@@ -248,7 +248,7 @@ def add_routes(app: Any, config_for: Callable[[str], dict[str, Any] | None]) -> 
     app.middleware("http")(binary_header)
 
 
-def _config_messages() -> tuple[Any, Any]:
+def config_messages() -> tuple[Any, Any]:
     """ModelConfigRequest and ModelConfigResponse, wire-compatible with Triton's
     (grpc_service.proto / model_config.proto field numbers), in a private pool."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -293,7 +293,7 @@ def grpc_config_handler(config_for: Callable[[str], dict[str, Any] | None]) -> A
     """A grpc generic handler answering `inference.GRPCInferenceService/ModelConfig`."""
     import grpc
 
-    Request, Response = _config_messages()
+    Request, Response = config_messages()
 
     async def model_config(request: Any, context: Any) -> Any:
         cfg = config_for(request.name)

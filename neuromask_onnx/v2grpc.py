@@ -75,11 +75,11 @@ class InferenceServerClient:
         import grpc
         from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-        from .serve_v2 import _config_messages
+        from .serve_v2 import config_messages
 
         self.pb = pb
         self.channel = grpc.insecure_channel(where)
-        self.config_request, config_response = _config_messages()
+        self.config_request, config_response = config_messages()
         names = {"ServerLive": pb.ServerLiveResponse, "ModelReady": pb.ModelReadyResponse,
                  "ModelMetadata": pb.ModelMetadataResponse, "ModelInfer": pb.ModelInferResponse,
                  "ModelConfig": config_response}
