@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, attrs_of
+from .basis import run_on_basis
 from .registry import Grads, vjp_rule
 
 
@@ -56,8 +57,7 @@ def _resize_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
     Running the forward Resize on an identity basis (length 1 along every other axis) gives
     the exact weights for any mode, coordinate transform, rounding and antialias setting.
     """
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
     n, rank = sx[axis], len(sx)
@@ -66,7 +66,6 @@ def _resize_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
         raise NotImplementedError(msg)
     shp = [n] + [1] * (rank - 1)
     shp[axis] = n
-    basis = np.eye(n, dtype=np.float32).reshape(shp)
     attrs = attrs_of(node)
     crop = _resize_attr(node, "coordinate_transformation_mode", "half_pixel") == \
         "tf_crop_and_resize"
@@ -93,15 +92,10 @@ def _resize_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
         attrs["extrapolation_value"] = 0.0  # a constant where the region leaves the image
         if axes is not None:
             attrs["axes"] = keep
-    rnode = helper.make_node("Resize", ins, ["y"], **attrs)
-    g = helper.make_graph([rnode], "basis",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, shp)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(op.g.opset, 18))])
-    m.ir_version = 8
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"x": basis})[0]
-    return np.asarray(out, dtype=np.float64).reshape(n, sy[axis]).T
+    # float32, as this rule has always read the weights (the model's own kernel type)
+    out = run_on_basis(node, "Resize", ins, attrs, inits, shp, max(op.g.opset, 18),
+                       dtypes=(TensorProto.FLOAT,))
+    return out.reshape(n, sy[axis]).T
 
 
 @vjp_rule("Resize")

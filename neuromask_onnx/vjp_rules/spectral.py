@@ -5,7 +5,7 @@ DFT is linear in its signal: along one axis, the n x c input entries (c = 1 for 
 real output of a one-sided inverse) by a fixed real matrix M that
 its attributes (inverse, onesided) and `dft_length` (zero padding or truncation) set. The
 gradient is M^T applied to gy. Like Resize's rule (`resize`), the rule reads M off the node
-itself at build time: onnxruntime runs the same DFT on the n c basis vectors (a leading batch
+itself at build time (`basis`): onnxruntime runs the same DFT on the n c basis vectors (a leading batch
 axis of basis vectors, length 1 along every other axis), in float64 where it has the kernel,
 so M is whatever the runtime computes, the one-sided inverse included. The gradient is then
 one MatMul per slice: gy with the axis and the complex axis last, flattened to m c', times M^T.
@@ -22,13 +22,12 @@ the runtimes compute one-sided ones: the static shapes are wrong, so the rule re
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from ..graph import Emitter, attrs_of, normalize_axes
+from .basis import run_on_basis
 from .registry import Grads, vjp_rule
 
 DFT_MATRIX_MAX = 1 << 24  # entries of M (n c x m c'; STFT: one frame's): 128 MiB in float64
@@ -43,36 +42,6 @@ def _const_input(op: Emitter, node: onnx.NodeProto, i: int) -> np.ndarray | None
                "not a constant")
         raise NotImplementedError(msg)
     return np.asarray(v)
-
-
-def _run_basis(node: onnx.NodeProto, op_type: str, ins: list[str], attrs: dict[str, Any],
-               inits: list[onnx.TensorProto], shape: list[int], opset: int) -> np.ndarray:
-    """The op on an identity basis of shape [k, *shape[1:]] (k = prod(shape[1:])), on
-    onnxruntime, in float64 where it has the kernel; the outputs as a [k, -1] matrix."""
-    import onnxruntime as ort
-
-    k = int(np.prod(shape[1:]))
-    last: Exception | None = None
-    for dtype in (TensorProto.DOUBLE, TensorProto.FLOAT):  # float64 where the kernel exists
-        np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-        typed = [numpy_helper.from_array(numpy_helper.to_array(t).astype(np_dtype), t.name)
-                 if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE) else t for t in inits]
-        g = helper.make_graph([helper.make_node(op_type, ins, ["y"], **attrs)], "basis",
-                              [helper.make_tensor_value_info("x", dtype, shape)],
-                              [helper.make_tensor_value_info("y", dtype, None)], typed)
-        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-        model.ir_version = 8 if opset <= 18 else 9
-        basis = np.eye(k, dtype=np_dtype).reshape(shape)
-        try:
-            sess = ort.InferenceSession(model.SerializeToString(),
-                                        providers=["CPUExecutionProvider"])
-            out = np.asarray(sess.run(None, {"x": basis})[0], dtype=np.float64)
-        except Exception as exc:  # noqa: BLE001  (no float64 kernel: float32 next)
-            last = exc
-            continue
-        return out.reshape(k, -1)
-    msg = f"{node.op_type} {node.name!r}: onnxruntime cannot run it on a basis ({last})"
-    raise NotImplementedError(msg)
 
 
 def dft_axis(op: Emitter, node: onnx.NodeProto, rank: int) -> int:
@@ -106,7 +75,7 @@ def dft_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
         ins.append("axis")
     else:
         attrs["axis"] = axis + 1
-    return _run_basis(node, "DFT", ins, attrs, inits, shp, op.g.opset)
+    return run_on_basis(node, "DFT", ins, attrs, inits, shp, op.g.opset).reshape(n * c, -1)
 
 
 @vjp_rule("DFT")
@@ -159,7 +128,8 @@ def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         inits.append(numpy_helper.from_array(np.array(length, np.int64), "length"))
         ins[3] = "length"
     shape = [length * c, length, *sx[2:]]  # one frame per basis vector
-    mat = _run_basis(node, "STFT", ins, attrs_of(node), inits, shape, op.g.opset)
+    mat = run_on_basis(node, "STFT", ins, attrs_of(node), inits, shape, op.g.opset).reshape(
+        length * c, -1)
     if mat.shape[1] != out:  # onnx's shape inference takes onesided's default as 0
         msg = (f"STFT {node.name!r}: onnx's shape inference gives {sy[2]} frequency bins, "
                f"onnxruntime {mat.shape[1] // sy[3]}; set the onesided attribute explicitly")
