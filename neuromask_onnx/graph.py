@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .control_flow import all_inputs, all_names, expand_control_flow
 from .emitter import Emitter
@@ -38,6 +38,7 @@ from .graphtypes import (
     input_dims,
     normalize_axes,
 )
+from .lower import lower_contrib, lower_space_to_depth_crd
 from .shapes import fold_constants, infer_shapes, shapes_at
 from .simplify import simplify
 
@@ -132,41 +133,6 @@ def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-def _lower_space_to_depth_crd(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
-                              shapes: dict[str, Shape],
-                              dtypes: dict[str, int]) -> list[onnx.NodeProto]:
-    """SpaceToDepth with mode="CRD" as Reshape -> Transpose -> Reshape.
-
-    SpaceToDepth's mode attribute exists from opset 28 (ONNX's conformance case
-    test_spacetodepth_crd_mode_example); the SpaceToDepth rule knows DCR only, so CRD is
-    written out in standard ops, whose rules follow the real function.
-    """
-    out: list[onnx.NodeProto] = []
-    for node in nodes:
-        mode = next((a.s for a in node.attribute if a.name == "mode"), b"")
-        x = node.input[0] if node.input else ""
-        if node.op_type != "SpaceToDepth" or mode != b"CRD" or len(shapes.get(x, ())) != 4:
-            out.append(node)
-            continue
-        b = next(int(a.i) for a in node.attribute if a.name == "blocksize")
-        n, c, h, w = shapes[x]
-        base = f"{PREFIX}s2d_{node.output[0]}"
-        split, moved = (n, c, h // b, b, w // b, b), (n, c, b, b, h // b, w // b)
-        consts[f"{base}_split"] = np.array(split, dtype=np.int64)
-        consts[f"{base}_shape"] = np.array(shapes.get(node.output[0], (n, c * b * b, h // b,
-                                                                       w // b)), dtype=np.int64)
-        for name, shp, dt in ((f"{base}_split", (6,), TensorProto.INT64),
-                              (f"{base}_shape", (4,), TensorProto.INT64),
-                              (f"{base}_r", split, dtypes.get(x, TensorProto.FLOAT)),
-                              (f"{base}_t", moved, dtypes.get(x, TensorProto.FLOAT))):
-            shapes[name], dtypes[name] = tuple(shp), dt
-        out += [helper.make_node("Reshape", [x, f"{base}_split"], [f"{base}_r"]),
-                helper.make_node("Transpose", [f"{base}_r"], [f"{base}_t"], perm=[0, 1, 3, 5, 2, 4]),
-                helper.make_node("Reshape", [f"{base}_t", f"{base}_shape"], [node.output[0]],
-                                 name=node.name)]
-    return out
-
-
 def _explicit_defaults(node: onnx.NodeProto) -> onnx.NodeProto:
     """The node, with the attribute defaults that onnx's shape inference gets wrong spelled out.
 
@@ -193,7 +159,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
             shp.ClearField("dim")
             for d in pinned[vi.name]:
                 shp.dim.add().dim_value = int(d)
-    nodes = [_explicit_defaults(n) for n in g.node]
+    nodes = lower_contrib([_explicit_defaults(n) for n in g.node])
     shapes: dict[str, Shape] = {}
     dtypes: dict[str, int] = {}
     # Each round can unlock only the next stage: shape inference stops at a value whose shape
@@ -239,7 +205,7 @@ def prepare(model: onnx.ModelProto, pinned: dict[str, Shape]) -> Graph:
         for name, (shp, elem) in found.items():
             shapes.setdefault(name, shp)
             dtypes.setdefault(name, elem)
-    nodes = _lower_space_to_depth_crd(nodes, consts, shapes, dtypes)
+    nodes = lower_space_to_depth_crd(nodes, consts, shapes, dtypes)
     nodes = simplify(nodes, consts, shapes, dtypes, [*real_inputs, *(o.name for o in g.output)])
     used = {n for node in nodes for n in (*node.input, *node.output)}
     used |= set(consts) | {vi.name for vi in g.input} | {vi.name for vi in g.output}

@@ -38,6 +38,7 @@ from .graph import (
 )
 from .heads import Objective, OutputKind, find_logits, loss_head
 from .io_names import BASELINE, GRAD_INPUT, GRAD_MASK, LOSS, MASK, PROBS, TARGET, XBAR
+from .lower import LOWERED
 from .onnxml import holds_probabilities, zipmap_sources
 from .precision import is_half, upcast_half
 from .reverse import (
@@ -412,7 +413,7 @@ def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = N
                   ESTIMATED if op_type in NO_GRADIENT_OPS else
                   EXPANDED if op_type in expanded else
                   "output only (the probabilities it maps are explained)"
-                  if op_type == "ai.onnx.ml::ZipMap" else "unsupported")
+                  if op_type == "ai.onnx.ml::ZipMap" else LOWERED.get(op_type, "unsupported"))
         rows.append(OpStatus(op_type, count, None if path is None else path.get(op_type, 0),
                              status, tuple(where.get(op_type, ()))))
     return rows
