@@ -39,7 +39,8 @@ times a second instrumented model in the same blocks, built with the other setti
 the passes named by `--ab-skip` left out, so each pass is measured in one process
 (`--all-passes` also runs the passes that are off by default, `simplify.DEFAULT_SKIP`).
 `--profile DIR` writes onnxruntime profiles of the forward and instrumented sessions and
-prints the kernel time per op type of both.
+prints the kernel time per op type of both, then per part: the original model's nodes, the
+nodes the instrumentation added (`nm_*`) and onnxruntime's layout reorders (`part_profile`).
 
 `--rows 1,2,4,8` instead times instrumented models at those batch sizes, every row the same
 image with its own mask (a batch of masks for one image), against the forward at batch 1,
@@ -102,18 +103,43 @@ def _block(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], n: int) -> 
     return times
 
 
-def op_profile(path: str) -> dict[str, float]:
-    """Milliseconds per run spent in each op type, from an onnxruntime profile file."""
+def _node_events(path: str) -> tuple[list[tuple[str, str, float]], int]:
+    """(node name, op type, microseconds) of every kernel in an onnxruntime profile file, and
+    the number of runs it covers."""
     import json
 
     events = json.loads(Path(path).read_text())
     runs = max(1, sum(e.get("name") == "model_run" for e in events))
+    return [(str(e["name"])[:-len("_kernel_time")], e.get("args", {}).get("op_name", "?"),
+             float(e["dur"]))
+            for e in events
+            if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")], runs
+
+
+def op_profile(path: str) -> dict[str, float]:
+    """Milliseconds per run spent in each op type, from an onnxruntime profile file."""
+    nodes, runs = _node_events(path)
     total: dict[str, float] = {}
-    for e in events:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
-            op = e.get("args", {}).get("op_name", "?")
-            total[op] = total.get(op, 0.0) + e["dur"] / 1e3 / runs
+    for _, op, dur in nodes:
+        total[op] = total.get(op, 0.0) + dur / 1e3 / runs
     return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def part_profile(path: str) -> dict[str, float]:
+    """Milliseconds per run in three parts: "forward" (the original model's nodes, under
+    their names or the names onnxruntime derives from them when it fuses or expands one),
+    "gradient" (every node the instrumentation added: their names start with `nm_`) and
+    "reorder" (the layout reorders onnxruntime inserts around its NCHWc kernels). In the
+    instrumented session "forward" is what the forward pass costs there: fusions lost because
+    the backward pass reads an intermediate value, and activations kept alive for the backward
+    pass, written to cold memory (the pruned `--forward-part` model regains both)."""
+    nodes, runs = _node_events(path)
+    parts = dict.fromkeys(("forward", "gradient", "reorder"), 0.0)
+    for name, op, dur in nodes:
+        key = ("reorder" if op in ("ReorderInput", "ReorderOutput")
+               else "gradient" if name.startswith("nm_") else "forward")
+        parts[key] += dur / 1e3 / runs
+    return parts
 
 
 def print_profiles(name: str, fwd: str, ins: str, top: int = 12) -> None:
@@ -123,6 +149,11 @@ def print_profiles(name: str, fwd: str, ins: str, top: int = 12) -> None:
     for op in list(dict.fromkeys([*i, *f]))[:top]:
         print(f"| {op} | {f.get(op, 0.0):.2f} | {i.get(op, 0.0):.2f} |")
     print(f"| all | {sum(f.values()):.2f} | {sum(i.values()):.2f} |\n", flush=True)
+    pf, pi = part_profile(fwd), part_profile(ins)
+    print("| part | forward | instrumented |\n|---|---|---|")
+    for part in pf:
+        print(f"| {part} | {pf[part]:.2f} | {pi[part]:.2f} |")
+    print(flush=True)
 
 
 def free_factors(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
