@@ -87,6 +87,16 @@ def mask_grads(model: onnx.ModelProto | str, x: np.ndarray, target: np.ndarray
     return out[io_names.GRAD_MASK].astype(np.float64), out[io_names.PROBS].astype(np.float64)
 
 
+def on_cells(g: np.ndarray, cells: int = 14) -> np.ndarray:
+    """The gradient with respect to the default NeuroMask's parameters: the pixel mask
+    gradient [N, 1, H, W] through the adjoint of its `smooth` upsampling from cells x cells
+    (what the optimiser actually follows, `NeuroMaskConfig.mask_cells`)."""
+    from neuromask_onnx.mask import apply, upsample_matrix
+
+    mats = [None, *(upsample_matrix(n, cells, "smooth") for n in g.shape[2:])]
+    return apply(mats, g, adjoint=True)
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     return [float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)) for u, v in zip(a, b,
@@ -147,6 +157,16 @@ def main() -> None:
         print(f"{p:22s}{target[i]:5d}  {c8:15.4f}  {c16:15.6f}  {cn:16.4f}  {agree}")
     print(f"mean                         {np.mean(cosines(g8, g32)):15.4f}  "
           f"{np.mean(cosines(g16, g32)):15.6f}  {np.mean(cosines(gn, g32)):16.4f}")
+    c8, c16, cn = (on_cells(g) for g in (g8, g16, gn))
+    c32 = on_cells(g32)
+    print("\nthe same gradients on the default 14 x 14 mask cells (through the upsampling's "
+          "adjoint)")
+    print("photo                 class  cos(int8, fp32)  cos(fp16, fp32)  cos(noise, fp32)")
+    for i, p in enumerate(PHOTOS):
+        print(f"{p:22s}{target[i]:5d}  {cosines(c8, c32)[i]:15.4f}  "
+              f"{cosines(c16, c32)[i]:15.6f}  {cosines(cn, c32)[i]:16.4f}")
+    print(f"mean                         {np.mean(cosines(c8, c32)):15.4f}  "
+          f"{np.mean(cosines(c16, c32)):15.6f}  {np.mean(cosines(cn, c32)):16.4f}")
 
 
 def compare_maps(model: Path, qpath: Path, x: np.ndarray, noisy: np.ndarray,
