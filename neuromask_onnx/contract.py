@@ -288,6 +288,7 @@ def analyse(model: onnx.ModelProto, opts: ModelOptions, batch_size: int,
     x_vi = pick_input(m, opts.input_name)
     x = x_vi.name
     out = pick_output(m, opts.output_name)
+    dims = known_dims(original, x)  # before `prepare` pins them
     shape = resolve_shape(input_dims(m, x), batch_size, input_shape, x)
     axes, lay = choose_mask_axes(shape, opts, x)
     mshape = tuple(d if (i == 0 or i in axes) else 1 for i, d in enumerate(shape))
@@ -305,7 +306,7 @@ def analyse(model: onnx.ModelProto, opts: ModelOptions, batch_size: int,
         msg = f"output {out!r} has shape {list(zs)}, which has no batch axis first"
         raise ModelContractError(msg)
     k = int(np.prod(zs[1:]))
-    spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits, known_dims(original, x),
+    spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits, dims,
                 x_vi.type.tensor_type.elem_type, options=opts)
     return spec, g
 
