@@ -33,7 +33,7 @@ from .precision import is_half, upcast_half
 
 Gradient = Literal["auto", "exact", "estimate"]
 Purpose = Literal["mask", "read"]
-NP_DTYPES: dict[int, type[np.floating]] = {  # type: ignore[type-arg]
+NP_DTYPES: dict[int, type[np.floating]] = {
     TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
     TensorProto.FLOAT16: np.float16}
 
@@ -66,7 +66,8 @@ class Spec:
     mask_axes: tuple[int, ...]
     layout: str
     output_kind: str
-    """logits or probabilities, after a final Softmax/LogSoftmax/Sigmoid is stripped."""
+    """What the output holds: logits, probabilities, or softmax / log_softmax / sigmoid (the
+    loss head then reads `logits_name`, the scores before that final op)."""
     num_classes: int
     logits_name: str
     dims: tuple[int | None, ...] = ()
@@ -92,7 +93,7 @@ class Spec:
         return any(d is None for d in self.dims[1:])
 
     @property
-    def np_dtype(self) -> type[np.floating]:  # type: ignore[type-arg]
+    def np_dtype(self) -> type[np.floating]:
         return NP_DTYPES.get(self.dtype, np.float32)
 
     @property
@@ -273,7 +274,7 @@ def dynamic_shape(model: onnx.ModelProto, input_name: str | None,
 # --------------------------------------------------------------------------- resolve
 
 
-def analyse(model: onnx.ModelProto, opts: ModelOptions, batch_size: int,
+def analyse(model: onnx.ModelProto | str | Path, opts: ModelOptions, batch_size: int,
             input_shape: Sequence[int] | None, *, check_gradient: bool,
             ) -> tuple[Spec, Graph]:
     """The Spec and the prepared graph (of the float32 copy, for a half model).

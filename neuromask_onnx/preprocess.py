@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .contract import InputSpec, describe_input
+from .contract import InputSpec, describe_input  # describe_input: re-exported, as before
 from .errors import InputError, ModelContractError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
