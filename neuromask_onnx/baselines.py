@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .contract import Spec, dynamic_shape, resolve
+from .contract import ModelOptions, Spec, decide, dynamic_shape
 from .errors import InputError
 from .explain import NeuroMask, by_shape
 from .graph import load_model, prune
@@ -66,10 +66,10 @@ class Classifier:
         # Every decision about the model, made once; dynamic non-batch dims are resolved at
         # `input_shape`, and each input shape gets its own session later.
         if spec is None:
-            spec = resolve(self.model, input_name=input_name, output_name=output_name,
-                           input_shape=dynamic_shape(self.model, input_name, input_shape),
-                           layout=layout, mask_axes=mask_axes,
-                           output_kind=output_kind)  # type: ignore[arg-type]
+            opts = ModelOptions(input_name, output_name, output_kind,  # type: ignore[arg-type]
+                                layout, None if mask_axes is None else tuple(mask_axes))
+            spec = decide(self.model, opts,
+                          input_shape=dynamic_shape(self.model, input_name, input_shape))
         self.spec = spec
         self.input_shape = spec.input_shape[1:] if spec.dynamic else None
         self.input_name = spec.input_name

@@ -274,18 +274,23 @@ def dynamic_shape(model: onnx.ModelProto, input_name: str | None,
 # --------------------------------------------------------------------------- resolve
 
 
-def analyse(model: onnx.ModelProto | str | Path, opts: ModelOptions, batch_size: int,
+def analyse(model: onnx.ModelProto, opts: ModelOptions, batch_size: int,
             input_shape: Sequence[int] | None, *, check_gradient: bool,
             ) -> tuple[Spec, Graph]:
     """The Spec and the prepared graph (of the float32 copy, for a half model).
 
-    check_gradient: raise UnsupportedOpError where an op on the input-to-output path has no
-    rule (before the output is looked at, as `instrument` always did)."""
+    model: as `graph.load_model` returns it (checked; never modified here). check_gradient:
+    raise UnsupportedOpError where an op on the input-to-output path has no rule (before the
+    output is looked at, as `instrument` always did)."""
     if batch_size < 1:
         msg = f"batch size must be at least 1, got {batch_size}"
         raise InputError(msg)
-    original = load_model(model)
-    m = upcast_half(original) if is_half(original) else original  # float32 copy (precision.py)
+    if is_half(model):  # the exact float32 copy (precision.py)
+        m = upcast_half(model)
+    else:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)  # `prepare` pins the input's dims in place
+    original = model
     x_vi = pick_input(m, opts.input_name)
     x = x_vi.name
     out = pick_output(m, opts.output_name)
@@ -327,10 +332,18 @@ def resolve(model: onnx.ModelProto | str | Path, *, input_name: str | None = Non
     if gradient not in ("auto", "exact", "estimate"):
         msg = f"gradient must be auto, exact or estimate, got {gradient!r}"
         raise InputError(msg)
-    m = load_model(model)
     opts = ModelOptions(input_name, output_name, output_kind, layout,
                         None if mask_axes is None else tuple(mask_axes))
-    n = default_batch(m, input_name) if batch_size is None else batch_size
+    return decide(load_model(model), opts, gradient, batch_size, input_shape)
+
+
+def decide(m: onnx.ModelProto, opts: ModelOptions, gradient: Gradient = "exact",
+           batch_size: int | None = None, input_shape: Sequence[int] | None = None) -> Spec:
+    """`resolve` for a model `graph.load_model` has already read and checked."""
+    if gradient not in ("auto", "exact", "estimate"):
+        msg = f"gradient must be auto, exact or estimate, got {gradient!r}"
+        raise InputError(msg)
+    n = default_batch(m, opts.input_name) if batch_size is None else batch_size
     if gradient == "estimate":
         spec, _ = analyse(m, opts, n, input_shape, check_gradient=False)
         return _with_gradient(spec, "estimate", None)

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from .chunks import ChunkOptimizer, Job
-from .contract import Spec, dynamic_shape, resolve
+from .contract import ModelOptions, Spec, decide, dynamic_shape
 from .errors import ConvergenceWarning, InputError, UnsupportedOpError
 from .estimate import EstimateRunner, estimated_note
 from .graph import load_model
@@ -102,11 +102,10 @@ class NeuroMask(ChunkOptimizer):
         # dims is resolved at `input_shape`; each input shape later gets its own instrumented
         # model (`_runner`).
         if spec is None:
-            spec = resolve(self.model, input_name=input_name, output_name=output_name,
-                           input_shape=dynamic_shape(self.model, input_name, input_shape),
-                           layout=layout, mask_axes=mask_axes,
-                           output_kind=output_kind,  # type: ignore[arg-type]
-                           gradient=gradient)  # type: ignore[arg-type]
+            opts = ModelOptions(input_name, output_name, output_kind,  # type: ignore[arg-type]
+                                layout, None if mask_axes is None else tuple(mask_axes))
+            spec = decide(self.model, opts, gradient,  # type: ignore[arg-type]
+                          input_shape=dynamic_shape(self.model, input_name, input_shape))
         self.spec: Spec | None = spec
         self._may_estimate = gradient == "auto"
         self.gradient: str = spec.gradient

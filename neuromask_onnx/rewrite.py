@@ -25,7 +25,7 @@ from . import __version__
 from .contract import ModelOptions, Spec, analyse
 from .control_flow import all_inputs, rename_reads
 from .errors import ModelContractError
-from .graph import Emitter, Graph
+from .graph import Emitter, Graph, load_model
 from .heads import Objective, OutputKind, loss_head
 from .io_names import BASELINE, GRAD_INPUT, GRAD_MASK, LOSS, MASK, PROBS, TARGET, XBAR
 from .opreport import ESTIMATED, EXPANDED, OpStatus, op_report
@@ -78,7 +78,7 @@ def instrument(
     else:
         opts = ModelOptions(input_name, output_name, output_kind, layout,
                             None if mask_axes is None else tuple(mask_axes))
-    spec, g = analyse(model, opts, batch_size, input_shape, check_gradient=gradient)
+    spec, g = analyse(load_model(model), opts, batch_size, input_shape, check_gradient=gradient)
     x, out, logits, kind, k = (spec.input_name, spec.output_name, spec.logits_name,
                                spec.output_kind, spec.num_classes)
     xdtype, shape, mshape = spec.dtype, spec.input_shape, spec.mask_shape
