@@ -7,7 +7,8 @@ Resize + CenterCrop, or pad), then x = (pixel * scale - mean) / std in the model
 order and layout. `.npy` files are taken as already-preprocessed tensors, with or without a
 leading sample axis. A directory expands to its image and `.npy` files, sorted by name.
 
-The input's size and layout are read from the model where it declares them; `Geometry` keeps
+The input's size and layout are read from the model where it declares them (`InputSpec`, by
+`contract.describe_input`, re-exported here); `Geometry` keeps
 how the model's pixels map back to the original image so masks can be shown at its resolution.
 """
 

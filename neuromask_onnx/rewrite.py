@@ -5,7 +5,9 @@ a `nm_baseline` is given), a per-sample loss on the model's logits against `nm_t
 loss heads are in `heads`), and a reverse-mode subgraph built from `vjp_rules` by
 `reverse.differentiate`. Only values that depend on the mask and reach the logits get rules;
 weights never get gradient nodes; everything the outputs do not need is removed.
-`reverse.vjp` is the same driver with user-supplied cotangents (used by `gradcheck`).
+`reverse.vjp` is the same driver with user-supplied cotangents (used by `gradcheck`). Which
+input, output, layout and mask axes is `contract`'s decision (`analyse`), made the same way
+for every batch size; `op_report` (`neuromask ops`) is `opreport`'s, re-exported here.
 
 Every tensor added starts with `nm_`. The graph I/O names are fixed: inputs `nm_mask`,
 `nm_target`, `nm_baseline`; outputs `nm_loss` [N], `nm_grad_mask` (the mask's shape) and
