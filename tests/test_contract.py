@@ -170,3 +170,28 @@ def test_explainers_read_the_spec() -> None:
                                                                spec.dims)
     assert (nm.layout, nm.num_classes, nm.dtype) == ("NHWC", 5, np.float32)
     assert clf.neuromask(nm.config).spec is clf.spec  # passed on, not resolved again
+
+
+def test_auto_falls_back_where_a_rule_refuses_a_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every op has a rule, so the contract says exact; a rule that refuses its node's form
+    while the model is built still turns `--gradient auto` into the estimate (as the probe
+    model did), and `--gradient exact` into the one-line error."""
+    import neuromask_onnx.reverse as rev
+
+    real = rev.rule_for
+
+    def refuse(*_: object) -> list[str | None]:
+        msg = "a form this rule does not take"
+        raise NotImplementedError(msg)
+
+    monkeypatch.setattr(rev, "rule_for", lambda n: refuse if n.op_type == "Gemm" else real(n))
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    nm = NeuroMask(MODELS / "cnn_nchw.onnx", provider="cpu", batch_size=1)
+    assert (nm.gradient, nm.gradient_note) == ("exact", None)
+    assert nm.predict(x).shape == (1, 10)
+    assert nm.gradient == "estimate"
+    assert nm.gradient_note is not None
+    assert "op Gemm" in nm.gradient_note
+    strict = NeuroMask(MODELS / "cnn_nchw.onnx", provider="cpu", batch_size=1, gradient="exact")
+    with pytest.raises(UnsupportedOpError, match="Gemm"):
+        strict.predict(x)
