@@ -176,15 +176,14 @@ def test_auto_falls_back_where_a_rule_refuses_a_form(monkeypatch: pytest.MonkeyP
     """Every op has a rule, so the contract says exact; a rule that refuses its node's form
     while the model is built still turns `--gradient auto` into the estimate (as the probe
     model did), and `--gradient exact` into the one-line error."""
-    import neuromask_onnx.reverse as rev
-
-    real = rev.rule_for
+    from neuromask_onnx.vjp_rules import rule_for as real
 
     def refuse(*_: object) -> list[str | None]:
         msg = "a form this rule does not take"
         raise NotImplementedError(msg)
 
-    monkeypatch.setattr(rev, "rule_for", lambda n: refuse if n.op_type == "Gemm" else real(n))
+    monkeypatch.setattr("neuromask_onnx.reverse.rule_for",
+                        lambda n: refuse if n.op_type == "Gemm" else real(n))
     x = np.zeros((1, 3, 32, 32), np.float32)
     nm = NeuroMask(MODELS / "cnn_nchw.onnx", provider="cpu", batch_size=1)
     assert (nm.gradient, nm.gradient_note) == ("exact", None)
