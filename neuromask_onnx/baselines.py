@@ -1,7 +1,7 @@
 """The methods users already know, on the exact deployed ONNX model and onnxruntime alone.
 
-`Classifier` wraps a model in two kinds of session, both built by `rewrite.instrument(...,
-wrt="input")`: a gradient session (`nm_grad_input` = d score / d input, the score being the
+`Classifier` resolves the model's contract once (`contract.resolve`) and wraps it in two kinds
+of session, both built by `rewrite.instrument(..., wrt="input")`: a gradient session (`nm_grad_input` = d score / d input, the score being the
 target logit by default) and a forward-only one (the same graph with the gradient pruned away)
 that gives class probabilities. Gradient methods (saliency, gradient x input, SmoothGrad,
 Integrated Gradients) read the first; perturbation methods (occlusion, RISE) and the metrics
@@ -26,15 +26,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .contract import ModelOptions, Spec, decide, dynamic_shape
 from .errors import InputError
-from .explain import NeuroMask, by_shape, probe_shape
-from .graph import input_dims, load_model, prune
+from .explain import NeuroMask, by_shape
+from .graph import load_model, prune
 from .heads import Objective
 from .io_names import GRAD_INPUT, LOSS, PROBS, TARGET
 from .mask import upsample, upsample_matrix
 from .optimize import NeuroMaskConfig
 from .rewrite import instrument
-from .runtime import available_provider, session
+from .runtime import available_provider, run_padded, session
 
 
 class Classifier:
@@ -46,14 +47,15 @@ class Classifier:
         provider: "auto", "cpu" or "cuda". batch_size: samples per session run (a model with
         a fixed batch axis uses its own). threads: onnxruntime intra-op threads.
         input_shape: one input's shape without the batch axis, for models whose non-batch
-        dims are dynamic.
+        dims are dynamic. spec: a `contract.resolve` result, instead of the arguments above.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, *, input_name: str | None = None,
                  output_name: str | None = None, output_kind: str = "auto",
                  layout: str | None = None, mask_axes: Sequence[int] | None = None,
                  provider: str = "auto", batch_size: int = 64,
-                 threads: int | None = None, input_shape: Sequence[int] | None = None) -> None:
+                 threads: int | None = None, input_shape: Sequence[int] | None = None,
+                 spec: Spec | None = None) -> None:
         if batch_size < 1:
             msg = f"batch size must be at least 1, got {batch_size}"
             raise InputError(msg)
@@ -61,19 +63,20 @@ class Classifier:
         self.provider = available_provider(provider)  # type: ignore[arg-type]
         self.batch_size = batch_size
         self.threads = threads
-        self.opts: dict[str, Any] = {"input_name": input_name, "output_name": output_name,
-                                     "output_kind": output_kind, "layout": layout,
-                                     "mask_axes": list(mask_axes) if mask_axes else None}
-        # Dynamic non-batch dims: probed at `input_shape`; a session per input shape later.
-        self.input_shape = probe_shape(self.model, input_name, input_shape)
-        probe = self._instrument(1, self.input_shape, "logit")
-        props = {p.key: p.value for p in probe.metadata_props}
-        self.input_name = props["neuromask.input"]
-        self.num_classes = max(int(props["neuromask.num_classes"]), 2)
-        self.mask_axes = tuple(int(a) for a in props["neuromask.mask_axes"].split(","))
-        dims = input_dims(self.model, self.input_name)
-        self.dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
-        self.fixed_batch = self.dims[0]
+        # Every decision about the model, made once; dynamic non-batch dims are resolved at
+        # `input_shape`, and each input shape gets its own session later.
+        if spec is None:
+            opts = ModelOptions(input_name, output_name, output_kind,  # type: ignore[arg-type]
+                                layout, None if mask_axes is None else tuple(mask_axes))
+            spec = decide(self.model, opts,
+                          input_shape=dynamic_shape(self.model, input_name, input_shape))
+        self.spec = spec
+        self.input_shape = spec.input_shape[1:] if spec.dynamic else None
+        self.input_name = spec.input_name
+        self.num_classes = spec.classes
+        self.mask_axes = spec.mask_axes
+        self.dims = spec.dims
+        self.fixed_batch = spec.fixed_batch
         self._sessions: dict[tuple[Any, ...], ort.InferenceSession] = {}
         self._neuromask: dict[NeuroMaskConfig, NeuroMask] = {}
         self.model_runs = 0
@@ -81,10 +84,7 @@ class Classifier:
 
     def _instrument(self, batch: int, shape: tuple[int, ...] | None,
                     objective: Objective) -> onnx.ModelProto:
-        o = self.opts
-        return instrument(self.model, input_name=o["input_name"], output_name=o["output_name"],
-                          batch_size=batch, input_shape=shape, layout=o["layout"],
-                          mask_axes=o["mask_axes"], output_kind=o["output_kind"],
+        return instrument(self.model, spec=self.spec, batch_size=batch, input_shape=shape,
                           objective=objective, wrt="input")
 
     def _session(self, kind: str, batch: int, shape: tuple[int, ...]) -> ort.InferenceSession:
@@ -106,26 +106,20 @@ class Classifier:
         return self._sessions[key]
 
     def _run(self, kind: str, x: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
-        n = len(x)
-        if n == 0:
-            msg = "no samples to run"
-            raise InputError(msg)
-        size = self.fixed_batch or min(self.batch_size, n)
+        size = self.fixed_batch or min(self.batch_size, max(len(x), 1))
         shape = tuple(x.shape[1:])
-        outs: list[list[np.ndarray]] = []
         names = [PROBS] if kind == "probs" else [LOSS, GRAD_INPUT]
-        for lo in range(0, n, size):
-            part, t = x[lo:lo + size], target[lo:lo + size]
-            k = len(part)
-            if k < size:  # pad with copies of the last sample
-                part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
-                t = np.concatenate([t, np.repeat(t[-1:], size - k)])
-            sess = self._session(kind, size, shape)
-            res = sess.run(names, {self.input_name: np.ascontiguousarray(part, np.float32),
-                                   TARGET: t.astype(np.int64)})
+
+        def run(parts: list[np.ndarray], n: int) -> list[np.ndarray]:
+            part, t = parts
+            res = self._session(kind, size, shape).run(
+                names, {self.input_name: np.ascontiguousarray(part, np.float32),
+                        TARGET: t.astype(np.int64)})
             self.model_runs += size
-            outs.append([r[:k] for r in res])
-        return [np.concatenate([o[i] for o in outs]) for i in range(len(names))]
+            return [r[:n] for r in res]
+
+        # every chunk runs at `size` rows (the last padded), so one session serves them all
+        return run_padded(run, [x, target], size, pad=True)
 
     def probs(self, x: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities [N, K] (float64) of inputs x [N, ...], or of a list of inputs
@@ -166,12 +160,10 @@ class Classifier:
 
     def neuromask(self, config: NeuroMaskConfig) -> NeuroMask:
         if config not in self._neuromask:
-            o = self.opts
             self._neuromask[config] = NeuroMask(
-                self.model, config, input_name=o["input_name"], output_name=o["output_name"],
-                output_kind=o["output_kind"], layout=o["layout"], mask_axes=o["mask_axes"],
+                self.model, config, spec=self.spec,
                 provider="cuda" if self.provider == "CUDAExecutionProvider" else "cpu",
-                batch_size=1, threads=self.threads, input_shape=self.input_shape)
+                batch_size=1, threads=self.threads)
         return self._neuromask[config]
 
 

@@ -28,7 +28,7 @@ from scipy.special import expit
 from . import areas
 from .mask import apply, upsample, upsample_matrix
 from .optimize import NeuroMaskConfig, StepInfo, optimize
-from .runtime import Runner
+from .runtime import Runner, run_padded
 from .smoothness import laplacian_kernel, smoothness, sparsity
 
 
@@ -147,25 +147,20 @@ class ChunkOptimizer:
         mats = [None if cs == s else upsample_matrix(s, cs, c.upsample)
                 for s, cs in zip(full, coarse, strict=True)]
 
-        def pad(a: np.ndarray, lo: int) -> np.ndarray:
-            return _rows(a, lo, piece)
-
         seen: dict[str, np.ndarray] = {}
 
         def run_rows(masks: np.ndarray, which: int) -> tuple[np.ndarray, np.ndarray]:
-            ps, gs, qs = [], [], []
-            for lo in range(0, total_rows, piece):
-                k = min(piece, total_rows - lo)
-                runner.bind(self.input_name, pad(x_rows, lo), pad(t_rows, lo),
-                            pad(bases[which], lo))  # type: ignore[arg-type]
-                mask = pad(masks, lo).reshape(runner.mask_shape).astype(self.dtype)
-                p, g, q = runner.run(mask)
+            def run(parts: list[np.ndarray], k: int) -> list[np.ndarray]:
+                x, t, b, m = parts
+                runner.bind(self.input_name, x, t, b)
+                p, g, q = runner.run(m.reshape(runner.mask_shape).astype(self.dtype))
                 self.model_runs += piece
-                ps.append(p[:k])
-                gs.append(g[:k].reshape(k, *full))
-                qs.append(q[:k])
-            seen["probs"] = np.concatenate(qs)
-            return np.concatenate(ps), np.concatenate(gs)
+                return [p[:k], g[:k].reshape(k, *full), q[:k]]
+
+            base = bases[which]
+            assert base is not None  # areas mode: every substrate is an explicit array
+            p, g, seen["probs"] = run_padded(run, [x_rows, t_rows, base, masks], piece, pad=True)
+            return p, g
 
         kernel = laplacian_kernel(c.laplacian_size, len(coarse)) if len(coarse) <= 3 else None
         obj = areas.AreasObjective(c, jobs, run_rows,
@@ -235,26 +230,17 @@ class ChunkOptimizer:
         ts = np.repeat(target, nb)
         bs = np.stack([np.zeros_like(x[0]) if b is None else b[j * per]
                        for j in range(n) for b in bases])
-        rows = []
-        for lo in range(0, len(xs), piece):
-            k = min(piece, len(xs) - lo)
 
-            runner.bind(self.input_name, _rows(xs, lo, piece), _rows(ts, lo, piece),
-                        _rows(bs, lo, piece))
+        def run(parts: list[np.ndarray], k: int) -> list[np.ndarray]:
+            runner.bind(self.input_name, *parts)
             _, gi, _ = runner.run(np.ones(runner.mask_shape, self.dtype))
             self.model_runs += piece
-            rows.append(gi[:k].reshape(k, *full).astype(np.float32))
-        g = np.concatenate(rows).reshape(n, nb, *full).sum(axis=1)
+            return [gi[:k].reshape(k, *full).astype(np.float32)]
+
+        (rows,) = run_padded(run, [xs, ts, bs], piece, pad=True)
+        g = rows.reshape(n, nb, *full).sum(axis=1)
         cover = apply(mats, np.ones((1, *full), np.float32), adjoint=True)
         coarse = apply(mats, g, adjoint=True) / np.maximum(cover, 1e-12)
         return np.concatenate([areas.prior_weights(c, v) for v in coarse])
 
-
-
-def _rows(a: np.ndarray, lo: int, piece: int) -> np.ndarray:
-    """Rows lo .. lo + piece of a, padded with copies of the last row (a fixed session batch)."""
-    part = a[lo:lo + piece]
-    if len(part) < piece:
-        part = np.concatenate([part, np.repeat(part[-1:], piece - len(part), axis=0)])
-    return part
 

@@ -115,9 +115,9 @@ class Explainer:
                  batch_size: int, threads: int = 1) -> None:
         import onnx
 
+        from .contract import describe_input
         from .explain import NeuroMask
         from .optimize import NeuroMaskConfig
-        from .preprocess import describe_input
 
         proto = onnx.load_from_string(model)
         self.nm = NeuroMask(proto, NeuroMaskConfig(**config), provider="cpu",
@@ -214,9 +214,10 @@ def explain_dataset(model: str | Path, source: str | Path, out: str | Path, *,
                     progress: Callable[[int, int], None] | None = None,
                     ) -> list[dict[str, Any]]:
     """Explain every input of SOURCE into OUT on Ray; returns the summary rows."""
+    from .contract import describe_input
     from .graph import load_model
     from .optimize import NeuroMaskConfig
-    from .preprocess import describe_input, model_labels, resolve_preprocessing
+    from .preprocess import model_labels, resolve_preprocessing
 
     try:
         import ray

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import InputError, ModelContractError, UnsupportedOpError
-from .graph import graph_inputs
+from .errors import InputError, ModelContractError
 from .io_names import BASELINE, LOSS, MASK, PROBS, TARGET
 from .mask import upsample, upsample_matrix
 from .optimize import NeuroMaskConfig
@@ -137,39 +136,10 @@ class EstimateRunner(SessionRunner):
         return loss[:, 0].astype(np.float32), grad, probs[:, 0]
 
 
-def probe_batch(model: onnx.ModelProto, input_name: str | None) -> int:
-    """The batch size a first instrumentation can use: the input's fixed one, else 1."""
-    real = graph_inputs(model)
-    vi = next((v for v in real if v.name == input_name), real[0] if len(real) == 1 else None)
-    if vi is None or not vi.type.tensor_type.HasField("shape"):
-        return 1
-    dims = vi.type.tensor_type.shape.dim
-    return int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else 1
-
-
-def resolve(gradient: str, model: onnx.ModelProto, input_name: str | None,
-            build: Callable[[int, bool], onnx.ModelProto]) -> tuple[str, str | None,
-                                                                 onnx.ModelProto]:
-    """(gradient used, the one line saying why it is estimated or None, a probe model).
-
-    build(batch, exact) instruments the model with (exact) or without its gradient subgraph.
-    """
-    if gradient not in ("auto", "exact", "estimate"):
-        msg = f"gradient must be auto, exact or estimate, got {gradient!r}"
-        raise InputError(msg)
-    n = probe_batch(model, input_name)
-    if gradient == "exact":
-        return "exact", None, build(n, True)
-    if gradient == "estimate":
-        return "estimate", None, build(n, False)
-    try:
-        return "exact", None, build(n, True)
-    except UnsupportedOpError as exc:
-        probe = build(n, False)
-        note = (f"op {exc.op_type} (node {exc.node_name!r}) has no gradient rule: the mask "
-                f"gradient is estimated from batched model runs ({DIRECTIONS} antithetic "
-                "direction pairs a step)")
-        return "estimate", note, probe
+def estimated_note(op_type: str, node_name: str) -> str:
+    """The one line saying why the mask gradient is estimated (`--gradient auto`)."""
+    return (f"op {op_type} (node {node_name!r}) has no gradient rule: the mask gradient is "
+            f"estimated from batched model runs ({DIRECTIONS} antithetic direction pairs a step)")
 
 
 def record(runners: Sequence[Any], gradient: str) -> dict[str, Any]:

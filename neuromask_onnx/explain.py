@@ -27,23 +27,21 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 from .chunks import ChunkOptimizer, Job
-from .errors import ConvergenceWarning, InputError
-from .graph import graph_inputs, input_dims, load_model
+from .contract import ModelOptions, Spec, decide, dynamic_shape
+from .errors import ConvergenceWarning, InputError, UnsupportedOpError
+from .estimate import EstimateRunner, estimated_note
+from .graph import load_model
 from .mask import masked_out
 from .optimize import NeuroMaskConfig, StepInfo
 from .results import Explanation, Progress, TopClass, diagnose
 from .rewrite import instrument
-from .runtime import Provider, Runner, SessionRunner, available_provider
+from .runtime import Provider, Runner, SessionRunner, available_provider, run_padded
 
-__all__ = ["Explanation", "NeuroMask", "Progress", "Target", "TopClass", "by_shape", "diagnose",
-           "probe_shape"]
+__all__ = ["Explanation", "NeuroMask", "Progress", "Target", "TopClass", "by_shape", "diagnose"]
 
 Target = int | str
-_NP_DTYPES: dict[int, type[np.floating[Any]]] = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
-              TensorProto.FLOAT16: np.float16}
 
 
 # --------------------------------------------------------------------------- the explainer
@@ -67,6 +65,10 @@ class NeuroMask(ChunkOptimizer):
             of them on CUDA.
         input_shape: one input's shape without the batch axis, for models whose non-batch
             dims are dynamic (the shape they are first instrumented at).
+        gradient: "auto" (exact where every op has a rule, else estimated), "exact" or
+            "estimate".
+        spec: a `contract.resolve` result to use instead of the arguments above (a
+            `baselines.Classifier` passes its own).
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, config: NeuroMaskConfig | None = None,
@@ -75,7 +77,8 @@ class NeuroMask(ChunkOptimizer):
                  mask_axes: Sequence[int] | None = None, provider: Provider = "auto",
                  batch_size: int = 8, labels: Sequence[str] | None = None,
                  threads: int | None = None, rows_per_run: int | None = None,
-                 input_shape: Sequence[int] | None = None, gradient: str = "auto") -> None:
+                 input_shape: Sequence[int] | None = None, gradient: str = "auto",
+                 spec: Spec | None = None) -> None:
         if batch_size < 1:
             msg = f"batch size must be at least 1, got {batch_size}"
             raise InputError(msg)
@@ -93,32 +96,27 @@ class NeuroMask(ChunkOptimizer):
             labels = model_labels(self.model)
         self.labels = list(labels) if labels is not None else None
         self.threads = threads
-        self._opts: dict[str, Any] = {"input_name": input_name, "output_name": output_name,
-                      "output_kind": output_kind, "layout": layout,
-                      "mask_axes": list(mask_axes) if mask_axes is not None else None}
-        # `instrument` picks the input and raises the user-facing errors; do it once here.
-        # gradient: exact (rules), estimate (model runs, `estimate`) or auto (exact if it can).
-        # A model with dynamic non-batch dims is probed at `input_shape` (an input's shape);
-        # each distinct input shape later gets its own instrumented model (`_runner`).
-        from .estimate import resolve
-
-        self.gradient = "exact"
-        self.gradient_note: str | None = None
-        shape0 = probe_shape(self.model, input_name, input_shape)
-        self.gradient, self.gradient_note, probe = resolve(
-            gradient, self.model, input_name,
-            lambda b, exact: self._instrumented(b, shape0, exact))
-        props = {p.key: p.value for p in probe.metadata_props}
-        self.input_name = props["neuromask.input"]
-        self.num_classes = int(props["neuromask.num_classes"])
-        self.mask_axes = tuple(int(a) for a in props["neuromask.mask_axes"].split(","))
-        self.layout = props["neuromask.layout"]
-        dims = input_dims(self.model, self.input_name)
-        self.dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
-        self.fixed_batch = self.dims[0] if self.dims else None
-        # The instrumented model's type: a half-precision model is explained in float32.
-        vi = next(v for v in graph_inputs(probe) if v.name == self.input_name)
-        self.dtype = _NP_DTYPES.get(vi.type.tensor_type.elem_type, np.float32)
+        # Every decision about the model, made once (`contract.resolve`; it raises the
+        # user-facing errors). gradient: exact (rules), estimate (model runs, `estimate`) or
+        # auto (exact where every op on the path has a rule). A model with dynamic non-batch
+        # dims is resolved at `input_shape`; each input shape later gets its own instrumented
+        # model (`_runner`).
+        if spec is None:
+            opts = ModelOptions(input_name, output_name, output_kind,  # type: ignore[arg-type]
+                                layout, None if mask_axes is None else tuple(mask_axes))
+            spec = decide(self.model, opts, gradient,  # type: ignore[arg-type]
+                          input_shape=dynamic_shape(self.model, input_name, input_shape))
+        self.spec: Spec | None = spec
+        self._may_estimate = gradient == "auto"
+        self.gradient: str = spec.gradient
+        self.gradient_note = None if spec.no_rule is None else estimated_note(*spec.no_rule)
+        self.input_name = spec.input_name
+        self.num_classes = spec.num_classes
+        self.mask_axes = spec.mask_axes
+        self.layout = spec.layout
+        self.dims = spec.dims
+        self.fixed_batch = spec.fixed_batch
+        self.dtype = spec.np_dtype  # the instrumented model's: a half model runs in float32
         if self.labels is not None and len(self.labels) != max(self.num_classes, 2):
             msg = (f"the labels list has {len(self.labels)} names but the model has "
                    f"{self.num_classes} classes")
@@ -132,16 +130,13 @@ class NeuroMask(ChunkOptimizer):
     # ----------------------------------------------------------------- model plumbing
 
     def _instrumented(self, batch: int, shape: tuple[int, ...] | None,
-                      exact: bool | None = None) -> onnx.ModelProto:
-        o = self._opts
+                      exact: bool) -> onnx.ModelProto:
+        assert self.spec is not None, "a served model is not instrumented here"
         c = self.config
         classic = c.mode == "classic"
-        return instrument(self.model, input_name=o["input_name"], output_name=o["output_name"],
-                          batch_size=batch, input_shape=shape, layout=o["layout"],
-                          mask_axes=o["mask_axes"], output_kind=o["output_kind"],
+        return instrument(self.model, spec=self.spec, batch_size=batch, input_shape=shape,
                           objective="cross_entropy" if classic else "probability",
-                          baseline=c.baseline != "zero" if classic else True,
-                          gradient=self.gradient == "exact" if exact is None else exact)
+                          baseline=c.baseline != "zero" if classic else True, gradient=exact)
 
     def _runner(self, batch: int, shape: tuple[int, ...]) -> Runner:
         key = (batch, shape)
@@ -155,17 +150,22 @@ class NeuroMask(ChunkOptimizer):
         """The hook where a run of the instrumented model comes from (`remote` overrides it
         with a `runtime.Runner` over a served model)."""
         dynamic = any(d is None for d in self.dims[1:])
+        at = shape if dynamic else None
         t0 = time.perf_counter()
-        runner: Runner
-        if self.gradient == "estimate":
-            from .estimate import EstimateRunner
-
-            runner = EstimateRunner(
-                lambda b: self._instrumented(b, shape if dynamic else None), batch,
-                self.provider_name, self.threads, self.mask_axes, self.config)
-        else:
-            m = self._instrumented(batch, shape if dynamic else None)
-            runner = SessionRunner(m, self.provider_name, self.threads)
+        runner: Runner | None = None
+        if self.gradient == "exact":
+            try:
+                runner = SessionRunner(self._instrumented(batch, at, True), self.provider_name,
+                                       self.threads)
+            except UnsupportedOpError as exc:  # a rule refused the node's form
+                if not self._may_estimate:
+                    raise
+                self.gradient = "estimate"
+                self.gradient_note = estimated_note(exc.op_type, exc.node_name)
+        if runner is None:
+            runner = EstimateRunner(lambda b: self._instrumented(b, at, False), batch,
+                                    self.provider_name, self.threads, self.mask_axes,
+                                    self.config)
         self._timings["instrument"] += time.perf_counter() - t0
         return runner
 
@@ -216,18 +216,18 @@ class NeuroMask(ChunkOptimizer):
                 every[idx] = self._probs([xs[i] for i in idx])
             return every
         size, pad = self._chunk_size(len(xs))
-        out = []
-        for lo in range(0, len(xs), size):
-            part = xs[lo:lo + size]
-            n = len(part)
-            b = size if pad else n
-            runner = self._runner(b, part[0].shape)
-            batch = np.stack(part + [part[-1]] * (b - n))
-            runner.bind(self.input_name, batch, np.zeros(b, np.int64), self._baseline(batch))
+
+        def run(parts: list[np.ndarray], n: int) -> list[np.ndarray]:
+            batch = parts[0]
+            runner = self._runner(len(batch), tuple(batch.shape[1:]))
+            runner.bind(self.input_name, batch, np.zeros(len(batch), np.int64),
+                        self._baseline(batch))
             _, _, probs = runner.run(np.ones(runner.mask_shape, self.dtype))
-            self.model_runs += b
-            out.append(probs[:n].astype(np.float64))
-        return np.concatenate(out)
+            self.model_runs += len(batch)
+            return [probs[:n].astype(np.float64)]
+
+        (probs,) = run_padded(run, [np.stack(xs)], size, pad=pad)
+        return probs
 
     def attribute(self, x: np.ndarray | Sequence[np.ndarray],
                   target: Target | Sequence[Target | Sequence[Target]] | None = None, *,
@@ -378,19 +378,3 @@ def by_shape(xs: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
     for i, a in enumerate(xs):
         groups.setdefault(tuple(a.shape), []).append(i)
     return groups
-
-
-def probe_shape(model: onnx.ModelProto, input_name: str | None,
-                 input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
-    """`input_shape` where the chosen input has dynamic non-batch dims, else None."""
-    if input_shape is None:
-        return None
-    real = graph_inputs(model)
-    vi = next((v for v in real if v.name == input_name), real[0] if len(real) == 1 else None)
-    if vi is None:
-        return None
-    dims = input_dims(model, vi.name)
-    dynamic = any(not (isinstance(d, int) and d > 0) for d in dims[1:])
-    return tuple(int(d) for d in input_shape) if dynamic else None
-
-

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from . import outputs, report
+from .contract import InputSpec, describe_input
 from .errors import ConvergenceWarning, InputError, ModelContractError
 from .explain import Explanation, NeuroMask
 from .explain import Progress as StepProgress
@@ -28,9 +29,7 @@ from .graph import graph_inputs, load_model
 from .optimize import NeuroMaskConfig
 from .preprocess import (
     MAX_PIXELS,
-    InputSpec,
     LoadedInput,
-    describe_input,
     load_inputs,
     model_labels,
     resolve_preprocessing,

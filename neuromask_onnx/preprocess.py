@@ -7,7 +7,8 @@ Resize + CenterCrop, or pad), then x = (pixel * scale - mean) / std in the model
 order and layout. `.npy` files are taken as already-preprocessed tensors, with or without a
 leading sample axis. A directory expands to its image and `.npy` files, sorted by name.
 
-The input's size and layout are read from the model where it declares them; `Geometry` keeps
+The input's size and layout are read from the model where it declares them (`InputSpec`, by
+`contract.describe_input`, re-exported here); `Geometry` keeps
 how the model's pixels map back to the original image so masks can be shown at its resolution.
 """
 
@@ -20,11 +21,10 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .contract import InputSpec, describe_input  # describe_input: re-exported, as before
 from .errors import InputError, ModelContractError
-from .graph import FLOAT_TYPES, graph_inputs, input_dims
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 TENSOR_SUFFIXES = frozenset({".npy"})
@@ -130,80 +130,6 @@ def model_labels(model: onnx.ModelProto) -> list[str] | None:
     except ValueError:
         return None
     return [str(v) for v in labels] if isinstance(labels, list) else None
-
-
-# --------------------------------------------------------------------------- the model side
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model says about the input to explain."""
-
-    name: str
-    dims: tuple[int | None, ...]
-    """Full dims, batch first; None where dynamic."""
-    layout: str
-    """NCHW, NHWC or the generic N... for non-image inputs."""
-
-    @property
-    def is_image(self) -> bool:
-        return self.layout in ("NCHW", "NHWC")
-
-    @property
-    def channels(self) -> int | None:
-        return self.dims[self.layout.index("C")] if self.is_image else None
-
-    @property
-    def hw(self) -> tuple[int | None, int | None]:
-        return (self.dims[self.layout.index("H")], self.dims[self.layout.index("W")])
-
-
-def describe_input(model: onnx.ModelProto, input_name: str | None = None,
-                   layout: str | None = None) -> InputSpec:
-    """Pick the input to explain and read its dims and layout from the model."""
-    real = graph_inputs(model)
-    if input_name is not None:
-        match = [vi for vi in real if vi.name == input_name]
-        if not match:
-            msg = f"model has no input {input_name!r}; its inputs are {[v.name for v in real]}"
-            raise ModelContractError(msg)
-        vi = match[0]
-    elif len(real) != 1:
-        msg = (f"model has {len(real)} inputs {[v.name for v in real]}; "
-               "name the one to explain with --input")
-        raise ModelContractError(msg)
-    else:
-        vi = real[0]
-    etype = vi.type.tensor_type.elem_type
-    if etype not in FLOAT_TYPES:
-        msg = (f"input {vi.name!r} is {TensorProto.DataType.Name(etype)}, not float; "
-               "only float inputs can be masked (pick another with --input)")
-        raise ModelContractError(msg)
-    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in input_dims(model, vi.name))
-    return InputSpec(vi.name, dims, input_layout(dims, layout, vi.name))
-
-
-def input_layout(dims: tuple[int | None, ...], layout: str | None, name: str) -> str:
-    rank = len(dims)
-    if layout:
-        lay = layout.upper()
-        if len(lay) != rank or lay[0] != "N":
-            msg = f"--layout {layout} does not fit input {name!r} of rank {rank}"
-            raise InputError(msg)
-        return lay
-    if rank != 4:
-        return "N" + "".join("ABDEFG"[i] for i in range(rank - 1)) if rank > 1 else "N"
-
-    def small(d: int | None) -> bool:
-        return d is not None and d <= 4
-
-    if small(dims[1]) and not small(dims[3]):
-        return "NCHW"
-    if small(dims[3]) and not small(dims[1]):
-        return "NHWC"
-    msg = (f"cannot tell whether input {name!r} with shape {list(dims)} is NCHW or NHWC; "
-           "pass --layout NCHW or --layout NHWC")
-    raise ModelContractError(msg)
 
 
 # --------------------------------------------------------------------------- images

@@ -30,17 +30,12 @@ from urllib.parse import urlparse
 import numpy as np
 import onnx
 
+from .contract import InputSpec, detect_layout
 from .errors import InputError, NeuromaskError
 from .explain import NeuroMask
 from .io_names import BASELINE, GRAD_MASK, LOSS, MASK, PROBS, TARGET
 from .optimize import NeuroMaskConfig
-from .preprocess import (
-    PREPROCESSING_PRESETS,
-    InputSpec,
-    Preprocessing,
-    input_layout,
-    preprocessing_preset,
-)
+from .preprocess import PREPROCESSING_PRESETS, Preprocessing, preprocessing_preset
 
 T = TypeVar("T")
 _DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64}
@@ -197,7 +192,8 @@ class ServedModel:
         if lay not in ("NCHW", "NHWC"):
             lay = layout
         dims = self.dims()
-        return InputSpec(self.input_name, dims, input_layout(dims, lay, self.input_name))
+        return InputSpec(self.input_name, dims,
+                         detect_layout(dims, lay, self.input_name, purpose="read"))
 
     def preprocessing(self, name: str | None) -> Preprocessing:
         if name is not None:
@@ -336,7 +332,8 @@ class RemoteNeuroMask(NeuroMask):
         self.batch_size = min(batch_size, served.max_batch_size or batch_size)
         self.labels = list(labels) if labels is not None else served.labels()
         self.threads = None
-        self._opts = {}
+        self.spec = None  # the served model's facts come from the server, below
+        self._may_estimate = False
         self.input_name = served.input_name
         self.num_classes = served.num_classes()
         self.mask_axes = served.mask_axes()

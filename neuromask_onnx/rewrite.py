@@ -5,7 +5,9 @@ a `nm_baseline` is given), a per-sample loss on the model's logits against `nm_t
 loss heads are in `heads`), and a reverse-mode subgraph built from `vjp_rules` by
 `reverse.differentiate`. Only values that depend on the mask and reach the logits get rules;
 weights never get gradient nodes; everything the outputs do not need is removed.
-`reverse.vjp` is the same driver with user-supplied cotangents (used by `gradcheck`).
+`reverse.vjp` is the same driver with user-supplied cotangents (used by `gradcheck`). Which
+input, output, layout and mask axes is `contract`'s decision (`analyse`), made the same way
+for every batch size; `op_report` (`neuromask ops`) is `opreport`'s, re-exported here.
 
 Every tensor added starts with `nm_`. The graph I/O names are fixed: inputs `nm_mask`,
 `nm_target`, `nm_baseline`; outputs `nm_loss` [N], `nm_grad_mask` (the mask's shape) and
@@ -15,156 +17,23 @@ Every tensor added starts with `nm_`. The graph I/O names are fixed: inputs `nm_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from . import __version__
-from .control_flow import all_inputs, nested_path_nodes, rename_reads, walk_subgraphs
-from .errors import InputError, ModelContractError
-from .graph import (
-    FLOAT_TYPES,
-    Emitter,
-    Graph,
-    Shape,
-    graph_inputs,
-    input_dims,
-    load_model,
-    prepare,
-)
-from .heads import Objective, OutputKind, find_logits, loss_head
+from .contract import ModelOptions, Spec, analyse
+from .control_flow import all_inputs, rename_reads
+from .errors import ModelContractError
+from .graph import Emitter, Graph, load_model
+from .heads import Objective, OutputKind, loss_head
 from .io_names import BASELINE, GRAD_INPUT, GRAD_MASK, LOSS, MASK, PROBS, TARGET, XBAR
-from .lower import LOWERED
-from .onnxml import holds_probabilities, zipmap_sources
-from .precision import is_half, upcast_half
-from .reverse import (
-    assemble,
-    check_reserved,
-    check_supported,
-    differentiate,
-    marked_values,
-    path_nodes,
-    unsupported_paths,
-)
-from .vjp_rules import VJP_RULES, ZERO_GRAD_OPS
-from .vjp_rules.registry import NO_GRADIENT_OPS
+from .opreport import ESTIMATED, EXPANDED, OpStatus, op_report
+from .reverse import assemble, check_reserved, differentiate
 
-
-@dataclass(frozen=True)
-class Spec:
-    """What `instrument` decided about a model; also stored in the model's metadata."""
-
-    input_name: str
-    output_name: str
-    input_shape: Shape
-    mask_shape: Shape
-    mask_axes: tuple[int, ...]
-    layout: str
-    output_kind: str
-    num_classes: int
-    logits_name: str
-
-
-
-# --------------------------------------------------------------------------- instrument
-
-
-def _pick_input(m: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
-    real = graph_inputs(m)
-    if name is not None:
-        for vi in real:
-            if vi.name == name:
-                return vi
-        msg = f"model has no input {name!r}; its inputs are {[v.name for v in real]}"
-        raise ModelContractError(msg)
-    floats = [vi for vi in real if vi.type.tensor_type.elem_type in FLOAT_TYPES]
-    if not floats:
-        msg = (f"model has no float input to mask (inputs: "
-               f"{[(v.name, TensorProto.DataType.Name(v.type.tensor_type.elem_type)) for v in real]})")
-        raise ModelContractError(msg)
-    if len(real) > 1:
-        msg = (f"model has {len(real)} inputs {[v.name for v in real]}; "
-               "name the one to explain with --input")
-        raise ModelContractError(msg)
-    return floats[0]
-
-
-def _pick_output(m: onnx.ModelProto, name: str | None) -> str:
-    outs = list(m.graph.output)
-    if name is not None:
-        if name not in [o.name for o in outs]:
-            msg = f"model has no output {name!r}; its outputs are {[o.name for o in outs]}"
-            raise ModelContractError(msg)
-        zipped = {v: k for k, v in zipmap_sources(m).items()}
-        return zipped.get(name, name)
-    floats = [o for o in outs if o.type.tensor_type.elem_type in FLOAT_TYPES]
-    sources = zipmap_sources(m)
-    if not floats and sources:  # skl2onnx / onnxmltools: probabilities as a ZipMap of maps
-        return next(iter(sources))
-    if not floats:
-        msg = f"model has no float output (outputs: {[o.name for o in outs]}); pass --output"
-        raise ModelContractError(msg)
-    return str(floats[0].name)
-
-
-def resolve_shape(dims: Sequence[int | str | None], batch_size: int,
-                  input_shape: Sequence[int] | None, name: str) -> Shape:
-    """Pin the batch axis to `batch_size` and every other axis from the model or the user."""
-    if input_shape is not None:
-        if len(input_shape) == len(dims) - 1:
-            return (batch_size, *map(int, input_shape))
-        if len(input_shape) == len(dims):
-            return (batch_size, *map(int, input_shape[1:]))
-        msg = (f"--input-shape {list(input_shape)} does not fit input {name!r} of rank "
-               f"{len(dims)} (shape {list(dims)})")
-        raise InputError(msg)
-    if not dims:
-        msg = f"input {name!r} declares no shape; pass --input-shape"
-        raise ModelContractError(msg)
-    if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch_size:
-        msg = (f"input {name!r} has a fixed batch size of {dims[0]} (the exporter baked it "
-               f"in), so the model cannot run batches of {batch_size}; use batch size "
-               f"{dims[0]} or re-export with a dynamic batch axis")
-        raise ModelContractError(msg)
-    rest = dims[1:]
-    if not all(isinstance(d, int) and d > 0 for d in rest):
-        msg = (f"input {name!r} has dynamic dimensions {list(dims)}; pass the size with "
-               "--input-shape (without the batch axis), e.g. --input-shape 3,224,224")
-        raise ModelContractError(msg)
-    return (batch_size, *rest)  # type: ignore[arg-type]
-
-
-def default_mask_axes(shape: Shape, layout: str | None) -> tuple[tuple[int, ...], str]:
-    """Axes the mask varies over, and the layout name we decided on."""
-    rank = len(shape)
-    if layout:
-        lay = layout.upper()
-        if len(lay) != rank or lay[0] != "N" or "C" not in lay:
-            msg = f"--layout {layout} does not fit an input of rank {rank} (shape {list(shape)})"
-            raise InputError(msg)
-        return tuple(i for i, c in enumerate(lay) if c not in "NC"), lay
-    if rank == 2:
-        return (1,), "NF"
-    if rank == 3:
-        return (1,), "NTC"
-    if rank == 4:
-        c_first, c_last = shape[1] <= 4, shape[3] <= 4
-        if c_first and not c_last:
-            return (2, 3), "NCHW"
-        if c_last and not c_first:
-            return (1, 2), "NHWC"
-        msg = (f"cannot tell whether input shape {list(shape)} is NCHW or NHWC; "
-               "pass --layout NCHW or --layout NHWC")
-        raise ModelContractError(msg)
-    if rank == 5:
-        return (2, 3, 4), "NCDHW"
-    msg = f"no default mask for an input of rank {rank}; pass --mask-axes"
-    raise ModelContractError(msg)
-
+__all__ = ["ESTIMATED", "EXPANDED", "OpStatus", "Spec", "instrument", "op_report"]
 
 
 def instrument(
@@ -181,6 +50,7 @@ def instrument(
     baseline: bool = False,
     wrt: Literal["mask", "input"] = "mask",
     gradient: bool = True,
+    spec: Spec | None = None,
 ) -> onnx.ModelProto:
     """Rewrite a classifier so one run returns the loss and its gradient w.r.t. the mask.
 
@@ -199,47 +69,21 @@ def instrument(
         wrt: "mask" (default) or "input": the gradient returned is `nm_grad_input`, d loss / dx.
         gradient: False builds the forward part only (outputs `nm_loss` and `nm_probs`, no
             gradient subgraph, no rule needed): what `estimate` runs for models without rules.
+        spec: a `contract.resolve` result: its options replace input_name, output_name,
+            layout, mask_axes and output_kind, so every batch size decides the same way.
 
     Returns:
         The instrumented model, passing `onnx.checker` (full check).
     """
-    if batch_size < 1:
-        msg = f"batch size must be at least 1, got {batch_size}"
-        raise InputError(msg)
-    m = load_model(model)
-    if is_half(m):  # float16 / bfloat16: differentiate the exact float32 copy (precision.py)
-        m = upcast_half(m)
-    x_vi = _pick_input(m, input_name)
-    x = x_vi.name
-    xdtype = x_vi.type.tensor_type.elem_type
-    if xdtype not in FLOAT_TYPES:
-        msg = (f"input {x!r} is {TensorProto.DataType.Name(xdtype)}, not float; "
-               "only float inputs can be masked (pick another with --input)")
-        raise ModelContractError(msg)
-    out = _pick_output(m, output_name)
-    shape = resolve_shape(input_dims(m, x), batch_size, input_shape, x)
-    if mask_axes is not None:
-        axes = tuple(sorted(a + len(shape) if a < 0 else a for a in mask_axes))
-        if any(a <= 0 or a >= len(shape) for a in axes):
-            msg = f"--mask-axes {list(mask_axes)} must name non-batch axes of {list(shape)}"
-            raise InputError(msg)
-        lay = "custom"
+    if spec is not None:
+        opts = spec.options
     else:
-        axes, lay = default_mask_axes(shape, layout)
-    mshape = tuple(d if (i == 0 or i in axes) else 1 for i, d in enumerate(shape))
-
-    g = prepare(m, {x: shape})
-    if gradient:
-        check_supported(path_nodes(g.nodes, [x], [out], g), marked_values(g.nodes, [x], g))
-    logits, kind = find_logits(g, out, output_kind)
-    if (kind == "logits" and output_kind == "auto" and out in zipmap_sources(m)
-            and holds_probabilities(g.nodes, out)):
-        kind = "probabilities"  # a classifier's probability tensor: it feeds a ZipMap
-    zs = g.shape(logits)
-    if zs[0] != batch_size:
-        msg = f"output {out!r} has shape {list(zs)}, which has no batch axis first"
-        raise ModelContractError(msg)
-    k = int(np.prod(zs[1:]))
+        opts = ModelOptions(input_name, output_name, output_kind, layout,
+                            None if mask_axes is None else tuple(mask_axes))
+    spec, g = analyse(load_model(model), opts, batch_size, input_shape, check_gradient=gradient)
+    x, out, logits, kind, k = (spec.input_name, spec.output_name, spec.logits_name,
+                               spec.output_kind, spec.num_classes)
+    xdtype, shape, mshape = spec.dtype, spec.input_shape, spec.mask_shape
     check_reserved(g, (MASK, TARGET, BASELINE, XBAR, LOSS, GRAD_MASK, GRAD_INPUT, PROBS))
     op = Emitter(g)
     for name in (MASK, TARGET, BASELINE, XBAR):
@@ -271,9 +115,8 @@ def instrument(
     head = list(op.nodes)
     op.nodes.clear()
     if not gradient:
-        return _forward_only(g, front + primal + head + op.nodes, x, xdtype, shape, mshape,
-                             batch_size, logits, loss, probs, k, baseline and wrt == "mask",
-                             Spec(x, out, shape, mshape, axes, lay, kind, k, logits), objective)
+        return _forward_only(g, front + primal + head + op.nodes, loss, probs,
+                             baseline and wrt == "mask", spec, objective)
     grads = differentiate(op, front + primal, {logits: seed}, [source])
     gsrc = grads[source]
     if gsrc is None:
@@ -299,7 +142,6 @@ def instrument(
     ]
     model_out = assemble(g, front + primal + head + op.nodes + tail, inputs, outputs,
                           "neuromask_instrumented", [seed])
-    spec = Spec(x, out, shape, mshape, axes, lay, kind, k, logits)
     _stamp(model_out, spec, objective, wrt, baseline)
     return model_out
 
@@ -314,13 +156,14 @@ def _stamp(model_out: onnx.ModelProto, spec: Spec, objective: str, wrt: str,
             "neuromask.num_classes": str(spec.num_classes), "neuromask.wrt": wrt,
             "neuromask.baseline": str(bool(baseline)).lower()}
     helper.set_model_props(model_out, meta)
-    model_out.doc_string = f"instrumented by neuromask-onnx {__version__}: {spec}"
+    model_out.doc_string = f"instrumented by neuromask-onnx {__version__}: {spec.summary()}"
 
 
-def _forward_only(g: Graph, nodes: list[onnx.NodeProto], x: str, xdtype: int, shape: Shape,
-                  mshape: Shape, n: int, logits: str, loss: str, probs: str, k: int,
+def _forward_only(g: Graph, nodes: list[onnx.NodeProto], loss: str, probs: str,
                   baseline: bool, spec: Spec, objective: str) -> onnx.ModelProto:
     """The instrumented model without its gradient: mask in, loss and probabilities out."""
+    x, xdtype, shape, mshape = spec.input_name, spec.dtype, spec.input_shape, spec.mask_shape
+    n, logits, k = spec.batch, spec.logits_name, spec.num_classes
     tail = [helper.make_node("Identity", [loss], [LOSS], name="nm_n_loss_fwd"),
             helper.make_node("Identity", [probs], [PROBS], name="nm_n_probs_fwd")]
     inputs = [helper.make_tensor_value_info(x, xdtype, list(shape)),
@@ -347,73 +190,3 @@ def _rename_input(node: onnx.NodeProto, old: str, new: str) -> onnx.NodeProto:
             copy.input[i] = new
     rename_reads(copy, old, new)  # reads of the input from inside subgraphs
     return copy
-
-
-
-
-ESTIMATED = "no gradient exists; the mask gradient will be estimated"
-EXPANDED = "its ONNX function body (the body's ops have rules)"
-
-
-@dataclass(frozen=True)
-class OpStatus:
-    """One op type of a model: how many nodes, how many on the input-to-output path."""
-
-    op_type: str
-    count: int  # nodes of this type, inside subgraphs too
-    on_path: int | None  # None when the path could not be traced (dynamic shapes)
-    status: str  # "rule", "no gradient", "unsupported"
-    where: tuple[str, ...] = ()  # unsupported nodes on the path: "If 'x' / then_branch / Op 'y'"
-
-
-def _op_key(n: onnx.NodeProto) -> str:
-    return n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-
-
-def op_report(model: onnx.ModelProto | str | Path, *, input_name: str | None = None,
-              output_name: str | None = None,
-              input_shape: Sequence[int] | None = None) -> list[OpStatus]:
-    """Which of the model's ops have rules, and which of them lie on the gradient path.
-
-    Nodes inside subgraphs (If branches, Loop and Scan bodies) count as well; the path is
-    traced after constant Ifs are inlined and static Loops and Scans unrolled, and through
-    the subgraphs of the control-flow nodes that remain.
-    """
-    from collections import Counter
-
-    m = load_model(model)
-    full = Counter(_op_key(n) for n in m.graph.node)
-    full.update(_op_key(n) for _, n in walk_subgraphs(m.graph.node))
-    path: Counter[str] | None = None
-    where: dict[str, list[str]] = {}
-    expanded: set[str] = set()
-    try:
-        x = _pick_input(m, input_name).name
-        out = _pick_output(m, output_name)
-        dims = input_dims(m, x)
-        batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else 1
-        g = prepare(m, {x: resolve_shape(dims, batch, input_shape, x)})
-        expanded = g.expanded
-        on_path = path_nodes(g.nodes, [x], [out], g)
-        marked = marked_values(g.nodes, [x], g)
-        path = Counter(_op_key(n) for n in on_path)
-        for node in on_path:
-            path.update(_op_key(n) for _, n in nested_path_nodes(node, marked, ZERO_GRAD_OPS))
-        for k in path:  # opset conversion may rename ops (Upsample -> Resize)
-            full.setdefault(k, path[k])
-        for w, n in unsupported_paths(on_path, marked):
-            where.setdefault(_op_key(n), []).append(
-                f"{w} / {n.op_type} {n.name!r}" if w else f"{n.op_type} {n.name!r}")
-    except (ModelContractError, InputError):
-        path = None
-    rows = []
-    for op_type, count in sorted(full.items()):
-        status = ("rule" if op_type in VJP_RULES else
-                  "no gradient" if op_type in ZERO_GRAD_OPS else
-                  ESTIMATED if op_type in NO_GRADIENT_OPS else
-                  EXPANDED if op_type in expanded else
-                  "output only (the probabilities it maps are explained)"
-                  if op_type == "ai.onnx.ml::ZipMap" else LOWERED.get(op_type, "unsupported"))
-        rows.append(OpStatus(op_type, count, None if path is None else path.get(op_type, 0),
-                             status, tuple(where.get(op_type, ()))))
-    return rows

@@ -5,6 +5,9 @@
 - `session`: an InferenceSession with the project's options (quiet logs; deterministic
   kernels and thread counts where asked; optimisation off for the shape probes, which must run
   a graph exactly as written).
+- `run_padded` / `pad_rows`: rows through a session a batch at a time, the last batch padded
+  with copies of its last row where the session's batch is fixed (every caller: NeuroMask's
+  predictions and chunks, the baselines' Classifier, hence the metrics).
 - `Runner`: what `explain.NeuroMask` needs of a model: bind the per-chunk inputs once, then
   run(mask) -> (loss, d loss / d mask, probabilities). `SessionRunner` is the local one (CPU,
   or CUDA with I/O binding); `estimate.EstimateRunner` (a gradient-free estimate) and
@@ -17,6 +20,7 @@ onnxruntime is imported here at module level, so modules that must start fast (t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -65,6 +69,39 @@ def session(model: onnx.ModelProto | bytes, provider: str = CPU, *, threads: int
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, opts, providers=[provider])
+
+
+def pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+    """`a` with copies of its last row appended up to `size` rows (a fixed session batch)."""
+    if len(a) >= size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
+
+
+def run_padded(run: Callable[[list[np.ndarray], int], Sequence[np.ndarray]],
+               arrays: Sequence[np.ndarray], size: int, *, pad: bool) -> list[np.ndarray]:
+    """Rows of `arrays` (equal lengths, rows first) through `run`, `size` rows at a time.
+
+    run(chunks, n) gets one chunk of each array and the number n of real rows in them; pad:
+    the last chunk is padded to `size` rows with copies of its last row (a session with a
+    fixed batch), else it runs short. `run` returns its outputs for the real rows (trim with
+    [:n]); they are joined along the rows, in order.
+    """
+    total = len(arrays[0])
+    if total == 0:
+        msg = "no samples to run"
+        raise InputError(msg)
+    if any(len(a) != total for a in arrays):
+        msg = f"arrays of {[len(a) for a in arrays]} rows cannot run as one batch"
+        raise InputError(msg)
+    outs: list[Sequence[np.ndarray]] = []
+    for lo in range(0, total, size):
+        parts = [a[lo:lo + size] for a in arrays]
+        n = len(parts[0])
+        if pad:
+            parts = [pad_rows(p, size) for p in parts]
+        outs.append(run(parts, n))
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
 
 
 class Runner(Protocol):

@@ -87,9 +87,10 @@ def model(path: str | Path | None, *, name: str, preprocessing: Preprocessing | 
     from kserve.protocol.infer_type import InferRequest
     from PIL import Image
 
+    from .contract import describe_input
     from .graph import load_model
     from .outputs import heat, overlay, png_bytes
-    from .preprocess import describe_input, load_inputs, model_labels, resolve_preprocessing
+    from .preprocess import load_inputs, model_labels, resolve_preprocessing
 
     lim = limits or Limits()
     base = preset("default")
