@@ -34,7 +34,7 @@ from .cli_serve import (
 )
 from .cliparams import OneLineCommand, OneLineGroup, config_command, config_overrides
 from .cliparams import one_line_errors as _errors
-from .cliprint import print_explained, print_ops, print_summary
+from .cliprint import print_demo, print_explained, print_ops, print_summary
 from .cliprint import progress_bar as _bar
 from .errors import InputError
 
@@ -266,15 +266,7 @@ def demo(
         with _bar(quiet, "steps") as progress:
             res = run_demo(out, force=force, provider=provider.value, threads=threads,
                            progress=progress)
-    ex = res.explained.items[0][1]
-    if not quiet:
-        print_summary(res.compared.rows, res.compared.columns,
-                       f"NeuroMask beside {', '.join(METHODS[1:])}")
-    typer.echo(f"explained class {ex.target} ({ex.label}): p = {ex.prob_before:.3f}, "
-               f"{ex.prob_after:.3f} with the mask applied")
-    files = sorted(p.name for p in [*res.explained.written, *res.compared.written])
-    typer.echo(f"wrote {len(files)} files into {out}/: {', '.join(files)}")
-    typer.echo(f"open {out / 'report.html'} in a browser to see every method's map")
+    print_demo(res, out, quiet, f"NeuroMask beside {', '.join(METHODS[1:])}")
 
 
 def run() -> None:
@@ -321,8 +313,8 @@ def evaluate(
     import json
 
     with _errors():
+        from .comparing import evaluate_map
         from .metrics import METRICS
-        from .pipeline import evaluate_map
 
         with _bar(quiet or as_json, "stages") as progress:
             t, scores = evaluate_map(
@@ -383,8 +375,8 @@ def compare(
 ) -> None:
     """Run saliency methods on each input, score them, write CSV, JSON and report.html."""
     with _errors():
+        from .comparing import compare_files
         from .optimize import preset
-        from .pipeline import compare_files
 
         config = preset(preset_name).replace(**config_overrides(ctx))
         with _bar(quiet, "method runs") as progress:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
+    from .demo import DemoRun
     from .pipeline import ExplainRun, Progress
     from .rewrite import OpStatus
 
@@ -117,3 +118,14 @@ def print_summary(rows: list[dict[str, float | str]], cols: list[str], title: st
         table.add_row(*[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
                         for c in cols])
     Console(width=200).print(table)
+
+
+def print_demo(res: DemoRun, out: Path, quiet: bool, title: str) -> None:
+    ex = res.explained.items[0][1]
+    if not quiet:
+        print_summary(res.compared.rows, res.compared.columns, title)
+    typer.echo(f"explained class {ex.target} ({ex.label}): p = {ex.prob_before:.3f}, "
+               f"{ex.prob_after:.3f} with the mask applied")
+    files = sorted(p.name for p in [*res.explained.written, *res.compared.written])
+    typer.echo(f"wrote {len(files)} files into {out}/: {', '.join(files)}")
+    typer.echo(f"open {out / 'report.html'} in a browser to see every method's map")

@@ -15,16 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .comparing import COMPARE_FILES, CompareRun, compare_files
 from .errors import InputError, Interrupted
-from .pipeline import (
-    COMPARE_FILES,
-    CompareRun,
-    ExplainRun,
-    Progress,
-    compare_files,
-    explain_files,
-    noop,
-)
+from .pipeline import ExplainRun, Progress, explain_files, noop
 
 ASSETS = Path(__file__).resolve().parent.parent / "models" / "demo"
 MODEL = "efficientnet_lite0.onnx"

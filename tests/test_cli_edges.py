@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 from typer.testing import CliRunner
 
-from neuromask_onnx import optimize, outputs, pipeline
+from neuromask_onnx import comparing, optimize, outputs, pipeline
 from neuromask_onnx.cli import app
 from neuromask_onnx.errors import Interrupted
 
@@ -316,9 +316,9 @@ def test_no_flags_is_the_default_config_and_tuple_fields_take_lists(
     def fake_compare(*args: object, config: optimize.NeuroMaskConfig, **kw: object) -> object:
         seen.append((config, None))
         msg = "stop here"
-        raise pipeline.InputError(msg)
+        raise comparing.InputError(msg)
 
-    monkeypatch.setattr(pipeline, "compare_files", fake_compare)
+    monkeypatch.setattr(comparing, "compare_files", fake_compare)
     res = runner.invoke(app, ["compare", str(MODEL), str(photo), "--quiet", "--nm-areas",
                               "0.2", "--nm-steps", "3"])
     assert res.exit_code == 1
@@ -340,7 +340,7 @@ def test_progress_totals_are_known_from_the_first_call(tmp_path: Path) -> None:
     assert {t for _, t, _ in calls} == {8}
     assert calls[-1][0] == 8
     calls.clear()
-    pipeline.compare_files(MODEL, [photo, npy], tmp_path / "c", methods=["saliency", "occlusion"],
+    comparing.compare_files(MODEL, [photo, npy], tmp_path / "c", methods=["saliency", "occlusion"],
                            config=cfg, curve_steps=4, preprocess="raw",
                            progress=lambda d, t, w: calls.append((d, t, w)))
     assert calls[0][:2] == (0, 4)
