@@ -1,11 +1,12 @@
-"""Control flow made plain: constant `If`s inlined, `Loop`s and `Scan`s of known length unrolled.
+"""Control flow made plain: constant `If`s inlined; subgraphs searched, copied and renamed.
 
 `graph.prepare` calls `expand_control_flow` after each folding round. An `If` whose condition
-folded to a constant becomes the nodes of the branch it takes; a `Loop` with a constant trip
-count (and a condition that stays true) and a `Scan` over a static axis become their body,
-copied once per iteration. The copies get fresh names (`nm_cf_...`), a subgraph's reads of
-outer-scope values keep pointing at them, and nested subgraphs are renamed too, so the next
-round can inline an `If` that was inside a branch. What cannot be made static stays a node.
+folded to a constant becomes the nodes of the branch it takes; short static `Loop`s and `Scan`s
+are unrolled and the other `Scan`s become `Loop`s (`unroll`). Copies get fresh names
+(`nm_cf_...`), a subgraph's reads of outer-scope values keep pointing at them, and nested
+subgraphs are renamed too, so the next round can inline an `If` that was inside a branch.
+What cannot be made static stays a node (a data-dependent `If`, a long or runtime-count `Loop`:
+their rules are `vjp_rules.control` and `vjp_rules.loop`).
 
 `implicit_inputs` names the outer-scope values a node's subgraphs read: the driver treats
 them as extra inputs (they are on the gradient path, they must survive pruning), and
@@ -23,8 +24,6 @@ from onnx import helper, numpy_helper
 
 from .graphtypes import PREFIX, Graph, Shape
 
-# Unroll a Loop or Scan only while its copies stay below this many nodes.
-UNROLL_LIMIT = 20000
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
@@ -191,7 +190,7 @@ def _identity(src: str, dst: str, namer: _Namer) -> onnx.NodeProto:
     return helper.make_node("Identity", [src], [dst], name=namer.fresh("identity"))
 
 
-# --------------------------------------------------------------------------- the three ops
+# --------------------------------------------------------------------------- expanding
 
 
 def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
@@ -208,134 +207,13 @@ def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
     return nodes
 
 
-def _loop_cond_stays_true(body: onnx.GraphProto, consts: dict[str, np.ndarray]) -> bool:
-    """The body's output condition is its input condition passed through, or a constant
-    true (a body initializer, a Constant node, or an outer-scope constant, maybe through an
-    Identity: torch's exporter writes Identity(outer true))."""
-    cond_in, cond_out = body.input[1].name, body.output[0].name
-    inits = {t.name: t for t in body.initializer}
-    for _ in range(len(body.node) + 1):
-        if cond_out == cond_in:
-            return True
-        if cond_out in inits:
-            return bool(numpy_helper.to_array(inits[cond_out]).all())
-        prod = next((n for n in body.node if cond_out in n.output), None)
-        if prod is None:  # an outer-scope value
-            return cond_out in consts and bool(consts[cond_out].all())
-        if prod.op_type == "Constant" and prod.attribute and prod.attribute[0].name == "value":
-            return bool(numpy_helper.to_array(prod.attribute[0].t).all())
-        if prod.op_type != "Identity":
-            return False
-        cond_out = prod.input[0]
-    return False
-
-
-def _unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
-                 namer: _Namer) -> list[onnx.NodeProto] | None:
-    ins = [*node.input, "", ""]
-    trip, cond = ins[0], ins[1]
-    body = next((g for a, g in subgraphs(node) if a == "body"), None)
-    if body is None or len(body.input) < 2 or not body.output:
-        return None
-    if not trip or trip not in consts or (cond and cond not in consts):
-        return None
-    if cond and not bool(consts[cond].all()):
-        return None
-    count = int(consts[trip].reshape(-1)[0])
-    if count <= 0 or count * max(len(body.node), 1) > UNROLL_LIMIT or not _loop_cond_stays_true(
-            body, consts):
-        return None
-    carried = list(node.input[2:])
-    n_state = len(carried)
-    true = _const(consts, namer, np.array(True), "true")
-    nodes: list[onnx.NodeProto] = []
-    scans: list[list[str]] = []
-    for it in range(count):
-        bound = {body.input[0].name: _const(consts, namer, np.array(it, np.int64), "iter"),
-                 body.input[1].name: true}
-        bound.update({vi.name: c for vi, c in zip(body.input[2:], carried, strict=True)})
-        copied, outs = _copy_body(body, bound, namer, consts, f"{node.name or 'loop'}_{it}")
-        nodes += copied
-        carried = outs[1:1 + n_state]
-        scans.append(outs[1 + n_state:])
-    for src, dst in zip(carried, node.output[:n_state], strict=True):
-        if dst:
-            nodes.append(_identity(src, dst, namer))
-    axes = _const(consts, namer, np.array([0], np.int64), "axes")
-    for k, dst in enumerate(node.output[n_state:]):
-        if not dst:
-            continue
-        parts = []
-        for it in range(count):
-            p = namer.fresh(f"scan_{k}_{it}")
-            nodes.append(helper.make_node("Unsqueeze", [scans[it][k], axes], [p],
-                                          name=namer.fresh("unsqueeze")))
-            parts.append(p)
-        nodes.append(helper.make_node("Concat", parts, [dst], axis=0, name=namer.fresh("concat")))
-    return nodes
-
-
-def _unroll_scan(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, Shape],
-                 namer: _Namer) -> list[onnx.NodeProto] | None:
-    at = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    body = at.get("body")
-    if not isinstance(body, onnx.GraphProto) or "num_scan_inputs" not in at:
-        return None
-    m = int(at["num_scan_inputs"])
-    n_state = len(node.input) - m
-    scan_ins = list(node.input[n_state:])
-    in_axes = list(at.get("scan_input_axes", [0] * m))
-    in_dirs = list(at.get("scan_input_directions", [0] * m))
-    k_out = len(body.output) - n_state
-    out_axes = list(at.get("scan_output_axes", [0] * k_out))
-    out_dirs = list(at.get("scan_output_directions", [0] * k_out))
-    if any(s not in shapes for s in scan_ins) or not scan_ins:
-        return None
-    ranks = [len(shapes[s]) for s in scan_ins]
-    in_axes = [a + r if a < 0 else a for a, r in zip(in_axes, ranks, strict=True)]
-    count = shapes[scan_ins[0]][in_axes[0]]
-    if count <= 0 or count * max(len(body.node), 1) > UNROLL_LIMIT:
-        return None
-    carried = list(node.input[:n_state])
-    nodes: list[onnx.NodeProto] = []
-    per_iter: list[list[str]] = []
-    for it in range(count):
-        bound = {vi.name: c for vi, c in zip(body.input[:n_state], carried, strict=True)}
-        for j, (src, axis, rev) in enumerate(zip(scan_ins, in_axes, in_dirs, strict=True)):
-            idx = _const(consts, namer, np.array(count - 1 - it if rev else it, np.int64), "idx")
-            elem = namer.fresh(f"scan_in_{j}_{it}")
-            nodes.append(helper.make_node("Gather", [src, idx], [elem], axis=axis,
-                                          name=namer.fresh("gather")))
-            bound[body.input[n_state + j].name] = elem
-        copied, outs = _copy_body(body, bound, namer, consts, f"{node.name or 'scan'}_{it}")
-        nodes += copied
-        carried = outs[:n_state]
-        per_iter.append(outs[n_state:])
-    for src, dst in zip(carried, node.output[:n_state], strict=True):
-        if dst:
-            nodes.append(_identity(src, dst, namer))
-    for k, dst in enumerate(node.output[n_state:]):
-        if not dst:
-            continue
-        rank = len(body.output[n_state + k].type.tensor_type.shape.dim) + 1
-        axis = out_axes[k] + rank if out_axes[k] < 0 else out_axes[k]
-        ax = _const(consts, namer, np.array([axis], np.int64), "axes")
-        order = range(count - 1, -1, -1) if out_dirs[k] else range(count)
-        parts = []
-        for it in order:
-            p = namer.fresh(f"scan_out_{k}_{it}")
-            nodes.append(helper.make_node("Unsqueeze", [per_iter[it][k], ax], [p],
-                                          name=namer.fresh("unsqueeze")))
-            parts.append(p)
-        nodes.append(helper.make_node("Concat", parts, [dst], axis=axis,
-                                      name=namer.fresh("concat")))
-    return nodes
-
-
 def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
                         shapes: dict[str, Shape],
                         used: set[str]) -> tuple[list[onnx.NodeProto], bool]:
-    """Inline constant Ifs, unroll static Loops and Scans; say whether anything changed."""
+    """Inline constant Ifs, unroll short static Loops and Scans, turn the other Scans into
+    Loops; say whether anything changed."""
+    from .unroll import scan_as_loop, unroll_loop, unroll_scan  # unroll imports this module
+
     namer = _Namer(used)
     out: list[onnx.NodeProto] = []
     changed = False
@@ -345,9 +223,10 @@ def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarra
             if node.op_type == "If":
                 new = _inline_if(node, consts, namer)
             elif node.op_type == "Loop":
-                new = _unroll_loop(node, consts, namer)
+                new = unroll_loop(node, consts, namer)
             elif node.op_type == "Scan":
-                new = _unroll_scan(node, consts, shapes, namer)
+                new = unroll_scan(node, consts, shapes, namer) or scan_as_loop(
+                    node, consts, shapes, namer)
         if new is None:
             out.append(node)
         else:
@@ -389,19 +268,56 @@ def infer_local(g: Graph, nodes: list[onnx.NodeProto]) -> None:
                                          list(g.shapes[r]) if r in g.shapes else None)
            for r in reads if r not in known]
     outs = [helper.make_empty_tensor_value_info(o) for o in sorted(made)]
-    graph = helper.make_graph(nodes, "local", vis, outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001  (values left without a shape are reported where read)
-        return
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-        t = vi.type.tensor_type
-        if t.elem_type:
-            g.dtypes[vi.name] = t.elem_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if t.HasField("shape") and all(d is not None for d in dims):
-            g.shapes[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    for _ in range(2):  # again once the Loops' carried outputs are known (onnx leaves them)
+        hints = _loop_output_shapes(g, nodes)
+        graph = helper.make_graph(nodes, "local", vis, outs, inits, value_info=hints)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False,
+                                                         data_prop=True)
+        except Exception:  # noqa: BLE001  (values left without a shape are reported where read)
+            return
+        for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+            t = vi.type.tensor_type
+            if t.elem_type:
+                g.dtypes[vi.name] = t.elem_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            if t.HasField("shape") and all(d is not None for d in dims):
+                g.shapes[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        if not _loop_output_shapes(g, nodes):
+            return
+
+
+def _loop_output_shapes(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.ValueInfoProto]:
+    """Loop outputs onnx's inference left without a shape: a loop-carried value whose body
+    output declares the initial value's static shape keeps it, and with a constant number of
+    iterations M a scan output of declared static shape S is [M, *S]."""
+    from .unroll import loop_cond_stays_true
+
+    found = []
+    for n in nodes:
+        body = next((sub for a, sub in subgraphs(n) if a == "body"), None)
+        if n.op_type != "Loop" or n.domain not in ("", "ai.onnx") or body is None:
+            continue
+        trip, cond = [*n.input, ""][:2]
+        count = (int(g.consts[trip].reshape(-1)[0]) if trip in g.consts and (
+            not cond or (cond in g.consts and g.consts[cond].all()))
+            and loop_cond_stays_true(body, g.consts) else None)
+        n_state = len(n.input) - 2
+        for k, out in enumerate(n.output):
+            t = body.output[1 + k].type.tensor_type
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            if not out or out in g.shapes or not t.HasField("shape") or -1 in dims:
+                continue
+            if k < n_state and g.shapes.get(n.input[2 + k]) == dims:
+                g.shapes[out] = dims
+            elif k >= n_state and count is not None:
+                g.shapes[out] = (count, *dims)
+            else:
+                continue
+            g.dtypes.setdefault(out, t.elem_type)
+            found.append(helper.make_tensor_value_info(out, g.dtypes[out], list(g.shapes[out])))
+    return found
 
 
 def nested_path_nodes(node: onnx.NodeProto, marked: set[str], zero_grad: frozenset[str],

@@ -1,0 +1,221 @@
+"""VJP rule of `Loop`: a second Loop over the iterations in reverse, the body's VJP as its body.
+
+`graph.prepare` unrolls short static loops (`unroll`); what reaches this rule is a Loop too
+long to copy, or one whose trip count or condition is known only at run time (a `Scan` that
+is not unrolled arrives here too, rewritten as a Loop by `unroll.scan_as_loop`).
+
+- Saved state (checkpointing): the forward Loop is rewritten in place to also emit, as scan
+  outputs, its iteration number and every loop-carried value as it was at the start of each
+  iteration (outputs named `nm_loop_saved...`; a second differentiation of the same node
+  reuses them). The body's intermediate values are not saved: the backward body recomputes
+  one iteration's forward values from its saved state, as the If rule recomputes a branch.
+  That costs one more body evaluation per iteration and keeps the memory at N x (carried
+  sizes) whatever the body computes.
+- The backward Loop runs as many iterations as the forward did (the length of the saved
+  iteration numbers, so a `while` whose condition depends on the data works too), iteration
+  j reading the saved state of forward iteration N - 1 - j with Gather. It carries the
+  gradient of every float loop-carried value, then one accumulator per outer-scope value the
+  body reads that needs a gradient; its outputs are the gradients of the initial values and
+  of those outer-scope values. A scan output's gradient is read per iteration with Gather.
+- Refused (one line): a scan output's gradient when the number of iterations is not a
+  constant (its length, and so every shape after it, is not static) and a loop-carried value
+  whose shape changes between iterations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..control_flow import _copy_body, _Namer, fold_local, implicit_inputs
+from ..graph import FLOAT_TYPES, Emitter
+from ..graphtypes import PREFIX
+from .registry import Grads, vjp_rule
+
+SAVED = f"{PREFIX}loop_saved"  # the forward Loop's extra scan outputs (and their body nodes)
+
+
+def _body(node: onnx.NodeProto) -> onnx.AttributeProto:
+    return next(a for a in node.attribute if a.name == "body")
+
+
+def _record(op: Emitter, node: onnx.NodeProto, n_state: int) -> list[str]:
+    """Make the forward Loop also emit its iteration numbers and carried inputs per iteration;
+    return [iterations, state_0, ...] (outer names). Idempotent."""
+    done = [o for o in node.output if o.startswith(SAVED)]
+    if done:
+        return done
+    attr = _body(node)
+    body = attr.g
+    g = op.g
+    sources = [body.input[0].name, *(vi.name for vi in body.input[2:2 + n_state])]
+    types = [(TensorProto.INT64, [])]
+    for k in range(n_state):
+        init = node.input[2 + k]
+        shape = list(g.shapes[init]) if init in g.shapes else None
+        types.append((g.dtypes.get(init, body.input[2 + k].type.tensor_type.elem_type), shape))
+    saved = []
+    for src, (dtype, shape) in zip(sources, types, strict=True):
+        inner = op.fresh("loop_saved_in_body")
+        body.node.append(helper.make_node("Identity", [src], [inner], name=op.fresh(SAVED)))
+        body.output.append(helper.make_tensor_value_info(inner, dtype, shape))
+        outer = op.fresh(SAVED)
+        node.output.append(outer)
+        g.dtypes[outer] = dtype
+        saved.append(outer)
+    return saved
+
+
+def _scalar(op: Emitter, value: np.ndarray) -> str:
+    """A 0-d constant (`Emitter.const` makes 1-d arrays of scalars)."""
+    name = op.fresh("c")
+    op.g.consts[name] = op.new_consts[name] = value
+    op.g.shapes[name] = ()
+    op.g.dtypes[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
+    return name
+
+
+def _plain_body(node: onnx.NodeProto, n_out: int) -> onnx.GraphProto:
+    """The forward body without what `_record` added."""
+    body = onnx.GraphProto()
+    body.CopyFrom(_body(node).g)
+    keep = [n for n in body.node if not n.name.startswith(SAVED)]
+    del body.node[:]
+    body.node.extend(keep)
+    del body.output[1 + n_out:]
+    return body
+
+
+def _runs_a_constant_count(node: onnx.NodeProto, body: onnx.GraphProto, op: Emitter) -> bool:
+    from ..unroll import loop_cond_stays_true
+
+    trip, cond = node.input[0], node.input[1]
+    consts = op.g.consts
+    return (bool(trip) and trip in consts and (not cond or (cond in consts
+                                                            and bool(consts[cond].all())))
+            and loop_cond_stays_true(body, consts))
+
+
+@vjp_rule("Loop", multi_output=True)
+def _vjp_loop(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+    """A reverse Loop whose body is the forward body's VJP at the saved state."""
+    g = op.g
+    reads = implicit_inputs(node)
+    n_state = len(node.input) - 2
+    n_out = len([o for o in node.output if not o.startswith(SAVED)])
+    gys = list(gys[:n_out])
+    inits = list(node.input[2:])
+    need = op.wanted  # the one read of the caller's wanted set
+    wanted_reads = [r for r in reads if r in need]
+    if not wanted_reads and not any(v in need for v in inits):
+        return [None] * (len(node.input) + len(reads))
+    body = _plain_body(node, n_out)
+    where = f"Loop {node.name!r}"
+    if any(gy is not None for gy in gys[n_state:]) and not _runs_a_constant_count(node, body, op):
+        msg = (f"{where}: a scan output's gradient needs a constant number of iterations (a "
+               "constant trip count and a condition that stays true); its length, and every "
+               "shape after it, is not static")
+        raise NotImplementedError(msg)
+    for k, v in enumerate(inits):
+        if v in g.shapes and node.output[k] and g.shapes.get(node.output[k], g.shapes[v]) != \
+                g.shapes[v]:
+            msg = (f"{where}: the loop-carried value {v!r} changes shape between iterations "
+                   f"({list(g.shapes[v])} -> {list(g.shapes[node.output[k]])}); a gradient "
+                   "loop needs fixed shapes")
+            raise NotImplementedError(msg)
+    carried = [k for k, v in enumerate(inits) if g.dtypes.get(v) in FLOAT_TYPES]
+    saved = _record(op, node, n_state)
+    count = op.Squeeze(op.Shape(saved[0]), op.ints([0]))
+    last = op.Sub(count, _scalar(op, np.array(1, np.int64)))
+    bwd_body = _backward_body(op, node, body, saved, last, gys, carried, wanted_reads)
+    true = _scalar(op, np.array(True))
+    starts = [gys[k] or op.zeros(g.shape(inits[k]), inits[k]) for k in carried]
+    starts += [op.zeros(g.shape(r), r) for r in wanted_reads]
+    outs = op.emit("Loop", [count, true, *starts], outputs=len(starts), body=bwd_body)
+    for o, like in zip(outs, [inits[k] for k in carried] + wanted_reads, strict=True):
+        g.dtypes[o], g.shapes[o] = g.dtypes[like], g.shape(like)
+    by_init = dict(zip(carried, outs, strict=False))
+    by_read = dict(zip(wanted_reads, outs[len(carried):], strict=True))
+    return ([None, None] + [by_init.get(k) for k in range(n_state)]
+            + [by_read.get(r) for r in reads])
+
+
+def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
+                   saved: list[str], last: str, gys: list[str | None], carried: list[int],
+                   wanted_reads: list[str]) -> onnx.GraphProto:
+    """The reverse Loop's body: recompute forward iteration N - 1 - j, differentiate it."""
+    from ..reverse import differentiate  # the driver imports the rules: import it late
+
+    g = op.g
+    n_state = len(node.input) - 2
+    inits = list(node.input[2:])
+    j, cond = op.fresh("loop_bwd_iter"), op.fresh("loop_bwd_cond")
+    g.dtypes[j], g.shapes[j] = TensorProto.INT64, ()
+    g.dtypes[cond], g.shapes[cond] = TensorProto.BOOL, ()
+    grad_in = [op.fresh(f"loop_bwd_grad_{inits[k]}") for k in carried]
+    acc_in = [op.fresh(f"loop_bwd_acc_{r}") for r in wanted_reads]
+    for name, like in zip(grad_in + acc_in, [inits[k] for k in carried] + wanted_reads,
+                          strict=True):
+        g.dtypes[name], g.shapes[name] = g.dtypes[like], g.shape(like)
+    start = len(op.nodes)
+    idx = op.Sub(last, j)
+    g.shapes[idx] = ()
+    it = op.Gather(saved[0], idx, axis=0)
+    g.shapes[it] = ()
+    states = []
+    for k in range(n_state):
+        s = op.Gather(saved[1 + k], idx, axis=0)
+        g.dtypes[s] = g.dtypes.get(inits[k], TensorProto.FLOAT)
+        if inits[k] in g.shapes:
+            g.shapes[s] = g.shapes[inits[k]]
+        states.append(s)
+    true = _scalar(op, np.array(True))
+    bound = {body.input[0].name: it, body.input[1].name: true}
+    bound.update({vi.name: s for vi, s in zip(body.input[2:], states, strict=True)})
+    pre = op.nodes[start:]
+    del op.nodes[start:]
+    copied, outs = _copy_body(body, bound, _Namer(g.used_names), g.consts,
+                              f"{node.name or 'loop'}_bwd")
+    copied = fold_local(g, copied)
+    seeds: dict[str, str] = {}
+
+    def seed(value: str, gy: str) -> None:
+        seeds[value] = op.Add(seeds[value], gy) if value in seeds else gy
+
+    for k, gk in zip(carried, grad_in, strict=True):
+        seed(outs[1 + k], gk)
+    for s, gy in enumerate(gys[n_state:]):
+        if gy is not None:
+            elem = op.Gather(gy, idx, axis=0)
+            g.shapes[elem] = g.shape(outs[1 + n_state + s])
+            seed(outs[1 + n_state + s], elem)
+    wrt = [states[k] for k in carried] + wanted_reads
+    outer = op.wanted
+    try:
+        grads = differentiate(op, copied, seeds, wrt)
+    finally:
+        op.wanted = outer
+    results = [op.Identity(true)]
+    g.shapes[results[0]] = ()
+    for k in carried:
+        gk = grads[states[k]]
+        results.append(op.Identity(gk) if gk is not None else op.zeros(g.shape(inits[k]),
+                                                                        inits[k]))
+        g.shapes[results[-1]] = g.shape(inits[k])
+    for r, acc in zip(wanted_reads, acc_in, strict=True):
+        gr = grads[r]
+        results.append(op.Add(acc, gr) if gr is not None else op.Identity(acc))
+        g.shapes[results[-1]] = g.shape(r)
+    post = op.nodes[start:]
+    del op.nodes[start:]
+
+    def vi(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, g.dtypes[name], list(g.shape(name)))
+
+    graph = helper.make_graph(pre + copied + post, op.fresh("loop_bwd_body"),
+                              [vi(j), vi(cond), *map(vi, grad_in + acc_in)],
+                              [vi(r) for r in results])
+    return graph
