@@ -17,6 +17,8 @@ behind the choice are in the README's control-flow paragraph (`tests/test_loop_v
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -192,7 +194,7 @@ def scan_as_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: di
     scan_ins = list(node.input[n_state:])
     nodes: list[onnx.NodeProto] = []
 
-    def emit(op_type: str, inputs: list[str], **attrs: object) -> str:
+    def emit(op_type: str, inputs: list[str], **attrs: Any) -> str:
         out = namer.fresh(op_type.lower())
         nodes.append(helper.make_node(op_type, inputs, [out], name=namer.fresh(op_type),
                                       **attrs))

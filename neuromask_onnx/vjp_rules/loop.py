@@ -39,7 +39,8 @@ SAVED = f"{PREFIX}loop_saved"  # the forward Loop's extra scan outputs (and thei
 
 
 def _body(node: onnx.NodeProto) -> onnx.AttributeProto:
-    return next(a for a in node.attribute if a.name == "body")
+    found: onnx.AttributeProto = next(a for a in node.attribute if a.name == "body")
+    return found
 
 
 def _record(op: Emitter, node: onnx.NodeProto, n_state: int) -> list[str]:
@@ -52,7 +53,7 @@ def _record(op: Emitter, node: onnx.NodeProto, n_state: int) -> list[str]:
     body = attr.g
     g = op.g
     sources = [body.input[0].name, *(vi.name for vi in body.input[2:2 + n_state])]
-    types = [(TensorProto.INT64, [])]
+    types: list[tuple[int, list[int] | None]] = [(TensorProto.INT64, [])]
     for k in range(n_state):
         init = node.input[2 + k]
         shape = list(g.shapes[init]) if init in g.shapes else None
@@ -187,11 +188,11 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
 
     for k, gk in zip(carried, grad_in, strict=True):
         seed(outs[1 + k], gk)
-    for s, gy in enumerate(gys[n_state:]):
+    for pos, gy in enumerate(gys[n_state:], start=1 + n_state):
         if gy is not None:
             elem = op.Gather(gy, idx, axis=0)
-            g.shapes[elem] = g.shape(outs[1 + n_state + s])
-            seed(outs[1 + n_state + s], elem)
+            g.shapes[elem] = g.shape(outs[pos])
+            seed(outs[pos], elem)
     wrt = [states[k] for k in carried] + wanted_reads
     outer = op.wanted
     try:
@@ -201,8 +202,8 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
     results = [op.Identity(true)]
     g.shapes[results[0]] = ()
     for k in carried:
-        gk = grads[states[k]]
-        results.append(op.Identity(gk) if gk is not None else op.zeros(g.shape(inits[k]),
+        gs = grads[states[k]]
+        results.append(op.Identity(gs) if gs is not None else op.zeros(g.shape(inits[k]),
                                                                         inits[k]))
         g.shapes[results[-1]] = g.shape(inits[k])
     for r, acc in zip(wanted_reads, acc_in, strict=True):
@@ -215,7 +216,6 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
     def vi(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, g.dtypes[name], list(g.shape(name)))
 
-    graph = helper.make_graph(pre + copied + post, op.fresh("loop_bwd_body"),
-                              [vi(j), vi(cond), *map(vi, grad_in + acc_in)],
-                              [vi(r) for r in results])
-    return graph
+    return helper.make_graph(pre + copied + post, op.fresh("loop_bwd_body"),
+                             [vi(j), vi(cond), *map(vi, grad_in + acc_in)],
+                             [vi(r) for r in results])
