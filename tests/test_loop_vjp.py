@@ -10,6 +10,9 @@ a data-dependent `If`, Scans rewritten as Loops (`unroll.scan_as_loop`), and the
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -200,3 +203,57 @@ def test_a_carried_value_that_grows_is_refused(rng: np.random.Generator) -> None
                [numpy_helper.from_array(np.array(2000, np.int64), "M")])
     with pytest.raises(UnsupportedOpError, match="changes shape between iterations"):
         check_vjp(m, {"x": rng.standard_normal((1, 3))}, rng=rng, backend="onnxruntime")
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_scripted_for_and_while_match_torch_autograd(tmp_path: Path) -> None:
+    """torch.jit.script: a 600-step `for` (exported as a Loop whose body torch unrolls 8 times)
+    and a `while` whose condition reads the hidden state; neither is unrolled here."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    from torch import nn
+
+    from neuromask_onnx import instrument
+
+    class WhileNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.rec, self.out = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            u = self.inp(x)
+            h = torch.tanh(u)
+            for _ in range(600):
+                h = torch.tanh(self.rec(h) + u)
+            k = 0
+            while bool(h.abs().sum() < 20.0) and k < 50:
+                h = h * 1.1 + 0.01 * u
+                k += 1
+            return self.out(h)
+
+    torch.manual_seed(0)
+    path = tmp_path / "while.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = torch.jit.script(WhileNet().eval())
+        torch.onnx.export(net, (torch.randn(2, 6),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])
+    model = instrument(str(path), batch_size=2)
+    assert [n.op_type for n in model.graph.node].count("Loop") >= 4
+    assert len(model.graph.node) < 300, len(model.graph.node)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 0.2):  # the while runs a different number of times
+        x = (rng.standard_normal((2, 6)) * scale).astype(np.float32)
+        mask = rng.uniform(0.5, 1.0, (2, 6)).astype(np.float32)
+        target = np.array([0, 2], np.int64)
+        mt = torch.tensor(mask, requires_grad=True)
+        ref = torch.nn.functional.cross_entropy(net(torch.tensor(x) * mt),
+                                                torch.tensor(target), reduction="none")
+        ref.sum().backward()
+        assert mt.grad is not None
+        loss, grad = sess.run(["nm_loss", "nm_grad_mask"],
+                              {"input": x, "nm_mask": mask, "nm_target": target})
+        np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(grad, mt.grad.numpy(), rtol=1e-4, atol=1e-6)
