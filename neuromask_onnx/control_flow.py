@@ -16,54 +16,34 @@ them as extra inputs (they are on the gradient path, they must survive pruning),
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graphtypes import PREFIX, Graph, Shape
+from .bodies import (
+    GRAPH_ATTRS,
+    Namer,
+    copy_body,
+    free_reads,
+    identity,
+    rename_nested,
+    subgraphs,
+)
+from .graphtypes import Graph, Shape
+from .unroll import loop_cond_stays_true, scan_as_loop, unroll_loop, unroll_scan
 
-_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-
-
-def subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
-    """(attribute name, graph) for every subgraph attribute of `node`."""
-    out = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            out.append((a.name, a.g))
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            out.extend((f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs))
-    return out
-
-
-def _defined(graph: onnx.GraphProto) -> set[str]:
-    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    names |= {t.name for t in graph.sparse_initializer if t.values.name}
-    names |= {o for n in graph.node for o in n.output if o}
-    return names
-
-
-def _free_reads(graph: onnx.GraphProto) -> list[str]:
-    """Names `graph` (and its nested subgraphs) read from enclosing scopes, in order."""
-    local = _defined(graph)
-    reads: list[str] = []
-    for n in graph.node:
-        reads.extend(i for i in n.input if i)
-        for _, sub in subgraphs(n):
-            reads.extend(_free_reads(sub))
-    reads.extend(o.name for o in graph.output)
-    return [r for r in dict.fromkeys(reads) if r not in local]
-
+# vjp_rules/control.py imports these three from here (the first two by their old names).
+_copy_body, _Namer = copy_body, Namer
+__all__ = ["_Namer", "_copy_body", "subgraphs"]
 
 def implicit_inputs(node: onnx.NodeProto) -> list[str]:
     """Outer-scope values read by the node's subgraphs (empty for ordinary nodes)."""
-    if not any(a.type in _GRAPH_ATTRS for a in node.attribute):
+    if not any(a.type in GRAPH_ATTRS for a in node.attribute):
         return []
     reads: list[str] = []
     for _, g in subgraphs(node):
-        reads.extend(_free_reads(g))
+        reads.extend(free_reads(g))
     return [r for r in dict.fromkeys(reads) if r not in node.input]
 
 
@@ -103,98 +83,17 @@ def rename_reads(node: onnx.NodeProto, old: str, new: str) -> None:
     """Point the node's subgraphs' outer-scope reads of `old` at `new` (in place)."""
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
-            _rename_nested(a.g, {old: new})
+            rename_nested(a.g, {old: new})
         elif a.type == onnx.AttributeProto.GRAPHS:
             for sub in a.graphs:
-                _rename_nested(sub, {old: new})
-
-
-# --------------------------------------------------------------------------- copying bodies
-
-
-class _Namer:
-    def __init__(self, used: set[str]) -> None:
-        self.used = used
-        self.next_suffix: dict[str, int] = {}  # per hint: unrolling stays linear in its size
-
-    def fresh(self, hint: str) -> str:
-        base = "".join(c if c.isalnum() or c in "_./:-" else "_" for c in f"{PREFIX}cf_{hint}")
-        k = self.next_suffix.get(base, 0)
-        name = f"{base}_{k}" if k else base
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.next_suffix[base] = k + 1
-        self.used.add(name)
-        return name
-
-
-def _rename_nested(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
-    """Point a nested subgraph's outer-scope reads at the renamed values (in place)."""
-    local = _defined(graph)
-    for n in graph.node:
-        for k, i in enumerate(n.input):
-            if i in mapping and i not in local:
-                n.input[k] = mapping[i]
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                _rename_nested(a.g, {k: v for k, v in mapping.items() if k not in local})
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    _rename_nested(sub, {k: v for k, v in mapping.items() if k not in local})
-    for o in graph.output:  # subgraph outputs bind to the parent's outputs by position
-        if o.name in mapping and o.name not in local:
-            o.name = mapping[o.name]
-
-
-def _copy_body(body: onnx.GraphProto, bound: dict[str, str], namer: _Namer,
-               consts: dict[str, np.ndarray], tag: str) -> tuple[list[onnx.NodeProto], list[str]]:
-    """The body's nodes with fresh local names; `bound` maps its inputs to outer values.
-
-    Returns the nodes and, per body output, the outer name holding its value.
-    """
-    mapping = dict(bound)
-    for t in body.initializer:
-        name = namer.fresh(f"{tag}_{t.name}")
-        consts[name] = numpy_helper.to_array(t)
-        mapping[t.name] = name
-    out: list[onnx.NodeProto] = []
-    for n in body.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(n)
-        for k, i in enumerate(copy.input):
-            if i in mapping:
-                copy.input[k] = mapping[i]
-        for a in copy.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                _rename_nested(a.g, mapping)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    _rename_nested(sub, mapping)
-        for k, o in enumerate(copy.output):
-            if o:
-                mapping[o] = namer.fresh(f"{tag}_{o}")
-                copy.output[k] = mapping[o]
-        copy.name = namer.fresh(f"{tag}_{n.name or n.op_type}")
-        out.append(copy)
-    return out, [mapping.get(o.name, o.name) for o in body.output]
-
-
-def _const(consts: dict[str, np.ndarray], namer: _Namer, value: Any, hint: str) -> str:
-    name = namer.fresh(hint)
-    consts[name] = np.asarray(value)
-    return name
-
-
-def _identity(src: str, dst: str, namer: _Namer) -> onnx.NodeProto:
-    return helper.make_node("Identity", [src], [dst], name=namer.fresh("identity"))
+                rename_nested(sub, {old: new})
 
 
 # --------------------------------------------------------------------------- expanding
 
 
 def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
-               namer: _Namer) -> list[onnx.NodeProto] | None:
+               namer: Namer) -> list[onnx.NodeProto] | None:
     cond = consts.get(node.input[0])
     if cond is None or cond.size != 1:
         return None
@@ -202,8 +101,8 @@ def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
     branch = next((g for a, g in subgraphs(node) if a == take), None)
     if branch is None or len(branch.output) != len(node.output):
         return None
-    nodes, outs = _copy_body(branch, {}, namer, consts, node.name or "if")
-    nodes += [_identity(s, d, namer) for s, d in zip(outs, node.output, strict=True) if d]
+    nodes, outs = copy_body(branch, {}, namer, consts, node.name or "if")
+    nodes += [identity(s, d, namer) for s, d in zip(outs, node.output, strict=True) if d]
     return nodes
 
 
@@ -212,9 +111,7 @@ def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarra
                         used: set[str]) -> tuple[list[onnx.NodeProto], bool]:
     """Inline constant Ifs, unroll short static Loops and Scans, turn the other Scans into
     Loops; say whether anything changed."""
-    from .unroll import scan_as_loop, unroll_loop, unroll_scan  # unroll imports this module
-
-    namer = _Namer(used)
+    namer = Namer(used)
     out: list[onnx.NodeProto] = []
     changed = False
     for node in nodes:
@@ -292,8 +189,6 @@ def _loop_output_shapes(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.Valu
     """Loop outputs onnx's inference left without a shape: a loop-carried value whose body
     output declares the initial value's static shape keeps it, and with a constant number of
     iterations M a scan output of declared static shape S is [M, *S]."""
-    from .unroll import loop_cond_stays_true
-
     found = []
     for n in nodes:
         body = next((sub for a, sub in subgraphs(n) if a == "body"), None)
@@ -330,7 +225,7 @@ def nested_path_nodes(node: onnx.NodeProto, marked: set[str], zero_grad: frozens
     """
     for attr, g in subgraphs(node):
         where = f"{prefix}{node.op_type} {node.name!r} / {attr}"
-        inner = {r for r in _free_reads(g) if r in marked}
+        inner = {r for r in free_reads(g) if r in marked}
         for n in g.node:
             if n.op_type not in zero_grad and any(i in inner for i in all_inputs(n)):
                 inner.update(o for o in n.output if o)

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .control_flow import _const, _copy_body, _identity, _Namer, subgraphs
+from .bodies import Namer, copy_body, identity, subgraphs
+from .bodies import const as _const
 from .graphtypes import Shape
 
 # Unroll a Loop or Scan only while its copies stay below this many nodes (see above).
@@ -53,7 +54,7 @@ def loop_cond_stays_true(body: onnx.GraphProto, consts: dict[str, np.ndarray]) -
 
 
 def unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
-                 namer: _Namer) -> list[onnx.NodeProto] | None:
+                 namer: Namer) -> list[onnx.NodeProto] | None:
     ins = [*node.input, "", ""]
     trip, cond = ins[0], ins[1]
     body = next((g for a, g in subgraphs(node) if a == "body"), None)
@@ -76,13 +77,13 @@ def unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
         bound = {body.input[0].name: _const(consts, namer, np.array(it, np.int64), "iter"),
                  body.input[1].name: true}
         bound.update({vi.name: c for vi, c in zip(body.input[2:], carried, strict=True)})
-        copied, outs = _copy_body(body, bound, namer, consts, f"{node.name or 'loop'}_{it}")
+        copied, outs = copy_body(body, bound, namer, consts, f"{node.name or 'loop'}_{it}")
         nodes += copied
         carried = outs[1:1 + n_state]
         scans.append(outs[1 + n_state:])
     for src, dst in zip(carried, node.output[:n_state], strict=True):
         if dst:
-            nodes.append(_identity(src, dst, namer))
+            nodes.append(identity(src, dst, namer))
     axes = _const(consts, namer, np.array([0], np.int64), "axes")
     for k, dst in enumerate(node.output[n_state:]):
         if not dst:
@@ -98,7 +99,7 @@ def unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
 
 
 def unroll_scan(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, Shape],
-                 namer: _Namer) -> list[onnx.NodeProto] | None:
+                 namer: Namer) -> list[onnx.NodeProto] | None:
     at = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     body = at.get("body")
     if not isinstance(body, onnx.GraphProto) or "num_scan_inputs" not in at:
@@ -129,13 +130,13 @@ def unroll_scan(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dic
             nodes.append(helper.make_node("Gather", [src, idx], [elem], axis=axis,
                                           name=namer.fresh("gather")))
             bound[body.input[n_state + j].name] = elem
-        copied, outs = _copy_body(body, bound, namer, consts, f"{node.name or 'scan'}_{it}")
+        copied, outs = copy_body(body, bound, namer, consts, f"{node.name or 'scan'}_{it}")
         nodes += copied
         carried = outs[:n_state]
         per_iter.append(outs[n_state:])
     for src, dst in zip(carried, node.output[:n_state], strict=True):
         if dst:
-            nodes.append(_identity(src, dst, namer))
+            nodes.append(identity(src, dst, namer))
     for k, dst in enumerate(node.output[n_state:]):
         if not dst:
             continue
@@ -157,7 +158,7 @@ def unroll_scan(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dic
 
 
 def scan_as_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, Shape],
-                 namer: _Namer) -> list[onnx.NodeProto] | None:
+                 namer: Namer) -> list[onnx.NodeProto] | None:
     """The Scan as a Loop over its first scan input's axis, for the Loop rule.
 
     The body Gathers element i (N - 1 - i for a reverse input) of each scan input, read from
@@ -244,5 +245,5 @@ def scan_as_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: di
         if axis:
             perm = [*range(1, axis + 1), 0, *range(axis + 1, ranks[k])]
             value = emit("Transpose", [value], perm=perm)
-        nodes.append(_identity(value, dst, namer))
+        nodes.append(identity(value, dst, namer))
     return nodes

@@ -30,9 +30,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..control_flow import _copy_body, _Namer, fold_local, implicit_inputs
+from ..bodies import Namer, copy_body
+from ..control_flow import fold_local, implicit_inputs
 from ..graph import FLOAT_TYPES, Emitter
 from ..graphtypes import PREFIX
+from ..unroll import loop_cond_stays_true
 from .registry import Grads, vjp_rule
 
 SAVED = f"{PREFIX}loop_saved"  # the forward Loop's extra scan outputs (and their body nodes)
@@ -91,8 +93,6 @@ def _plain_body(node: onnx.NodeProto, n_out: int) -> onnx.GraphProto:
 
 
 def _runs_a_constant_count(node: onnx.NodeProto, body: onnx.GraphProto, op: Emitter) -> bool:
-    from ..unroll import loop_cond_stays_true
-
     trip, cond = node.input[0], node.input[1]
     consts = op.g.consts
     return (bool(trip) and trip in consts and (not cond or (cond in consts
@@ -178,7 +178,7 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
     bound.update({vi.name: s for vi, s in zip(body.input[2:], states, strict=True)})
     pre = op.nodes[start:]
     del op.nodes[start:]
-    copied, outs = _copy_body(body, bound, _Namer(g.used_names), g.consts,
+    copied, outs = copy_body(body, bound, Namer(g.used_names), g.consts,
                               f"{node.name or 'loop'}_bwd")
     copied = fold_local(g, copied)
     seeds: dict[str, str] = {}
