@@ -124,12 +124,45 @@ def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarra
             elif node.op_type == "Scan":
                 new = unroll_scan(node, consts, shapes, namer) or scan_as_loop(
                     node, consts, shapes, namer)
+        if new is None and _has_nested_scan(node):
+            copy = _nested_scans_as_loops(node, consts, shapes, namer)
+            new = [copy] if copy is not None else None
         if new is None:
             out.append(node)
         else:
             out.extend(new)
             changed = True
     return out, changed
+
+
+def _is_scan(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Scan" and node.domain in ("", "ai.onnx")
+
+
+def _has_nested_scan(node: onnx.NodeProto) -> bool:
+    return any(_is_scan(n) or _has_nested_scan(n) for _, g in subgraphs(node) for n in g.node)
+
+
+def _nested_scans_as_loops(node: onnx.NodeProto, consts: dict[str, np.ndarray],
+                           shapes: dict[str, Shape], namer: Namer) -> onnx.NodeProto | None:
+    """A copy of `node` whose subgraphs hold Loops where they held Scans (the If and Loop
+    rules differentiate Loops; what a branch holds is never unrolled), or None if none could
+    be rewritten."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    changed = False
+    for _, g in subgraphs(copy):
+        out: list[onnx.NodeProto] = []
+        for n in g.node:
+            inner = (_nested_scans_as_loops(n, consts, shapes, namer)
+                     if _has_nested_scan(n) else None)
+            n = inner or n
+            loop = scan_as_loop(n, consts, shapes, namer) if _is_scan(n) else None
+            out.extend(loop or [n])
+            changed = changed or inner is not None or loop is not None
+        del g.node[:]
+        g.node.extend(out)
+    return copy if changed else None
 
 
 def fold_local(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

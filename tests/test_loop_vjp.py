@@ -257,3 +257,48 @@ def test_a_scripted_for_and_while_match_torch_autograd(tmp_path: Path) -> None:
                               {"input": x, "nm_mask": mask, "nm_target": target})
         np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-5)
         np.testing.assert_allclose(grad, mt.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_loop_inside_a_loop(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outer body holds the tanh loop (4 steps) then h = h * x: the inner Loop is
+    differentiated inside the outer backward body, from its own saved states."""
+    monkeypatch.setattr(unroll, "UNROLL_LIMIT", 0)
+    inner = _tanh_loop(4).graph
+    loop = inner.node[0]
+    del loop.input[:]
+    loop.input.extend(["M", "", "g_in"])
+    del loop.output[:]
+    loop.output.append("g_mid")
+    body = helper.make_graph([loop, N("Mul", ["g_mid", "x"], ["g_out"]),
+                              N("Identity", ["c_in"], ["c_out"])], "outer",
+                             [_vi("j", [], TensorProto.INT64), _vi("c_in", [], TensorProto.BOOL),
+                              _vi("g_in", [2, 3])],
+                             [_vi("c_out", [], TensorProto.BOOL), _vi("g_out", [2, 3])])
+    m = _model([N("Loop", ["K", "", "h0"], ["y"], body=body)],
+               [_vi("h0", [2, 3]), _vi("W", [3, 3]), _vi("b", [2, 3]), _vi("x", [2, 3])], ["y"],
+               [numpy_helper.from_array(np.array(4, np.int64), "M"),
+                numpy_helper.from_array(np.array(3, np.int64), "K")])
+    feeds = {**_feeds(rng), "x": rng.uniform(0.5, 1.5, (2, 3))}
+    assert _ort_check(m, feeds, rng) < 1e-7
+
+
+@pytest.mark.parametrize("axes", [(0, 0, 0, 0), (1, 1, 1, 1)], ids=["forward", "reverse_axis1"])
+def test_a_scan_inside_a_data_dependent_if(axes: tuple[int, int, int, int],
+                                           rng: np.random.Generator) -> None:
+    """The branch's Scan becomes a Loop (`prepare` never unrolls what a branch holds)."""
+    scan = _scan(*axes)
+    then = helper.make_graph([scan.graph.node[0], N("ReduceSum", ["ys", "ax"], ["t_ys"],
+                                                    keepdims=0),
+                              N("Add", ["t_ys", "h_last"], ["t_out"])], "then", [],
+                             [_vi("t_out", [2, 3])])
+    other = helper.make_graph([N("Sin", ["h0"], ["e_out"])], "else", [], [_vi("e_out", [2, 3])])
+    nodes = [N("ReduceSum", ["h0"], ["s"], keepdims=0), N("Greater", ["s", "zero"], ["c"]),
+             N("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    inits = [numpy_helper.from_array(np.array(0.0), "zero"),
+             numpy_helper.from_array(np.array([axes[2]], np.int64), "ax")]
+    m = _model(nodes, list(scan.graph.input), ["y"], inits)
+    x = rng.standard_normal([d.dim_value for d in scan.graph.input[1].type.tensor_type.shape.dim])
+    for sign in (1.0, -1.0):
+        feeds = {"h0": sign * np.abs(rng.standard_normal((2, 3))), "x": x,
+                 "Wx": rng.standard_normal((3, 3)) * 0.6, "Wh": rng.standard_normal((3, 3)) * 0.6}
+        assert _ort_check(m, feeds, rng) < 1e-7, sign

@@ -60,6 +60,8 @@ def _record(op: Emitter, node: onnx.NodeProto, n_state: int) -> list[str]:
         init = node.input[2 + k]
         shape = list(g.shapes[init]) if init in g.shapes else None
         types.append((g.dtypes.get(init, body.input[2 + k].type.tensor_type.elem_type), shape))
+    while len(node.output) < len(body.output) - 1:  # trailing scan outputs left unnamed
+        node.output.append("")
     saved = []
     for src, (dtype, shape) in zip(sources, types, strict=True):
         inner = op.fresh("loop_saved_in_body")
@@ -113,8 +115,14 @@ def _vjp_loop(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> G
     wanted_reads = [r for r in reads if r in need]
     if not wanted_reads and not any(v in need for v in inits):
         return [None] * (len(node.input) + len(reads))
-    body = _plain_body(node, n_out)
     where = f"Loop {node.name!r}"
+    attr = next((a for a in node.attribute if a.name == "body"), None)
+    if (attr is None or n_state < 0 or len(attr.g.input) != n_state + 2
+            or len(attr.g.output) < n_out + 1):
+        msg = (f"{where}: its body's inputs and outputs do not match the node's (the ONNX Loop "
+               "signature: trip count, condition, loop-carried values); fix the exporter")
+        raise NotImplementedError(msg)
+    body = _plain_body(node, n_out)
     if any(gy is not None for gy in gys[n_state:]) and not _runs_a_constant_count(node, body, op):
         msg = (f"{where}: a scan output's gradient needs a constant number of iterations (a "
                "constant trip count and a condition that stays true); its length, and every "
