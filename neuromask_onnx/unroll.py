@@ -163,8 +163,9 @@ def scan_as_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: di
                  namer: Namer) -> list[onnx.NodeProto] | None:
     """The Scan as a Loop over its first scan input's axis, for the Loop rule.
 
-    The body Gathers element i (N - 1 - i for a reverse input) of each scan input, read from
-    the outer scope, under the name of the body input it replaces. The Loop stacks the scan
+    The body Gathers element i of each scan input (flipped first for a reverse one, Slice step
+    -1), read from the outer scope, under the name of the body input it replaces: the Loop
+    rule gives such a read its gradient one element per iteration. The Loop stacks the scan
     outputs on axis 0 in iteration order; a reverse output is flipped (Slice, step -1) and an
     output axis other than 0 moved there (Transpose). None for the opset-8 form (a
     `sequence_lens` input) and where an output's rank is unknown.
@@ -209,15 +210,13 @@ def scan_as_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: di
         return None
     axis0 = _const(consts, namer, np.array(in_axes[0], np.int64), "axis")
     count = emit("Gather", [emit("Shape", [scan_ins[0]]), axis0], axis=0)
-    last = emit("Sub", [count, _const(consts, namer, np.array(1, np.int64), "one")])
     it, cond_in, cond_out = namer.fresh("scan_i"), namer.fresh("scan_c"), namer.fresh("scan_c")
     inner = [helper.make_node("Identity", [cond_in], [cond_out], name=namer.fresh("identity"))]
     for src, vi, axis, rev in zip(scan_ins, body.input[n_state:], in_axes, in_dirs, strict=True):
-        idx = it
-        if rev:
-            idx = namer.fresh("scan_idx")
-            inner.append(helper.make_node("Sub", [last, it], [idx], name=namer.fresh("sub")))
-        inner.append(helper.make_node("Gather", [src, idx], [vi.name], axis=axis,
+        if rev:  # flipped outside: every read is Gather(outer, i), one element per iteration
+            src = emit("Slice", [src, *(_const(consts, namer, np.array([v], np.int64), "sl")
+                                        for v in (-1, np.iinfo(np.int64).min, axis, -1))])
+        inner.append(helper.make_node("Gather", [src, it], [vi.name], axis=axis,
                                       name=namer.fresh("gather")))
     loop_body = onnx.GraphProto()
     loop_body.CopyFrom(body)

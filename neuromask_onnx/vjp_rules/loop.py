@@ -17,6 +17,9 @@ is not unrolled arrives here too, rewritten as a Loop by `unroll.scan_as_loop`).
   gradient of every float loop-carried value, then one accumulator per outer-scope value the
   body reads that needs a gradient; its outputs are the gradients of the initial values and
   of those outer-scope values. A scan output's gradient is read per iteration with Gather.
+  An outer value read only as Gather(value, i) with one element per iteration (a Scan's
+  input, `unroll.scan_as_loop`) gets its gradient as a scan output of the backward Loop,
+  flipped to forward order outside, instead of a full-size sum every iteration.
 - Refused (one line): a scan output's gradient when the number of iterations is not a
   constant (its length, and so every shape after it, is not static) and a loop-carried value
   whose shape changes between iterations.
@@ -31,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..bodies import Namer, copy_body
-from ..control_flow import fold_local, implicit_inputs
+from ..control_flow import all_inputs, fold_local, implicit_inputs
 from ..graph import FLOAT_TYPES, Emitter
 from ..graphtypes import PREFIX
 from ..unroll import loop_cond_stays_true
@@ -139,23 +142,66 @@ def _vjp_loop(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> G
     saved = _record(op, node, n_state)
     count = op.Squeeze(op.Shape(saved[0]), op.ints([0]))
     last = op.Sub(count, _scalar(op, np.array(1, np.int64)))
-    bwd_body = _backward_body(op, node, body, saved, last, gys, carried, wanted_reads)
+    trips = (int(g.consts[node.input[0]].reshape(-1)[0])
+             if _runs_a_constant_count(node, body, op) else None)
+    bwd_body, summed, sliced = _backward_body(op, node, body, saved, last, gys, carried,
+                                              wanted_reads, trips)
     true = _scalar(op, np.array(True))
     starts = [gys[k] or op.zeros(g.shape(inits[k]), inits[k]) for k in carried]
-    starts += [op.zeros(g.shape(r), r) for r in wanted_reads]
-    outs = op.emit("Loop", [count, true, *starts], outputs=len(starts), body=bwd_body)
-    for o, like in zip(outs, [inits[k] for k in carried] + wanted_reads, strict=True):
+    starts += [op.zeros(g.shape(r), r) for r in summed]
+    outs = op.emit("Loop", [count, true, *starts], outputs=len(starts) + len(sliced),
+                   body=bwd_body)
+    for o, like in zip(outs, [inits[k] for k in carried] + summed, strict=False):
         g.dtypes[o], g.shapes[o] = g.dtypes[like], g.shape(like)
     by_init = dict(zip(carried, outs, strict=False))
-    by_read = dict(zip(wanted_reads, outs[len(carried):], strict=True))
+    by_read = dict(zip(summed, outs[len(carried):], strict=False))
+    for (r, axis), stacked in zip(sliced, outs[len(starts):], strict=True):
+        by_read[r] = _unstack(op, stacked, r, axis)
     return ([None, None] + [by_init.get(k) for k in range(n_state)]
             + [by_read.get(r) for r in reads])
 
 
+def _unstack(op: Emitter, stacked: str, r: str, axis: int) -> str:
+    """The gradient of `r` from its elements' gradients stacked in reverse iteration order."""
+    g = op.g
+    shape = g.shape(r)
+    g.dtypes[stacked] = g.dtypes[r]
+    out = op.Slice(stacked, *(op.ints([v]) for v in (-1, np.iinfo(np.int64).min, 0, -1)))
+    if axis:
+        out = op.Transpose(out, perm=[*range(1, axis + 1), 0, *range(axis + 1, len(shape))])
+    g.shapes[out] = shape
+    return out
+
+
+def _sliced(copied: list[onnx.NodeProto], reads: list[str], it: str, trips: int | None,
+            op: Emitter) -> list[tuple[str, int, str]]:
+    """(read, axis, element) for the outer reads whose one use is Gather(read, i, axis) with
+    one element per iteration (a Scan's input): their gradient is stacked, not summed."""
+    if trips is None:
+        return []
+    found = []
+    for r in reads:
+        users = [n for n in copied if r in all_inputs(n)]
+        n = users[0] if len(users) == 1 else None
+        if (n is None or n.op_type != "Gather" or list(n.input) != [r, it]
+                or r not in op.g.shapes):
+            continue
+        rank = len(op.g.shape(r))
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        axis = axis + rank if axis < 0 else axis
+        if op.g.shape(r)[axis] == trips and n.output[0] in op.g.shapes:
+            found.append((r, axis, n.output[0]))
+    return found
+
+
 def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
                    saved: list[str], last: str, gys: list[str | None], carried: list[int],
-                   wanted_reads: list[str]) -> onnx.GraphProto:
-    """The reverse Loop's body: recompute forward iteration N - 1 - j, differentiate it."""
+                   wanted_reads: list[str], trips: int | None,
+                   ) -> tuple[onnx.GraphProto, list[str], list[tuple[str, int]]]:
+    """The reverse Loop's body: recompute forward iteration N - 1 - j, differentiate it.
+
+    Returns the body, the outer reads whose gradients it sums and the (read, axis) whose
+    per-iteration gradients it emits as scan outputs."""
     from ..reverse import differentiate  # the driver imports the rules: import it late
 
     g = op.g
@@ -165,10 +211,8 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
     g.dtypes[j], g.shapes[j] = TensorProto.INT64, ()
     g.dtypes[cond], g.shapes[cond] = TensorProto.BOOL, ()
     grad_in = [op.fresh(f"loop_bwd_grad_{inits[k]}") for k in carried]
-    acc_in = [op.fresh(f"loop_bwd_acc_{r}") for r in wanted_reads]
-    for name, like in zip(grad_in + acc_in, [inits[k] for k in carried] + wanted_reads,
-                          strict=True):
-        g.dtypes[name], g.shapes[name] = g.dtypes[like], g.shape(like)
+    for name, k in zip(grad_in, carried, strict=True):
+        g.dtypes[name], g.shapes[name] = g.dtypes[inits[k]], g.shape(inits[k])
     start = len(op.nodes)
     idx = op.Sub(last, j)
     g.shapes[idx] = ()
@@ -189,6 +233,11 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
     copied, outs = copy_body(body, bound, Namer(g.used_names), g.consts,
                               f"{node.name or 'loop'}_bwd")
     copied = fold_local(g, copied)
+    sliced = _sliced(copied, wanted_reads, it, trips, op)
+    summed = [r for r in wanted_reads if r not in {s[0] for s in sliced}]
+    acc_in = [op.fresh(f"loop_bwd_acc_{r}") for r in summed]
+    for name, r in zip(acc_in, summed, strict=True):
+        g.dtypes[name], g.shapes[name] = g.dtypes[r], g.shape(r)
     seeds: dict[str, str] = {}
 
     def seed(value: str, gy: str) -> None:
@@ -201,7 +250,7 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
             elem = op.Gather(gy, idx, axis=0)
             g.shapes[elem] = g.shape(outs[pos])
             seed(outs[pos], elem)
-    wrt = [states[k] for k in carried] + wanted_reads
+    wrt = [states[k] for k in carried] + summed + [e for _, _, e in sliced]
     outer = op.wanted
     try:
         grads = differentiate(op, copied, seeds, wrt)
@@ -214,16 +263,21 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
         results.append(op.Identity(gs) if gs is not None else op.zeros(g.shape(inits[k]),
                                                                         inits[k]))
         g.shapes[results[-1]] = g.shape(inits[k])
-    for r, acc in zip(wanted_reads, acc_in, strict=True):
+    for r, acc in zip(summed, acc_in, strict=True):
         gr = grads[r]
         results.append(op.Add(acc, gr) if gr is not None else op.Identity(acc))
         g.shapes[results[-1]] = g.shape(r)
+    for _, _, e in sliced:
+        ge = grads[e]
+        results.append(op.Identity(ge) if ge is not None else op.zeros(g.shape(e), e))
+        g.shapes[results[-1]] = g.shape(e)
     post = op.nodes[start:]
     del op.nodes[start:]
 
     def vi(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, g.dtypes[name], list(g.shape(name)))
 
-    return helper.make_graph(pre + copied + post, op.fresh("loop_bwd_body"),
-                             [vi(j), vi(cond), *map(vi, grad_in + acc_in)],
-                             [vi(r) for r in results])
+    graph = helper.make_graph(pre + copied + post, op.fresh("loop_bwd_body"),
+                              [vi(j), vi(cond), *map(vi, grad_in + acc_in)],
+                              [vi(r) for r in results])
+    return graph, summed, [(r, axis) for r, axis, _ in sliced]
