@@ -8,13 +8,14 @@ to copy. Longer ones, and those whose length is known only at run time, stay a `
 `Scan` is rewritten as one by `scan_as_loop`), which the Loop rule (`vjp_rules.loop`)
 differentiates with a reverse Loop: the graph grows by one body, not one per iteration.
 
-Why 1000 node copies (`python tools/bench_loop_unroll.py`, a 4-node tanh body, one thread):
-the unrolled gradient runs 1.7-2.4x faster than the reverse Loop (which recomputes each
-iteration's forward and pays onnxruntime's per-iteration overhead), but building it and
-creating its session cost about 0.3 ms per gradient-model node (1000 iterations: 8004 nodes,
-2.3 s, against 28 nodes and 0.2 s), and the graph and the memory of its saved values grow
-without bound. At 1000 copies (250 iterations of that body) the unrolled set-up stays near
-0.5 s and the gradient model near 2000 nodes; past that the Loop's constant size wins.
+Why 1000 node copies (`python tools/bench_loop_unroll.py`, a 4-node tanh body, one thread,
+two runs on a shared CPU): the unrolled gradient runs 1.7-4x faster than the reverse Loop
+(which recomputes each iteration's forward and pays onnxruntime's per-iteration overhead),
+but building it and creating its session cost 0.3-0.5 ms per gradient-model node (1000
+iterations: 8004 nodes, 2.3-3.9 s, against 28 nodes and under 0.2 s), and the graph and the
+memory of its saved values grow without bound. At 1000 copies (250 iterations of that body)
+the unrolled set-up stays under a second and the gradient model near 2000 nodes; past that
+the Loop's constant size wins.
 """
 
 from __future__ import annotations
