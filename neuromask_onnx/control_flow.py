@@ -1,11 +1,12 @@
-"""Control flow made plain: constant `If`s inlined, `Loop`s and `Scan`s of known length unrolled.
+"""Control flow made plain: constant `If`s inlined; subgraphs searched, copied and renamed.
 
 `graph.prepare` calls `expand_control_flow` after each folding round. An `If` whose condition
-folded to a constant becomes the nodes of the branch it takes; a `Loop` with a constant trip
-count (and a condition that stays true) and a `Scan` over a static axis become their body,
-copied once per iteration. The copies get fresh names (`nm_cf_...`), a subgraph's reads of
-outer-scope values keep pointing at them, and nested subgraphs are renamed too, so the next
-round can inline an `If` that was inside a branch. What cannot be made static stays a node.
+folded to a constant becomes the nodes of the branch it takes; short static `Loop`s and `Scan`s
+are unrolled and the other `Scan`s become `Loop`s (`unroll`). Copies get fresh names
+(`nm_cf_...`), a subgraph's reads of outer-scope values keep pointing at them, and nested
+subgraphs are renamed too, so the next round can inline an `If` that was inside a branch.
+What cannot be made static stays a node (a data-dependent `If`, a long or runtime-count `Loop`:
+their rules are `vjp_rules.control` and `vjp_rules.loop`).
 
 `implicit_inputs` names the outer-scope values a node's subgraphs read: the driver treats
 them as extra inputs (they are on the gradient path, they must survive pruning), and
@@ -15,56 +16,34 @@ them as extra inputs (they are on the gradient path, they must survive pruning),
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graphtypes import PREFIX, Graph, Shape
+from .bodies import (
+    GRAPH_ATTRS,
+    Namer,
+    copy_body,
+    free_reads,
+    identity,
+    rename_nested,
+    subgraphs,
+)
+from .graphtypes import Graph, Shape
+from .unroll import loop_cond_stays_true, scan_as_loop, unroll_loop, unroll_scan
 
-# Unroll a Loop or Scan only while its copies stay below this many nodes.
-UNROLL_LIMIT = 20000
-_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-
-
-def subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
-    """(attribute name, graph) for every subgraph attribute of `node`."""
-    out = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            out.append((a.name, a.g))
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            out.extend((f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs))
-    return out
-
-
-def _defined(graph: onnx.GraphProto) -> set[str]:
-    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    names |= {t.name for t in graph.sparse_initializer if t.values.name}
-    names |= {o for n in graph.node for o in n.output if o}
-    return names
-
-
-def _free_reads(graph: onnx.GraphProto) -> list[str]:
-    """Names `graph` (and its nested subgraphs) read from enclosing scopes, in order."""
-    local = _defined(graph)
-    reads: list[str] = []
-    for n in graph.node:
-        reads.extend(i for i in n.input if i)
-        for _, sub in subgraphs(n):
-            reads.extend(_free_reads(sub))
-    reads.extend(o.name for o in graph.output)
-    return [r for r in dict.fromkeys(reads) if r not in local]
-
+# vjp_rules/control.py imports these three from here (the first two by their old names).
+_copy_body, _Namer = copy_body, Namer
+__all__ = ["_Namer", "_copy_body", "subgraphs"]
 
 def implicit_inputs(node: onnx.NodeProto) -> list[str]:
     """Outer-scope values read by the node's subgraphs (empty for ordinary nodes)."""
-    if not any(a.type in _GRAPH_ATTRS for a in node.attribute):
+    if not any(a.type in GRAPH_ATTRS for a in node.attribute):
         return []
     reads: list[str] = []
     for _, g in subgraphs(node):
-        reads.extend(_free_reads(g))
+        reads.extend(free_reads(g))
     return [r for r in dict.fromkeys(reads) if r not in node.input]
 
 
@@ -104,98 +83,17 @@ def rename_reads(node: onnx.NodeProto, old: str, new: str) -> None:
     """Point the node's subgraphs' outer-scope reads of `old` at `new` (in place)."""
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
-            _rename_nested(a.g, {old: new})
+            rename_nested(a.g, {old: new})
         elif a.type == onnx.AttributeProto.GRAPHS:
             for sub in a.graphs:
-                _rename_nested(sub, {old: new})
+                rename_nested(sub, {old: new})
 
 
-# --------------------------------------------------------------------------- copying bodies
-
-
-class _Namer:
-    def __init__(self, used: set[str]) -> None:
-        self.used = used
-        self.next_suffix: dict[str, int] = {}  # per hint: unrolling stays linear in its size
-
-    def fresh(self, hint: str) -> str:
-        base = "".join(c if c.isalnum() or c in "_./:-" else "_" for c in f"{PREFIX}cf_{hint}")
-        k = self.next_suffix.get(base, 0)
-        name = f"{base}_{k}" if k else base
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.next_suffix[base] = k + 1
-        self.used.add(name)
-        return name
-
-
-def _rename_nested(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
-    """Point a nested subgraph's outer-scope reads at the renamed values (in place)."""
-    local = _defined(graph)
-    for n in graph.node:
-        for k, i in enumerate(n.input):
-            if i in mapping and i not in local:
-                n.input[k] = mapping[i]
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                _rename_nested(a.g, {k: v for k, v in mapping.items() if k not in local})
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    _rename_nested(sub, {k: v for k, v in mapping.items() if k not in local})
-    for o in graph.output:  # subgraph outputs bind to the parent's outputs by position
-        if o.name in mapping and o.name not in local:
-            o.name = mapping[o.name]
-
-
-def _copy_body(body: onnx.GraphProto, bound: dict[str, str], namer: _Namer,
-               consts: dict[str, np.ndarray], tag: str) -> tuple[list[onnx.NodeProto], list[str]]:
-    """The body's nodes with fresh local names; `bound` maps its inputs to outer values.
-
-    Returns the nodes and, per body output, the outer name holding its value.
-    """
-    mapping = dict(bound)
-    for t in body.initializer:
-        name = namer.fresh(f"{tag}_{t.name}")
-        consts[name] = numpy_helper.to_array(t)
-        mapping[t.name] = name
-    out: list[onnx.NodeProto] = []
-    for n in body.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(n)
-        for k, i in enumerate(copy.input):
-            if i in mapping:
-                copy.input[k] = mapping[i]
-        for a in copy.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                _rename_nested(a.g, mapping)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    _rename_nested(sub, mapping)
-        for k, o in enumerate(copy.output):
-            if o:
-                mapping[o] = namer.fresh(f"{tag}_{o}")
-                copy.output[k] = mapping[o]
-        copy.name = namer.fresh(f"{tag}_{n.name or n.op_type}")
-        out.append(copy)
-    return out, [mapping.get(o.name, o.name) for o in body.output]
-
-
-def _const(consts: dict[str, np.ndarray], namer: _Namer, value: Any, hint: str) -> str:
-    name = namer.fresh(hint)
-    consts[name] = np.asarray(value)
-    return name
-
-
-def _identity(src: str, dst: str, namer: _Namer) -> onnx.NodeProto:
-    return helper.make_node("Identity", [src], [dst], name=namer.fresh("identity"))
-
-
-# --------------------------------------------------------------------------- the three ops
+# --------------------------------------------------------------------------- expanding
 
 
 def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
-               namer: _Namer) -> list[onnx.NodeProto] | None:
+               namer: Namer) -> list[onnx.NodeProto] | None:
     cond = consts.get(node.input[0])
     if cond is None or cond.size != 1:
         return None
@@ -203,140 +101,17 @@ def _inline_if(node: onnx.NodeProto, consts: dict[str, np.ndarray],
     branch = next((g for a, g in subgraphs(node) if a == take), None)
     if branch is None or len(branch.output) != len(node.output):
         return None
-    nodes, outs = _copy_body(branch, {}, namer, consts, node.name or "if")
-    nodes += [_identity(s, d, namer) for s, d in zip(outs, node.output, strict=True) if d]
-    return nodes
-
-
-def _loop_cond_stays_true(body: onnx.GraphProto, consts: dict[str, np.ndarray]) -> bool:
-    """The body's output condition is its input condition passed through, or a constant
-    true (a body initializer, a Constant node, or an outer-scope constant, maybe through an
-    Identity: torch's exporter writes Identity(outer true))."""
-    cond_in, cond_out = body.input[1].name, body.output[0].name
-    inits = {t.name: t for t in body.initializer}
-    for _ in range(len(body.node) + 1):
-        if cond_out == cond_in:
-            return True
-        if cond_out in inits:
-            return bool(numpy_helper.to_array(inits[cond_out]).all())
-        prod = next((n for n in body.node if cond_out in n.output), None)
-        if prod is None:  # an outer-scope value
-            return cond_out in consts and bool(consts[cond_out].all())
-        if prod.op_type == "Constant" and prod.attribute and prod.attribute[0].name == "value":
-            return bool(numpy_helper.to_array(prod.attribute[0].t).all())
-        if prod.op_type != "Identity":
-            return False
-        cond_out = prod.input[0]
-    return False
-
-
-def _unroll_loop(node: onnx.NodeProto, consts: dict[str, np.ndarray],
-                 namer: _Namer) -> list[onnx.NodeProto] | None:
-    ins = [*node.input, "", ""]
-    trip, cond = ins[0], ins[1]
-    body = next((g for a, g in subgraphs(node) if a == "body"), None)
-    if body is None or len(body.input) < 2 or not body.output:
-        return None
-    if not trip or trip not in consts or (cond and cond not in consts):
-        return None
-    if cond and not bool(consts[cond].all()):
-        return None
-    count = int(consts[trip].reshape(-1)[0])
-    if count <= 0 or count * max(len(body.node), 1) > UNROLL_LIMIT or not _loop_cond_stays_true(
-            body, consts):
-        return None
-    carried = list(node.input[2:])
-    n_state = len(carried)
-    true = _const(consts, namer, np.array(True), "true")
-    nodes: list[onnx.NodeProto] = []
-    scans: list[list[str]] = []
-    for it in range(count):
-        bound = {body.input[0].name: _const(consts, namer, np.array(it, np.int64), "iter"),
-                 body.input[1].name: true}
-        bound.update({vi.name: c for vi, c in zip(body.input[2:], carried, strict=True)})
-        copied, outs = _copy_body(body, bound, namer, consts, f"{node.name or 'loop'}_{it}")
-        nodes += copied
-        carried = outs[1:1 + n_state]
-        scans.append(outs[1 + n_state:])
-    for src, dst in zip(carried, node.output[:n_state], strict=True):
-        if dst:
-            nodes.append(_identity(src, dst, namer))
-    axes = _const(consts, namer, np.array([0], np.int64), "axes")
-    for k, dst in enumerate(node.output[n_state:]):
-        if not dst:
-            continue
-        parts = []
-        for it in range(count):
-            p = namer.fresh(f"scan_{k}_{it}")
-            nodes.append(helper.make_node("Unsqueeze", [scans[it][k], axes], [p],
-                                          name=namer.fresh("unsqueeze")))
-            parts.append(p)
-        nodes.append(helper.make_node("Concat", parts, [dst], axis=0, name=namer.fresh("concat")))
-    return nodes
-
-
-def _unroll_scan(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, Shape],
-                 namer: _Namer) -> list[onnx.NodeProto] | None:
-    at = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    body = at.get("body")
-    if not isinstance(body, onnx.GraphProto) or "num_scan_inputs" not in at:
-        return None
-    m = int(at["num_scan_inputs"])
-    n_state = len(node.input) - m
-    scan_ins = list(node.input[n_state:])
-    in_axes = list(at.get("scan_input_axes", [0] * m))
-    in_dirs = list(at.get("scan_input_directions", [0] * m))
-    k_out = len(body.output) - n_state
-    out_axes = list(at.get("scan_output_axes", [0] * k_out))
-    out_dirs = list(at.get("scan_output_directions", [0] * k_out))
-    if any(s not in shapes for s in scan_ins) or not scan_ins:
-        return None
-    ranks = [len(shapes[s]) for s in scan_ins]
-    in_axes = [a + r if a < 0 else a for a, r in zip(in_axes, ranks, strict=True)]
-    count = shapes[scan_ins[0]][in_axes[0]]
-    if count <= 0 or count * max(len(body.node), 1) > UNROLL_LIMIT:
-        return None
-    carried = list(node.input[:n_state])
-    nodes: list[onnx.NodeProto] = []
-    per_iter: list[list[str]] = []
-    for it in range(count):
-        bound = {vi.name: c for vi, c in zip(body.input[:n_state], carried, strict=True)}
-        for j, (src, axis, rev) in enumerate(zip(scan_ins, in_axes, in_dirs, strict=True)):
-            idx = _const(consts, namer, np.array(count - 1 - it if rev else it, np.int64), "idx")
-            elem = namer.fresh(f"scan_in_{j}_{it}")
-            nodes.append(helper.make_node("Gather", [src, idx], [elem], axis=axis,
-                                          name=namer.fresh("gather")))
-            bound[body.input[n_state + j].name] = elem
-        copied, outs = _copy_body(body, bound, namer, consts, f"{node.name or 'scan'}_{it}")
-        nodes += copied
-        carried = outs[:n_state]
-        per_iter.append(outs[n_state:])
-    for src, dst in zip(carried, node.output[:n_state], strict=True):
-        if dst:
-            nodes.append(_identity(src, dst, namer))
-    for k, dst in enumerate(node.output[n_state:]):
-        if not dst:
-            continue
-        rank = len(body.output[n_state + k].type.tensor_type.shape.dim) + 1
-        axis = out_axes[k] + rank if out_axes[k] < 0 else out_axes[k]
-        ax = _const(consts, namer, np.array([axis], np.int64), "axes")
-        order = range(count - 1, -1, -1) if out_dirs[k] else range(count)
-        parts = []
-        for it in order:
-            p = namer.fresh(f"scan_out_{k}_{it}")
-            nodes.append(helper.make_node("Unsqueeze", [per_iter[it][k], ax], [p],
-                                          name=namer.fresh("unsqueeze")))
-            parts.append(p)
-        nodes.append(helper.make_node("Concat", parts, [dst], axis=axis,
-                                      name=namer.fresh("concat")))
+    nodes, outs = copy_body(branch, {}, namer, consts, node.name or "if")
+    nodes += [identity(s, d, namer) for s, d in zip(outs, node.output, strict=True) if d]
     return nodes
 
 
 def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
                         shapes: dict[str, Shape],
                         used: set[str]) -> tuple[list[onnx.NodeProto], bool]:
-    """Inline constant Ifs, unroll static Loops and Scans; say whether anything changed."""
-    namer = _Namer(used)
+    """Inline constant Ifs, unroll short static Loops and Scans, turn the other Scans into
+    Loops; say whether anything changed."""
+    namer = Namer(used)
     out: list[onnx.NodeProto] = []
     changed = False
     for node in nodes:
@@ -345,15 +120,49 @@ def expand_control_flow(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarra
             if node.op_type == "If":
                 new = _inline_if(node, consts, namer)
             elif node.op_type == "Loop":
-                new = _unroll_loop(node, consts, namer)
+                new = unroll_loop(node, consts, namer)
             elif node.op_type == "Scan":
-                new = _unroll_scan(node, consts, shapes, namer)
+                new = unroll_scan(node, consts, shapes, namer) or scan_as_loop(
+                    node, consts, shapes, namer)
+        if new is None and _has_nested_scan(node):
+            copy = _nested_scans_as_loops(node, consts, shapes, namer)
+            new = [copy] if copy is not None else None
         if new is None:
             out.append(node)
         else:
             out.extend(new)
             changed = True
     return out, changed
+
+
+def _is_scan(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Scan" and node.domain in ("", "ai.onnx")
+
+
+def _has_nested_scan(node: onnx.NodeProto) -> bool:
+    return any(_is_scan(n) or _has_nested_scan(n) for _, g in subgraphs(node) for n in g.node)
+
+
+def _nested_scans_as_loops(node: onnx.NodeProto, consts: dict[str, np.ndarray],
+                           shapes: dict[str, Shape], namer: Namer) -> onnx.NodeProto | None:
+    """A copy of `node` whose subgraphs hold Loops where they held Scans (the If and Loop
+    rules differentiate Loops; what a branch holds is never unrolled), or None if none could
+    be rewritten."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    changed = False
+    for _, g in subgraphs(copy):
+        out: list[onnx.NodeProto] = []
+        for n in g.node:
+            inner = (_nested_scans_as_loops(n, consts, shapes, namer)
+                     if _has_nested_scan(n) else None)
+            n = inner or n
+            loop = scan_as_loop(n, consts, shapes, namer) if _is_scan(n) else None
+            out.extend(loop or [n])
+            changed = changed or inner is not None or loop is not None
+        del g.node[:]
+        g.node.extend(out)
+    return copy if changed else None
 
 
 def fold_local(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
@@ -389,19 +198,54 @@ def infer_local(g: Graph, nodes: list[onnx.NodeProto]) -> None:
                                          list(g.shapes[r]) if r in g.shapes else None)
            for r in reads if r not in known]
     outs = [helper.make_empty_tensor_value_info(o) for o in sorted(made)]
-    graph = helper.make_graph(nodes, "local", vis, outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001  (values left without a shape are reported where read)
-        return
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-        t = vi.type.tensor_type
-        if t.elem_type:
-            g.dtypes[vi.name] = t.elem_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if t.HasField("shape") and all(d is not None for d in dims):
-            g.shapes[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    for _ in range(2):  # again once the Loops' carried outputs are known (onnx leaves them)
+        hints = _loop_output_shapes(g, nodes)
+        graph = helper.make_graph(nodes, "local", vis, outs, inits, value_info=hints)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False,
+                                                         data_prop=True)
+        except Exception:  # noqa: BLE001  (values left without a shape are reported where read)
+            return
+        for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+            t = vi.type.tensor_type
+            if t.elem_type:
+                g.dtypes[vi.name] = t.elem_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            if t.HasField("shape") and all(d is not None for d in dims):
+                g.shapes[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        if not _loop_output_shapes(g, nodes):
+            return
+
+
+def _loop_output_shapes(g: Graph, nodes: list[onnx.NodeProto]) -> list[onnx.ValueInfoProto]:
+    """Loop outputs onnx's inference left without a shape: a loop-carried value whose body
+    output declares the initial value's static shape keeps it, and with a constant number of
+    iterations M a scan output of declared static shape S is [M, *S]."""
+    found = []
+    for n in nodes:
+        body = next((sub for a, sub in subgraphs(n) if a == "body"), None)
+        if n.op_type != "Loop" or n.domain not in ("", "ai.onnx") or body is None:
+            continue
+        trip, cond = [*n.input, ""][:2]
+        count = (int(g.consts[trip].reshape(-1)[0]) if trip in g.consts and (
+            not cond or (cond in g.consts and g.consts[cond].all()))
+            and loop_cond_stays_true(body, g.consts) else None)
+        n_state = len(n.input) - 2
+        for k, out in enumerate(n.output):
+            t = body.output[1 + k].type.tensor_type
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            if not out or out in g.shapes or not t.HasField("shape") or -1 in dims:
+                continue
+            if k < n_state and g.shapes.get(n.input[2 + k]) == dims:
+                g.shapes[out] = dims
+            elif k >= n_state and count is not None:
+                g.shapes[out] = (count, *dims)
+            else:
+                continue
+            g.dtypes.setdefault(out, t.elem_type)
+            found.append(helper.make_tensor_value_info(out, g.dtypes[out], list(g.shapes[out])))
+    return found
 
 
 def nested_path_nodes(node: onnx.NodeProto, marked: set[str], zero_grad: frozenset[str],
@@ -414,7 +258,7 @@ def nested_path_nodes(node: onnx.NodeProto, marked: set[str], zero_grad: frozens
     """
     for attr, g in subgraphs(node):
         where = f"{prefix}{node.op_type} {node.name!r} / {attr}"
-        inner = {r for r in _free_reads(g) if r in marked}
+        inner = {r for r in free_reads(g) if r in marked}
         for n in g.node:
             if n.op_type not in zero_grad and any(i in inner for i in all_inputs(n)):
                 inner.update(o for o in n.output if o)

@@ -91,9 +91,8 @@ def unsupported_paths(on_path: Sequence[onnx.NodeProto],
 
 
 _CONTROL_FLOW_DETAIL = {
-    "Loop": "its trip count or condition is not known after constant folding, so it cannot be "
-            "unrolled",
-    "Scan": "its sequence length is not static, so it cannot be unrolled",
+    "Scan": "it is neither unrolled nor rewritten as a Loop (its opset-8 form with a "
+            "sequence_lens input, or an axis of unknown rank); convert the model to opset 9+",
     # Ops that cannot have a rule here, not just ones that lack one.
     "Unique": "its output's length is the number of distinct input values, which a gradient "
               "graph of static shapes cannot follow",

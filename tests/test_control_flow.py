@@ -1,4 +1,4 @@
-"""Control flow: constant Ifs inlined, static Loops and Scans unrolled, subgraphs searched.
+"""Control flow: constant Ifs inlined, short static Loops and Scans unrolled, subgraphs searched.
 
 The data-dependent If's rule is in the rule table (tests/test_vjp_rules.py); the fixtures
 models/cf_*.onnx go through every end-to-end check of tests/test_fixtures.py. Here: the
@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from neuromask_onnx import instrument, oracle
+from neuromask_onnx import instrument, oracle, unroll
 from neuromask_onnx.cli import app
 from neuromask_onnx.errors import UnsupportedOpError
 from neuromask_onnx.gradcheck import check_vjp
@@ -139,7 +139,11 @@ def test_scan_gradient(axes: tuple[int, int, int, int], rng: np.random.Generator
 
 
 @pytest.mark.parametrize("trips", [1, 4])
-def test_loop_gradient(trips: int, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("unrolled", [True, False])
+def test_loop_gradient(trips: int, unrolled: bool, rng: np.random.Generator,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if not unrolled:  # the Loop rule (vjp_rules/loop.py) instead
+        monkeypatch.setattr(unroll, "UNROLL_LIMIT", 0)
     feeds = {"h0": rng.standard_normal((2, 3)), "x": rng.standard_normal((2, 3))}
     # onnx's reference Loop cannot stack this body's scan output; onnxruntime, in float64.
     r = check_vjp(_loop_model(trips), feeds, rng=rng, backend="onnxruntime")
@@ -177,11 +181,14 @@ def test_ops_cli_names_the_subgraph_path(tmp_path: Path) -> None:
     assert "every op on the gradient path is supported" not in result.output
 
 
-def test_a_loop_of_unknown_length_is_refused_with_the_reason() -> None:
+def test_a_scan_output_of_a_loop_of_unknown_length_is_refused_with_the_reason() -> None:
+    """The carried value's gradient would be fine (tests/test_loop_vjp.py); the scan output's
+    length is not static."""
     m = _loop_model(3)
     m.graph.initializer.pop()  # M becomes a graph input: not known after folding
     m.graph.input.append(helper.make_tensor_value_info("M", TensorProto.INT64, []))
-    with pytest.raises(UnsupportedOpError, match="trip count"):
+    with pytest.raises(UnsupportedOpError, match="a scan output's gradient needs a constant "
+                                                 "number of iterations"):
         check_vjp(m, {"h0": np.zeros((2, 3)), "x": np.zeros((2, 3)), "M": np.array(3)},
                   rng=np.random.default_rng(0), wrt=["x"])
 
@@ -190,16 +197,24 @@ def test_a_loop_of_unknown_length_is_refused_with_the_reason() -> None:
 
 
 @pytest.mark.torch
-def test_scripted_control_flow_matches_torch_autograd_on_both_branches(tmp_path: Path) -> None:
-    """A torch.jit.script net: Loop (trip count from the input's shape) and an If on data."""
+@pytest.mark.parametrize("loop", ["unrolled", "reverse_loop"])
+def test_scripted_control_flow_matches_torch_autograd_on_both_branches(
+        tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch.jit.script net: Loop (trip count from the input's shape) and an If on data.
+
+    Its 3 iterations are unrolled by default; with no unrolling the Loop rule differentiates it.
+    """
+    if loop == "reverse_loop":
+        monkeypatch.setattr(unroll, "UNROLL_LIMIT", 0)
     torch = pytest.importorskip("torch")
     ort = pytest.importorskip("onnxruntime")
     exp = _load_tool("export_scripted")
     net = exp.build()
     path = exp.export(tmp_path / "scripted.onnx", net=net)
     assert {"Loop", "If"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
-    sess = ort.InferenceSession(instrument(str(path), batch_size=2).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    model = instrument(str(path), batch_size=2)
+    assert ("Loop" in {n.op_type for n in model.graph.node}) == (loop == "reverse_loop")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(40):

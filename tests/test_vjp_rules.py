@@ -1649,6 +1649,22 @@ for cid, eq, shapes in [("einsum_batch_diagonal", "...ii->...i", [(2, 3, 3)]),
              dict(zip(names, shapes, strict=True)), opset=12))
 
 
+# ---- h18-loop (issue 12): Loop (vjp_rules/loop.py): a reverse Loop over the saved states. The
+# trip count is fed at run time, so prepare cannot unroll it; the body reads x and W from the
+# outer scope (tests/test_loop_vjp.py has the long, while, scan-output and nested cases).
+_loop_body = helper.make_graph(
+    [N("Identity", ["c_in"], ["c_out"]), N("MatMul", ["h_in", "lw"], ["hw"]),
+     N("Add", ["hw", "x"], ["pre"]), N("Tanh", ["pre"], ["h_out"])], "step",
+    [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+     helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+     helper.make_tensor_value_info("h_in", D, [2, 3])],
+    [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+     helper.make_tensor_value_info("h_out", D, [2, 3])])
+add(case("loop_runtime_trip_count", "Loop", [N("Loop", ["M", "", "h0"], ["y"], body=_loop_body)],
+         {"h0": (2, 3), "x": (2, 3)}, inits={"lw": w(3, 3)}, int_feeds={"M": np.array(5)},
+         backend="onnxruntime"))
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (registers the rules)
     elementwise,
     indexing,
     linalg,
+    loop,
     ml,
     nn,
     pooling,
