@@ -9,7 +9,7 @@ import onnx
 
 from ..graph import Emitter, Shape, attrs_of, normalize_axes
 from .linalg import conv_pads, transpose_fit
-from .registry import Grads, _k, vjp_rule
+from .registry import Grads, Needs, _k, vjp_rule
 
 # --------------------------------------------------------------------------- reductions, pooling
 
@@ -39,7 +39,7 @@ def _keep_shape(sx: Shape, axes: Sequence[int]) -> list[int]:
 
 @vjp_rule("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2",
           "ReduceLogSumExp", "ReduceLogSum", "ReduceMax", "ReduceMin")
-def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = broadcast(gy) times d(reduction)/dx (mean: 1/n, max: ties / #ties, ...)."""
     x, y = node.input[0], node.output[0]
     sx = op.g.shape(x)
@@ -85,7 +85,7 @@ def _reduce_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> str:
 
 
 @vjp_rule("GlobalAveragePool")
-def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Expand(gy / (H W))."""
     sx = op.g.shape(node.input[0])
     n = int(np.prod(sx[2:]))
@@ -98,7 +98,7 @@ def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grad
 
 
 @vjp_rule("GlobalMaxPool")
-def _vjp_global_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_global_max_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy [x == max] / #ties."""
     x, y = node.input[0], node.output[0]
     sx = op.g.shape(x)
@@ -122,7 +122,7 @@ def _pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, lis
 # MaxPool routes each window's gradient to the element its Indices output names: the first
 # maximum in scan order, as PyTorch does.
 @vjp_rule("MaxPool")
-def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ScatterElements(zeros, argmax indices, gy, reduction=add)."""
     at = attrs_of(node)
     sx, _, kernel, strides, dil, pads = _pool_geometry(op, node)
@@ -146,7 +146,7 @@ def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 # the last in memory order wins (onnx's reference and onnxruntime both write in that order),
 # so only that one gets the gradient.
 @vjp_rule("MaxUnpool")
-def _vjp_max_unpool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_max_unpool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy.flat[I] where element k is the last writer of I[k], else 0."""
     sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
     at = attrs_of(node)
@@ -193,7 +193,7 @@ def pool_divisor(in_spatial: Shape, out_spatial: Shape, kernel: Sequence[int],
 
 
 @vjp_rule("AveragePool")
-def _vjp_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_average_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = depthwise ConvTranspose(gy / divisor, ones kernel)."""
     at = attrs_of(node)
     sx, sy, kernel, strides, dil, pads = _pool_geometry(op, node)
