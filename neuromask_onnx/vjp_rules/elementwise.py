@@ -8,7 +8,16 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import Grads, Needs, _k, elementwise_rule, vjp_rule
+from .registry import (
+    Grads,
+    Needs,
+    _k,
+    balanced_eq,
+    bilinear,
+    elementwise_rule,
+    first_only,
+    vjp_rule,
+)
 
 # --------------------------------------------------------------------------- elementwise
 
@@ -31,8 +40,8 @@ def _vjp_cast(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads
     x = node.input[0]
     dt = op.g.dtypes[x]
     if not op.g.is_float(x):  # Cast(MatMulInteger(...)): see quant, INTEGER_GRAD_OPS
-        return [gy, *[None] * (len(node.input) - 1)]
-    return [op.Cast(gy, to=dt, _dtype=dt), *[None] * (len(node.input) - 1)]
+        return first_only(node, gy)
+    return first_only(node, op.Cast(gy, to=dt, _dtype=dt))
 
 
 @elementwise_rule("Abs")
@@ -241,7 +250,7 @@ def _vjp_clip(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads
             gx = op.Mul(gx, op.step(y, float(lo_v), above=True))
         if hi_v is not None:
             gx = op.Mul(gx, op.step(y, float(hi_v), above=False))
-        return [gx, *[None] * (len(node.input) - 1)]
+        return first_only(node, gx)
     cond = None
     if lo is not None:
         cond = op.Greater(y, lo)
@@ -284,9 +293,8 @@ def _vjp_mul(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d(a b) = (gy b, gy a), each summed back over its broadcast axes."""
     ys, (sa, sb) = _shapes(op, node)
     a, b = node.input
-    ga = op.sum_to(op.Mul(gy, b), ys, sa) if a in needs else None
-    gb = op.sum_to(op.Mul(gy, a), ys, sb) if b in needs else None
-    return [ga, gb]
+    return bilinear(needs, lambda: op.sum_to(op.Mul(gy, b), ys, sa),
+                    lambda: op.sum_to(op.Mul(gy, a), ys, sb))
 
 
 @vjp_rule("Div")
@@ -362,8 +370,7 @@ def _vjp_max(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d max(x_i) = gy [x_i == y] / #ties."""
     ys, shapes = _shapes(op, node)
     y = node.output[0]
-    hits = [op.mask_of(op.Equal(i, y), y) for i in node.input]
-    count = hits[0] if len(hits) == 1 else op.Sum(*hits)
-    share = op.Div(gy, count) if len(hits) > 1 else gy
+    share, hits = balanced_eq(op, gy, [(i, y) for i in node.input],
+                              lambda h: op.Sum(*h) if len(h) > 1 else None)
     return [op.sum_to(op.Mul(share, h), ys, s) if i in needs else None
             for i, h, s in zip(node.input, hits, shapes, strict=True)]

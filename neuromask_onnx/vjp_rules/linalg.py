@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import Grads, Needs, _k, vjp_rule
+from .registry import Grads, Needs, _k, bilinear, vjp_rule
 
 # --------------------------------------------------------------------------- linear algebra
 
@@ -36,18 +36,18 @@ def _vjp_matmul(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Gra
     batch = np.broadcast_shapes(sa2[:-2], sb2[:-2])
     gshape = (*batch, sa2[-2], sb2[-1])
     g2 = op.reshape(gy, gshape) if gshape != op.g.shape(node.output[0]) else gy
-    ga = gb = None
-    if a in needs:
-        full = op.MatMul(g2, _swap_last(op, b2, len(sb2)))
-        ga = op.sum_to(full, (*batch, sa2[-2], sa2[-1]), sa2)
-        if sa2 != sa:
-            ga = op.reshape(ga, sa)
-    if b in needs:
-        full = op.MatMul(_swap_last(op, a2, len(sa2)), g2)
-        gb = op.sum_to(full, (*batch, sb2[-2], sb2[-1]), sb2)
-        if sb2 != sb:
-            gb = op.reshape(gb, sb)
-    return [ga, gb]
+
+    def ga() -> str:  # gy @ b^T
+        full = op.sum_to(op.MatMul(g2, _swap_last(op, b2, len(sb2))),
+                         (*batch, sa2[-2], sa2[-1]), sa2)
+        return op.reshape(full, sa) if sa2 != sa else full
+
+    def gb() -> str:  # a^T @ gy
+        full = op.sum_to(op.MatMul(_swap_last(op, a2, len(sa2)), g2),
+                         (*batch, sb2[-2], sb2[-1]), sb2)
+        return op.reshape(full, sb) if sb2 != sb else full
+
+    return bilinear(needs, ga, gb)
 
 
 @vjp_rule("Gemm")
@@ -58,13 +58,12 @@ def _vjp_gemm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads
     ta, tb = int(bool(at.get("transA", 0))), int(bool(at.get("transB", 0)))  # nonzero = on
     a, b = node.input[:2]
     c = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    ga = gb = gc = None
-    if a in needs:
-        ga = (op.Gemm(gy, b, alpha=alpha, transB=1 - tb) if not ta
-              else op.Gemm(b, gy, alpha=alpha, transA=tb, transB=1))
-    if b in needs:
-        gb = (op.Gemm(a, gy, alpha=alpha, transA=1 - ta) if not tb
-              else op.Gemm(gy, a, alpha=alpha, transA=1, transB=ta))
+    ga, gb = bilinear(needs,
+                      lambda: (op.Gemm(gy, b, alpha=alpha, transB=1 - tb) if not ta
+                               else op.Gemm(b, gy, alpha=alpha, transA=tb, transB=1)),
+                      lambda: (op.Gemm(a, gy, alpha=alpha, transA=1 - ta) if not tb
+                               else op.Gemm(gy, a, alpha=alpha, transA=1, transB=ta)))
+    gc = None
     if c is not None and c in needs:
         gcb = op.Mul(gy, _k(op, beta, gy)) if beta != 1.0 else gy
         gc = op.sum_to(gcb, op.g.shape(node.output[0]), op.g.shape(c))

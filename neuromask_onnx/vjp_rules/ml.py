@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, attrs_of
-from .registry import Grads, Needs, vjp_rule
+from .registry import Grads, Needs, ties, vjp_rule
 
 ML = "ai.onnx.ml::"
 _SQRT2 = 1.41421356  # onnxruntime's and the reference's constant in the probit transform
@@ -162,8 +162,9 @@ def normalizer(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grad
         ds = yx
     elif norm == "MAX":
         s = op.ReduceMax(x, op.ints([-1]), keepdims=1)
-        hit = op.mask_of(op.Equal(x, s), x)
-        ds = op.Div(hit, _rowsum(op, hit))
+        (hit,), ties_at = ties(op, [(x, s)], [-1])  # ties split evenly: hit / #ties
+        assert ties_at is not None
+        ds = op.Div(hit, ties_at)
     else:
         msg = f"norm {norm}"
         raise NotImplementedError(msg)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, attrs_of, normalize_axes
-from .registry import FUSED_RULES, Grads, Needs, _k, vjp_rule
+from .registry import FUSED_RULES, Grads, Needs, _k, first_only, vjp_rule
 
 # --------------------------------------------------------------------------- nn
 
@@ -27,23 +27,22 @@ def _vjp_dropout(op: Emitter, node: onnx.NodeProto,
     """gx = gy at inference or ratio 0; gy mask / (1 - ratio) in training mode."""
     gy = gys[0]
     assert gy is not None  # the mask is boolean: no gradient reaches it
-    rest = [None] * (len(node.input) - 1)
     training = node.input[2] if len(node.input) > 2 else ""
     if op.g.opset < 12 or not training:
-        return [gy, *rest]
+        return first_only(node, gy)
     mode = op.g.const(training)
     if mode is None:
         msg = f"Dropout {node.name!r}: training_mode is computed, not a constant"
         raise NotImplementedError(msg)
     if not bool(np.asarray(mode).reshape(-1)[0]):
-        return [gy, *rest]
+        return first_only(node, gy)
     ratio_v = op.g.const(node.input[1]) if node.input[1] else 0.5
     if ratio_v is None:
         msg = f"Dropout {node.name!r}: training mode with a computed ratio"
         raise NotImplementedError(msg)
     ratio = float(np.asarray(ratio_v).reshape(-1)[0])
     if ratio == 0.0:
-        return [gy, *rest]
+        return first_only(node, gy)
     if not any(n is node for n in op.g.nodes):  # a copy the reverse pass recomputes (If)
         msg = (f"Dropout {node.name!r}: in training mode inside a data-dependent If, whose "
                "gradient recomputes the branch and so would draw another mask")
@@ -55,7 +54,7 @@ def _vjp_dropout(op: Emitter, node: onnx.NodeProto,
         op.g.dtypes[mask] = onnx.TensorProto.BOOL
         op.g.shapes[mask] = op.g.shape(node.input[0])
     keep = op.mask_of(node.output[1], gy)
-    return [op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)), *rest]
+    return first_only(node, op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)))
 
 
 @vjp_rule("BatchNormalization", multi_output=True)
@@ -113,7 +112,7 @@ def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | 
         cen = op.Sub(x, op.ReduceMean(x, op.ints(axes), keepdims=1))
         parts.append(op.Mul(cen, op.Mul(op.reshape(gvar, bshape), _k(op, 2.0 * w, x))))
     gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
@@ -166,7 +165,7 @@ def _vjp_layer_norm(op: Emitter, node: onnx.NodeProto,
         if name and name in needs:
             msg = f"LayerNormalization {node.name!r}: scale or bias that depend on the input"
             raise NotImplementedError(msg)
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 @vjp_rule("RMSNormalization")
@@ -186,7 +185,7 @@ def _vjp_rms_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> G
     h = op.Mul(gy, scale)
     mhx = op.ReduceMean(op.Mul(h, x), axes, keepdims=1)
     gx = op.Sub(op.Mul(r, h), op.Mul(op.Mul(op.Mul(op.Mul(r, r), r), x), mhx))
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 @vjp_rule("LpNormalization")

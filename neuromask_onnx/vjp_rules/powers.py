@@ -24,7 +24,7 @@ import onnx
 from ..graph import Emitter, attrs_of, normalize_axes
 from .linalg import transpose_fit
 from .pooling import _keep_shape, _pool_geometry, _reduce_axes
-from .registry import Grads, Needs, _k, vjp_rule
+from .registry import Grads, Needs, _k, first_only, vjp_rule
 
 
 @vjp_rule("ReduceProd")
@@ -32,10 +32,9 @@ def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -
     """gx = gy * (product of the other factors of x's group), zero-safe."""
     x = node.input[0]
     sx = op.g.shape(x)
-    rest = [None] * (len(node.input) - 1)
     axes = _reduce_axes(op, node)
     if axes is None:  # noop_with_empty_axes: y = x
-        return [gy, *rest]
+        return first_only(node, gy)
     gk = op.reshape(gy, _keep_shape(sx, axes))
     zero, one = _k(op, 0.0, x), _k(op, 1.0, x)
     is_zero = op.Equal(x, zero)
@@ -45,7 +44,7 @@ def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -
     none = op.Div(prod, x1)  # no zero in the group: y / x_i
     lone = op.mask_of(op.And(is_zero, op.Equal(count, one)), x)  # the one zero of its group
     d = op.Add(op.Mul(none, op.mask_of(op.Equal(count, zero), x)), op.Mul(prod, lone))
-    return [op.Mul(gk, d), *rest]
+    return first_only(node, op.Mul(gk, d))
 
 
 CUMPROD_TABLE_MAX = 1 << 26  # entries of CumProd's [.., n, n] table (256 MiB in float32)

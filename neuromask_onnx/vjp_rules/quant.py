@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import VJP_RULES, Grads, Needs, vjp_rule
+from .registry import VJP_RULES, Grads, Needs, first_only, vjp_rule
 
 _RANGES: dict[int, tuple[int, int]] = {
     TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255),
@@ -111,7 +111,7 @@ def _vjp_quantize(op: Emitter, node: onnx.NodeProto, gq: str, needs: Needs) -> G
     gq_x = op.cast_like(gq, x) if op.g.dtypes.get(gq) != op.g.dtypes.get(x) else gq
     factor = op.Mul(inside, op.const(1.0 / s, like=x)) if isinstance(s, np.ndarray) \
         else op.Div(inside, _as(op, s, x))
-    return [op.Mul(gq_x, factor), *[None] * (len(node.input) - 1)]
+    return first_only(node, op.Mul(gq_x, factor))
 
 
 @vjp_rule("DequantizeLinear")
@@ -205,7 +205,7 @@ def _vjp_qlinear_conv(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) 
     wf = _dequantized(op, w, sw, zw, like)
     gxf = _through(op, "Conv", node, [xf, wf], [xf], g, **_conv_attrs(node))[0]
     assert gxf is not None
-    return [op.Mul(gxf, _as(op, sx, like)), *[None] * (len(node.input) - 1)]
+    return first_only(node, op.Mul(gxf, _as(op, sx, like)))
 
 
 @vjp_rule("ConvInteger")
@@ -223,7 +223,7 @@ def _vjp_conv_integer(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) 
     xf = _dequantized(op, x, np.ones(()), zx, like)
     wf = _dequantized(op, w, np.ones(()), zw, like)
     gxf = _through(op, "Conv", node, [xf, wf], [xf], gy, **_conv_attrs(node))[0]
-    return [gxf, *[None] * (len(node.input) - 1)]
+    return first_only(node, gxf)
 
 
 def _matmul_through(op: Emitter, node: onnx.NodeProto, a: str, b: str, af: str, bf: str,

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of, normalize_axes
-from .registry import Grads, Needs, vjp_rule
+from .registry import Grads, Needs, first_only, vjp_rule
 
 # --------------------------------------------------------------------------- shape
 
@@ -17,7 +17,7 @@ from .registry import Grads, Needs, vjp_rule
 def _vjp_reshape(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Reshape(gy, shape(x))."""
     x = node.input[0]
-    return [op.reshape(gy, op.g.shape(x)), *[None] * (len(node.input) - 1)]
+    return first_only(node, op.reshape(gy, op.g.shape(x)))
 
 
 @vjp_rule("Transpose")
@@ -130,7 +130,7 @@ def _vjp_split(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None], nee
     parts = [g if g is not None else op.zeros(op.g.shape(o), node.input[0])
              for g, o in zip(gys, node.output, strict=True)]
     gx = parts[0] if len(parts) == 1 else op.Concat(*parts, axis=axis)
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 def _slice_params(op: Emitter, node: onnx.NodeProto) -> list[tuple[int, int, int, int]]:
@@ -173,7 +173,7 @@ def _vjp_slice(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grad
             continue
         idx = np.arange(s, e, st, dtype=np.int64)
         if idx.size == 0:
-            return [op.zeros(sx, node.input[0]), *[None] * (len(node.input) - 1)]
+            return first_only(node, op.zeros(sx, node.input[0]))
         # Indices are unique, so a plain scatter into zeros is exact.
         ishape = [1] * len(cur)
         ishape[a] = idx.size
@@ -184,7 +184,7 @@ def _vjp_slice(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grad
         cur = nxt
     if any(pads):
         g = op.Pad(g, op.ints(pads))
-    return [g, *[None] * (len(node.input) - 1)]
+    return first_only(node, g)
 
 
 def pad_source_index(mode: str, n: int, before: int, after: int) -> np.ndarray:
@@ -226,7 +226,6 @@ def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     k = len(axes)
     for j, a in enumerate(axes):
         pads[a], pads[rank + a] = int(pads_v[j]), int(pads_v[k + j])
-    rest = [None] * (len(node.input) - 1)
     if mode == "constant" or all(p <= 0 for p in pads):
         starts = [max(p, 0) for p in pads[:rank]]
         ends = [starts[i] + sy[i] - max(pads[i], 0) - max(pads[rank + i], 0) for i in range(rank)]
@@ -235,7 +234,7 @@ def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
         crop = [max(-p, 0) for p in pads]
         if any(crop):
             g = op.Pad(g, op.ints(crop))
-        return [g, *rest]
+        return first_only(node, g)
     g, cur = gy, list(sy)
     for a in range(rank):
         if pads[a] == 0 and pads[rank + a] == 0:
@@ -246,7 +245,7 @@ def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
         mat[np.arange(len(src))[valid], src[valid]] = 1.0
         g = op.axis_matmul(g, tuple(cur), a, mat, x)
         cur[a] = sx[a]
-    return [g, *rest]
+    return first_only(node, g)
 
 
 @vjp_rule("Gather")

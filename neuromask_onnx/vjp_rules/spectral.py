@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from ..graph import Emitter, attrs_of, normalize_axes
 from .basis import run_on_basis
-from .registry import Grads, Needs, vjp_rule
+from .registry import Grads, Needs, first_only, vjp_rule
 
 DFT_MATRIX_MAX = 1 << 24  # entries of M (n c x m c'; STFT: one frame's): 128 MiB in float64
 
@@ -93,7 +93,7 @@ def _vjp_dft(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     g = op.MatMul(op.reshape(g, [*lead, sy[axis] * sy[-1]]), op.const(mat.T, like=x))
     g = op.reshape(g, [*lead, sx[axis], sx[-1]])
     g = op.Transpose(g, perm=inv) if perm != list(range(rank)) else g
-    return [g, *[None] * (len(node.input) - 1)]
+    return first_only(node, g)
 
 
 @vjp_rule("STFT")
@@ -141,4 +141,4 @@ def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads
     where = where.reshape(1, -1, *[1] * (len(sx) - 2))
     index = np.broadcast_to(where, cols).astype(np.int64)
     gx = op.ScatterElements(op.zeros(sx, x), op.const(index), g, axis=1, reduction="add")
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
