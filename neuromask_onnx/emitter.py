@@ -30,7 +30,6 @@ class Emitter:
         self.nodes: list[onnx.NodeProto] = []
         self.new_consts: dict[str, np.ndarray] = {}
         self._const_cache: dict[tuple[str, Shape, bytes], str] = {}
-        self.wanted: set[str] = set()
         # Expand outputs -> the smaller value they broadcast (see differentiate's total()).
         self.broadcast_of: dict[str, str] = {}
         self._next_suffix: dict[str, int] = {}

@@ -3,7 +3,8 @@
 `differentiate` takes the nodes on a path from the values differentiated (`wrt`) to the seeded
 outputs (`path_nodes`), walks them in reverse and calls each node's rule from `vjp_rules`;
 several contributions to one value are summed. Only float values that depend on `wrt`
-(`marked_values`) get gradients, so weights never get gradient nodes; an op without a rule on
+(`marked_values`) get gradients, so weights never get gradient nodes: each rule is told
+which of its node's inputs those are (`Needs`); an op without a rule on
 the path is refused up front (`check_supported`). `assemble` drops what the outputs do not need,
 orders the rest for onnxruntime (`seed_last`) and runs `onnx.checker` on the result.
 
@@ -36,7 +37,7 @@ from .graph import (
     prune,
 )
 from .vjp_rules import FUSED_RULES, INTEGER_GRAD_OPS, NONDIFF_OPERANDS, ZERO_GRAD_OPS, rule_for
-from .vjp_rules.registry import NO_GRADIENT_OPS, op_key
+from .vjp_rules.registry import NO_GRADIENT_OPS, Needs, op_key
 
 FUSED = "nm.fused"  # domain of the nodes fuse_for_backward makes (rules in FUSED_RULES)
 
@@ -115,8 +116,8 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
     """Emit the reverse pass; return the gradient of each `wrt` name (None if it has none)."""
     g = op.g
     on_path = path_nodes(nodes, wrt, list(seeds), g)
-    op.wanted = marked_values(nodes, wrt, g)
-    check_supported(on_path, op.wanted)
+    marked = marked_values(nodes, wrt, g)
+    check_supported(on_path, marked)
     contribs: dict[str, list[str]] = {k: [v] for k, v in seeds.items()}
 
     def total(name: str) -> str | None:
@@ -147,16 +148,16 @@ def differentiate(op: Emitter, nodes: Sequence[onnx.NodeProto], seeds: dict[str,
         try:
             rule = FUSED_RULES[node.op_type] if node.domain == FUSED else rule_for(node)
             assert rule is not None, node.op_type  # path_nodes() refused rule-less ops
-            gxs = rule(op, node, gys)
+            # Subgraph ops (If) also return gradients for the outer-scope values they read.
+            ins = all_inputs(node)
+            gxs = rule(op, node, gys, Needs.of(ins, marked))
         except NotImplementedError as exc:
             raise UnsupportedOpError(node.op_type, node.name, node.domain, str(exc)) from None
-        # Subgraph ops (If) also return gradients for the outer-scope values they read.
-        ins = all_inputs(node)
         if len(gxs) != len(ins):
             msg = f"rule for {node.op_type} returned {len(gxs)} gradients for {len(ins)} inputs"
             raise AssertionError(msg)
         for index, (name, gx) in enumerate(zip(ins, gxs, strict=True)):
-            if not name or name not in op.wanted:
+            if not name or name not in marked:
                 continue
             if gx is None and index in NONDIFF_OPERANDS.get(node.op_type, ()):
                 continue  # read for its type or as shape data: a zero gradient
@@ -173,7 +174,8 @@ def fuse_for_backward(path: Sequence[onnx.NodeProto],
 
     Differentiated op by op it costs six full-tensor passes (two Mul rules, the Sigmoid rule,
     a Sum of the two paths to x); as one node it costs four. The forward graph is untouched;
-    the fused node names the sigmoid output in its doc_string.
+    the fused node names the sigmoid's output in its attribute `sigmoid` (FUSED_RULES'
+    Swish reads it there).
     """
     uses: dict[str, int] = {}
     for n in nodes:
@@ -189,7 +191,7 @@ def fuse_for_backward(path: Sequence[onnx.NodeProto],
                 if (sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == x
                         and uses.get(s) == 1):
                     swish = helper.make_node("Swish", [x], [n.output[0]], name=n.name,
-                                             doc_string=s, domain=FUSED)
+                                             domain=FUSED, sigmoid=s)
                     fused.append(swish)
                     dropped.add(id(sig))
                     break

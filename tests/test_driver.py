@@ -127,8 +127,8 @@ class GradientLog:
             monkeypatch.setitem(VJP_RULES, op_type, self._wrap(rule))
 
     def _wrap(self, rule: Any) -> Any:
-        def logged(op: Any, node: onnx.NodeProto, gys: Any) -> Any:
-            gxs = rule(op, node, gys)
+        def logged(op: Any, node: onnx.NodeProto, gys: Any, needs: Any) -> Any:
+            gxs = rule(op, node, gys, needs)
             for name, gx in zip(node.input, gxs, strict=True):
                 if gx is not None:
                     self.received[name] = gx

@@ -1728,8 +1728,9 @@ def test_a_wrong_rule_fails(cid: str, rng: np.random.Generator,
     _skip_unrunnable(c)
     rule = VJP_RULES[c.op_type]
 
-    def off_by_one_percent(op: Any, node: onnx.NodeProto, gys: Any) -> list[str | None]:
-        gx = list(rule(op, node, gys))
+    def off_by_one_percent(op: Any, node: onnx.NodeProto, gys: Any,
+                           needs: Any) -> list[str | None]:
+        gx = list(rule(op, node, gys, needs))
         gx[0] = op.Mul(gx[0], op.const(1.01, like=node.input[0]))
         return gx
 

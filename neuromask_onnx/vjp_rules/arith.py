@@ -11,11 +11,11 @@ from __future__ import annotations
 import onnx
 
 from ..graph import Emitter, attrs_of
-from .registry import Grads, _k, elementwise_rule, vjp_rule
+from .registry import Grads, Needs, _k, elementwise_rule, vjp_rule
 
 
 @vjp_rule("Mod")
-def _vjp_mod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_mod(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = a - b q with q = trunc(a / b) (fmod=1) or floor(a / b) (fmod=0), an integer that is
     locally constant: d/da = 1, d/db = -q (q read back as round((a - y) / b)).
 
@@ -23,9 +23,9 @@ def _vjp_mod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     """
     a, b = node.input
     ys, sa, sb = op.g.shape(node.output[0]), op.g.shape(a), op.g.shape(b)
-    ga = op.sum_to(gy, ys, sa) if a in op.wanted else None
+    ga = op.sum_to(gy, ys, sa) if a in needs else None
     gb = None
-    if b in op.wanted:
+    if b in needs:
         q = op.Round(op.Div(op.Sub(a, node.output[0]), b))
         gb = op.sum_to(op.Neg(op.Mul(gy, q)), ys, sb)
     return [ga, gb]

@@ -20,7 +20,7 @@ from onnx import helper
 from ..graph import Emitter, attrs_of
 from .elementwise import _d_gelu
 from .nn import _normalized_grad
-from .registry import VJP_RULES, Grads, _k, vjp_rule
+from .registry import VJP_RULES, Grads, Needs, _k, vjp_rule
 
 MS = "com.microsoft::"
 
@@ -61,25 +61,26 @@ def _activation_grad(op: Emitter, node: onnx.NodeProto, y: str, gy: str, act: st
 
 
 def _standard(op: Emitter, op_type: str, node: onnx.NodeProto, inputs: Sequence[str],
-              gy: str, keep: Sequence[str]) -> Grads:
-    """The standard rule of `op_type` on `node`'s inputs, keeping the attributes `keep`."""
+              gy: str, keep: Sequence[str], needs: Needs) -> Grads:
+    """The standard rule of `op_type` on `inputs` in place of `node`'s (each needed where the
+    input at its index is), keeping the attributes `keep`."""
     at = {k: v for k, v in attrs_of(node).items() if k in keep}
     equiv = helper.make_node(op_type, list(inputs), [node.output[0]], name=node.name, **at)
-    return VJP_RULES[op_type](op, equiv, [gy])
+    return VJP_RULES[op_type](op, equiv, [gy], needs.moved_to(inputs))
 
 
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
 @vjp_rule(MS + "FusedConv")
-def _vjp_fused_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_fused_conv(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = act(Conv(X, W, B) + Z): g = gy act'(y); Conv's rule for X and B; gZ = g."""
     at = attrs_of(node)
     y = node.output[0]
     g = _activation_grad(op, node, y, gy, _s(at.get("activation", "")),
                          list(at.get("activation_params", [])))
     ins = list(node.input)
-    conv = list(_standard(op, "Conv", node, ins[:3], g, _CONV_ATTRS))
+    conv = list(_standard(op, "Conv", node, ins[:3], g, _CONV_ATTRS, needs))
     if len(ins) > 3 and ins[3]:
         if len(conv) < 3:
             conv.append(None)
@@ -88,17 +89,18 @@ def _vjp_fused_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule(MS + "FusedGemm")
-def _vjp_fused_gemm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_fused_gemm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = act(alpha A'B' + beta C): g = gy act'(y), then Gemm's rule."""
     at = attrs_of(node)
     params = [at.get("activation_alpha", 0.01 if _s(at.get("activation", "")) == "LeakyRelu"
                      else 0.2), at.get("activation_beta", 0.5)]
     g = _activation_grad(op, node, node.output[0], gy, _s(at.get("activation", "")), params)
-    return _standard(op, "Gemm", node, node.input, g, ("alpha", "beta", "transA", "transB"))
+    return _standard(op, "Gemm", node, node.input, g, ("alpha", "beta", "transA", "transB"),
+                     needs)
 
 
 @vjp_rule(MS + "FusedMatMul")
-def _vjp_fused_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_fused_matmul(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = alpha op(A) @ op(B), op = swap of the last two axes where transA / transB."""
     at = attrs_of(node)
     if at.get("transBatchA", 0) or at.get("transBatchB", 0):
@@ -106,7 +108,6 @@ def _vjp_fused_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         raise NotImplementedError(msg)
     alpha = float(at.get("alpha", 1.0))
     ins: list[tuple[str, list[int] | None]] = []
-    wanted: list[str] = []
     for name, t in zip(node.input, (at.get("transA", 0), at.get("transB", 0)), strict=True):
         shape = op.g.shape(name)
         if t and len(shape) >= 2:
@@ -114,20 +115,13 @@ def _vjp_fused_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
             name_t = op.Transpose(name, perm=perm)
             op.g.shapes[name_t] = tuple(shape[p] for p in perm)
             ins.append((name_t, perm))
-            if name in op.wanted:
-                wanted.append(name_t)
         else:
             ins.append((name, None))
     g = op.Mul(gy, _k(op, alpha, gy)) if alpha != 1.0 else gy
-    saved = op.wanted
-    op.wanted = set(saved) | set(wanted)
-    try:
-        grads = _standard(op, "MatMul", node, [n for n, _ in ins], g, ())
-    finally:
-        op.wanted = saved
+    grads = _standard(op, "MatMul", node, [n for n, _ in ins], g, (), needs)
     out: list[str | None] = []
     for (_, back), orig, gx in zip(ins, node.input, grads, strict=True):
-        if gx is None or orig not in op.wanted:
+        if gx is None or orig not in needs:
             out.append(None)
         else:
             out.append(op.Transpose(gx, perm=back) if back is not None else gx)
@@ -142,39 +136,40 @@ def _gelu_node(node: onnx.NodeProto, tanh: bool) -> onnx.NodeProto:
                             approximate="tanh" if tanh else "none")
 
 
-def _biased_gelu(op: Emitter, node: onnx.NodeProto, gy: str, tanh: bool) -> Grads:
+def _biased_gelu(op: Emitter, node: onnx.NodeProto, gy: str, tanh: bool,
+                 needs: Needs) -> Grads:
     """gelu(x + b): gx = gy gelu'(x + b), gb = gx summed to b's shape."""
     x = node.input[0]
     b = node.input[1] if len(node.input) > 1 and node.input[1] else ""
     s = op.Add(x, b) if b else x
     g = op.Mul(gy, _d_gelu(op, _gelu_node(node, tanh), s, node.output[0]))
     sy = op.g.shape(node.output[0])
-    grads: list[str | None] = [op.sum_to(g, sy, op.g.shape(x)) if x in op.wanted else None]
+    grads: list[str | None] = [op.sum_to(g, sy, op.g.shape(x)) if x in needs else None]
     if len(node.input) > 1:
-        grads.append(op.sum_to(g, sy, op.g.shape(b)) if b and b in op.wanted else None)
+        grads.append(op.sum_to(g, sy, op.g.shape(b)) if b and b in needs else None)
     return grads
 
 
 @vjp_rule(MS + "Gelu")
-def _vjp_ms_gelu(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_ms_gelu(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """Exact (erf) Gelu: gx = gy (Phi(x) + x phi(x))."""
-    return _biased_gelu(op, node, gy, tanh=False)
+    return _biased_gelu(op, node, gy, tanh=False, needs=needs)
 
 
 @vjp_rule(MS + "BiasGelu")
-def _vjp_bias_gelu(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_bias_gelu(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gelu(A + B), erf form."""
-    return _biased_gelu(op, node, gy, tanh=False)
+    return _biased_gelu(op, node, gy, tanh=False, needs=needs)
 
 
 @vjp_rule(MS + "FastGelu")
-def _vjp_fast_gelu(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_fast_gelu(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gelu(X + bias), tanh approximation."""
-    return _biased_gelu(op, node, gy, tanh=True)
+    return _biased_gelu(op, node, gy, tanh=True, needs=needs)
 
 
 @vjp_rule(MS + "QuickGelu")
-def _vjp_quick_gelu(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_quick_gelu(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x sigmoid(a x): gx = gy s (1 + a x (1 - s)), s = sigmoid(a x)."""
     x = node.input[0]
     alpha = float(attrs_of(node).get("alpha", 1.702))
@@ -208,13 +203,13 @@ def _rms_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float) -> str:
 
 
 def _skip_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None],
-               simplified: bool) -> Grads:
+               simplified: bool, needs: Needs) -> Grads:
     if any(g is not None for g in gys[1:3]):
         msg = f"{node.op_type} {node.name!r}: its mean / inv_std_var outputs feed the output"
         raise NotImplementedError(msg)
     bias_at = 3 if simplified else 4
     for name in node.input[2:bias_at]:
-        if name and name in op.wanted:
+        if name and name in needs:
             msg = f"{node.op_type} {node.name!r}: gamma, beta or bias that depend on the input"
             raise NotImplementedError(msg)
     s = _skip_sum(op, node, bias_at)
@@ -231,17 +226,19 @@ def _skip_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None],
     grads: list[str | None] = []
     for i, name in enumerate(node.input):
         grads.append(op.sum_to(gs, ss, op.g.shape(name))
-                     if name and name in op.wanted and (i < 2 or i == bias_at) else None)
+                     if name and name in needs and (i < 2 or i == bias_at) else None)
     return grads
 
 
 @vjp_rule(MS + "SkipLayerNormalization", multi_output=True)
-def _vjp_skip_layer_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_skip_layer_norm(op: Emitter, node: onnx.NodeProto,
+                         gys: Sequence[str | None], needs: Needs) -> Grads:
     """y = LN(input + skip + bias) gamma + beta over the last axis; the sum output adds in."""
-    return _skip_norm(op, node, gys, simplified=False)
+    return _skip_norm(op, node, gys, simplified=False, needs=needs)
 
 
 @vjp_rule(MS + "SkipSimplifiedLayerNormalization", multi_output=True)
-def _vjp_skip_rms_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_skip_rms_norm(op: Emitter, node: onnx.NodeProto,
+                       gys: Sequence[str | None], needs: Needs) -> Grads:
     """y = RMSNorm(input + skip + bias) gamma over the last axis."""
-    return _skip_norm(op, node, gys, simplified=True)
+    return _skip_norm(op, node, gys, simplified=True, needs=needs)

@@ -18,16 +18,16 @@ from onnx import helper
 
 from ..control_flow import _copy_body, _Namer, fold_local, implicit_inputs, subgraphs
 from ..graph import Emitter
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, vjp_rule
 
 
 @vjp_rule("If", multi_output=True)
-def _vjp_if(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_if(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None], needs: Needs) -> Grads:
     """gx_w = If(cond, then: d then_branch / d w . gy, else: d else_branch / d w . gy)."""
     from ..reverse import differentiate  # the driver imports the rules: import it late
 
     reads = implicit_inputs(node)
-    wanted = [r for r in reads if r in op.wanted]
+    wanted = [r for r in reads if r in needs]
     if not wanted:
         return [None] * (len(node.input) + len(reads))
     g = op.g
@@ -37,14 +37,11 @@ def _vjp_if(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Gra
                                   f"{node.name or 'if'}_{attr}")
         copied = fold_local(g, copied)
         seeds = {o: gy for o, gy in zip(outs, gys, strict=True) if gy is not None}
-        start, outer = len(op.nodes), op.wanted
-        try:
-            grads = differentiate(op, copied, seeds, wanted)
-            for w in wanted:
-                if grads[w] is None:  # this branch does not read w
-                    grads[w] = op.zeros(g.shape(w), w)
-        finally:
-            op.wanted = outer
+        start = len(op.nodes)
+        grads = differentiate(op, copied, seeds, wanted)
+        for w in wanted:
+            if grads[w] is None:  # this branch does not read w
+                grads[w] = op.zeros(g.shape(w), w)
         body = op.nodes[start:]
         del op.nodes[start:]
         results = []

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, vjp_rule
 
 
 def _put(op: Emitter, name: str, shape: Sequence[int]) -> str:
@@ -76,7 +76,7 @@ def _columns(op: Emitter, node: onnx.NodeProto) -> tuple[str, Shape]:
 
 
 @vjp_rule("DeformConv")
-def _vjp_deform_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_deform_conv(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """Emit DeformConv as GridSample + Mul + MatMul, then differentiate that."""
     from ..reverse import differentiate  # the driver imports the rules: import it late
 
@@ -102,12 +102,8 @@ def _vjp_deform_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         b = _put(op, op.reshape(node.input[3], [1, oc, 1, 1]), [1, oc, 1, 1])
         y = _put(op, op.Add(y, b), sy)
     body = op.nodes[start:]
-    wrt = list(dict.fromkeys(i for i in node.input if i and i in op.wanted))
-    outer = op.wanted
-    try:
-        grads = differentiate(op, body, {y: gy}, wrt)
-    finally:
-        op.wanted = outer
+    wrt = list(dict.fromkeys(i for i in node.input if i and i in needs))
+    grads = differentiate(op, body, {y: gy}, wrt)
     seen: set[str] = set()
     result: list[str | None] = []
     for name in node.input:  # one gradient per value, where it appears twice

@@ -8,31 +8,40 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import Grads, _k, elementwise_rule, vjp_rule
+from .registry import (
+    Grads,
+    Needs,
+    _k,
+    balanced_eq,
+    bilinear,
+    elementwise_rule,
+    first_only,
+    vjp_rule,
+)
 
 # --------------------------------------------------------------------------- elementwise
 
 
 @vjp_rule("Identity")
-def _vjp_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_identity(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy (Dropout's rule is in `nn`)."""
     return [gy]
 
 
 @vjp_rule("Neg")
-def _vjp_neg(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_neg(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = -gy."""
     return [op.Neg(gy)]
 
 
 @vjp_rule("Cast", "CastLike")
-def _vjp_cast(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_cast(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Cast(gy) back to the input's float type (a quantized integer's stays gy's)."""
     x = node.input[0]
     dt = op.g.dtypes[x]
     if not op.g.is_float(x):  # Cast(MatMulInteger(...)): see quant, INTEGER_GRAD_OPS
-        return [gy, *[None] * (len(node.input) - 1)]
-    return [op.Cast(gy, to=dt, _dtype=dt), *[None] * (len(node.input) - 1)]
+        return first_only(node, gy)
+    return first_only(node, op.Cast(gy, to=dt, _dtype=dt))
 
 
 @elementwise_rule("Abs")
@@ -224,7 +233,7 @@ def _d_mish(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 
 # Clip passes no gradient at its bounds, like torch.clamp's hardtanh/relu6 use.
 @vjp_rule("Clip")
-def _vjp_clip(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_clip(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy [min < y < max] for the bounds that are present.
 
     [min < y < max] == [min < x < max] for y = clip(x) (both empty when min >= max); reading
@@ -241,7 +250,7 @@ def _vjp_clip(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
             gx = op.Mul(gx, op.step(y, float(lo_v), above=True))
         if hi_v is not None:
             gx = op.Mul(gx, op.step(y, float(hi_v), above=False))
-        return [gx, *[None] * (len(node.input) - 1)]
+        return first_only(node, gx)
     cond = None
     if lo is not None:
         cond = op.Greater(y, lo)
@@ -254,7 +263,7 @@ def _vjp_clip(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     # the bound the gradient, x none).
     gb: list[str | None] = [None, None]
     for k, b in enumerate((lo, hi)):
-        if b is not None and b in op.wanted:
+        if b is not None and b in needs:
             hit = op.mask_of(op.Equal(y, b), x)
             gb[k] = op.sum_to(op.Mul(gy, hit), op.g.shape(y), op.g.shape(b))
     return [gx, *gb[:len(node.input) - 1]]
@@ -268,46 +277,45 @@ def _shapes(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, list[Shape]]:
 
 
 @vjp_rule("Add", "Sub")
-def _vjp_add(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_add(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d(a ± b) = (gy, ±gy), each summed back over its broadcast axes."""
     ys, (sa, sb) = _shapes(op, node)
     a, b = node.input
-    ga = op.sum_to(gy, ys, sa) if a in op.wanted else None
+    ga = op.sum_to(gy, ys, sa) if a in needs else None
     gb = None
-    if b in op.wanted:
+    if b in needs:
         gb = op.sum_to(op.Neg(gy) if node.op_type == "Sub" else gy, ys, sb)
     return [ga, gb]
 
 
 @vjp_rule("Mul")
-def _vjp_mul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_mul(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d(a b) = (gy b, gy a), each summed back over its broadcast axes."""
     ys, (sa, sb) = _shapes(op, node)
     a, b = node.input
-    ga = op.sum_to(op.Mul(gy, b), ys, sa) if a in op.wanted else None
-    gb = op.sum_to(op.Mul(gy, a), ys, sb) if b in op.wanted else None
-    return [ga, gb]
+    return bilinear(needs, lambda: op.sum_to(op.Mul(gy, b), ys, sa),
+                    lambda: op.sum_to(op.Mul(gy, a), ys, sb))
 
 
 @vjp_rule("Div")
-def _vjp_div(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_div(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d(a / b) = (gy / b, -gy y / b)."""
     ys, (sa, sb) = _shapes(op, node)
     a, b = node.input
-    ga = op.sum_to(op.Div(gy, b), ys, sa) if a in op.wanted else None
+    ga = op.sum_to(op.Div(gy, b), ys, sa) if a in needs else None
     gb = None
-    if b in op.wanted:
+    if b in needs:
         gb = op.sum_to(op.Neg(op.Div(op.Mul(gy, node.output[0]), b)), ys, sb)
     return [ga, gb]
 
 
 @vjp_rule("Pow")
-def _vjp_pow(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_pow(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d(a^b) = (gy b a^(b-1), gy y log a)."""
     ys, (sa, sb) = _shapes(op, node)
     a, b = node.input
     ga = gb = None
-    if a in op.wanted:
+    if a in needs:
         bb = b if op.g.dtypes[b] == op.g.dtypes[a] else op.cast_like(b, a)
         const_b = op.g.const(b)
         if const_b is not None and const_b.size == 1 and float(const_b) == 2.0:
@@ -315,7 +323,7 @@ def _vjp_pow(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         else:
             d = op.Mul(bb, op.Pow(a, op.Sub(bb, _k(op, 1.0, a))))
         ga = op.sum_to(op.Mul(gy, d), ys, sa)
-    if b in op.wanted:
+    if b in needs:
         aa = a if op.g.dtypes[a] == op.g.dtypes[b] else op.cast_like(a, b)
         y = node.output[0] if op.g.dtypes[a] == op.g.dtypes[b] else op.cast_like(node.output[0], b)
         gb = op.sum_to(op.Mul(gy, op.Mul(y, op.Log(aa))), ys, sb)
@@ -323,47 +331,46 @@ def _vjp_pow(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("PRelu")
-def _vjp_prelu(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_prelu(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d prelu(x, s) = (gy where x > 0 else gy s, gy x where x <= 0)."""
     ys, (sx, ss) = _shapes(op, node)
     x, s = node.input
     pos = op.mask_of(op.Greater(x, _k(op, 0.0, x)), x)
     neg = op.Sub(_k(op, 1.0, x), pos)
-    gx = op.sum_to(op.Mul(gy, op.Add(pos, op.Mul(neg, s))), ys, sx) if x in op.wanted else None
-    gs = op.sum_to(op.Mul(gy, op.Mul(neg, x)), ys, ss) if s in op.wanted else None
+    gx = op.sum_to(op.Mul(gy, op.Add(pos, op.Mul(neg, s))), ys, sx) if x in needs else None
+    gs = op.sum_to(op.Mul(gy, op.Mul(neg, x)), ys, ss) if s in needs else None
     return [gx, gs]
 
 
 @vjp_rule("Where")
-def _vjp_where(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_where(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d where(c, a, b) = (None, gy [c], gy [not c])."""
     ys, (_, sa, sb) = _shapes(op, node)
     c, a, b = node.input
     zero = _k(op, 0.0, gy)
     dt = op.g.dtypes[gy]  # not the condition's bool (the emitter's default: input 0)
-    ga = op.sum_to(op.Where(c, gy, zero, _dtype=dt), ys, sa) if a in op.wanted else None
-    gb = op.sum_to(op.Where(c, zero, gy, _dtype=dt), ys, sb) if b in op.wanted else None
+    ga = op.sum_to(op.Where(c, gy, zero, _dtype=dt), ys, sa) if a in needs else None
+    gb = op.sum_to(op.Where(c, zero, gy, _dtype=dt), ys, sb) if b in needs else None
     return [None, ga, gb]
 
 
 @vjp_rule("Sum", "Mean")
-def _vjp_sum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_sum(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d sum(x_i) = gy each; mean divides by the count."""
     ys, shapes = _shapes(op, node)
     if node.op_type == "Mean":
         gy = op.Mul(gy, _k(op, 1.0 / len(node.input), gy))
-    return [op.sum_to(gy, ys, s) if i in op.wanted else None
+    return [op.sum_to(gy, ys, s) if i in needs else None
             for i, s in zip(node.input, shapes, strict=True)]
 
 
 # Ties split the gradient evenly, like torch.maximum / torch.minimum.
 @vjp_rule("Max", "Min")
-def _vjp_max(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_max(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d max(x_i) = gy [x_i == y] / #ties."""
     ys, shapes = _shapes(op, node)
     y = node.output[0]
-    hits = [op.mask_of(op.Equal(i, y), y) for i in node.input]
-    count = hits[0] if len(hits) == 1 else op.Sum(*hits)
-    share = op.Div(gy, count) if len(hits) > 1 else gy
-    return [op.sum_to(op.Mul(share, h), ys, s) if i in op.wanted else None
+    share, hits = balanced_eq(op, gy, [(i, y) for i in node.input],
+                              lambda h: op.Sum(*h) if len(h) > 1 else None)
+    return [op.sum_to(op.Mul(share, h), ys, s) if i in needs else None
             for i, h, s in zip(node.input, hits, shapes, strict=True)]

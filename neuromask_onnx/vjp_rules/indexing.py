@@ -26,13 +26,13 @@ The other reductions fold every update written to a position p into data_p:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of, normalize_axes
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, balanced_eq, vjp_rule
 
 I64 = onnx.TensorProto.INT64
 
@@ -64,16 +64,16 @@ def _reduction(node: onnx.NodeProto) -> str:
 
 def _folded(op: Emitter, red: str, node: onnx.NodeProto, gy: str,
             scatter: Callable[[str, str, str], str],
-            gather: Callable[[str], str]) -> tuple[str | None, str | None]:
+            gather: Callable[[str], str], needs: Needs) -> tuple[str | None, str | None]:
     """(g_data, g_updates) of a scatter with reduction mul, max or min (module docstring)."""
     data, upd, y = node.input[0], node.input[2], node.output[0]
     sx = op.g.shape(data)
     zero, one = op.const(0.0, like=data), op.const(1.0, like=data)
     gd = gu = None
     if red == "mul":
-        if data in op.wanted:
+        if data in needs:
             gd = op.Mul(gy, scatter(op.Expand(one, op.ints(sx)), upd, "mul"))
-        if upd in op.wanted:
+        if upd in needs:
             is_zero = op.Equal(upd, zero)
             zeros = scatter(op.zeros(sx, data), op.mask_of(is_zero, upd), "add")
             nonzero = scatter(op.Expand(one, op.ints(sx)), op.Where(is_zero, one, upd), "mul")
@@ -88,18 +88,22 @@ def _folded(op: Emitter, red: str, node: onnx.NodeProto, gy: str,
         msg = (f"{node.op_type} {node.name!r}: reduction={red!r} has no gradient rule (only "
                "'none', 'add', 'mul', 'max' and 'min')")
         raise NotImplementedError(msg)
-    data_wins = op.mask_of(op.Equal(data, y), data)
-    upd_wins = op.mask_of(op.Equal(upd, gather(y)), upd)
-    share = op.Div(gy, scatter(data_wins, upd_wins, "add"))  # gy / (number of winners at p)
-    if data in op.wanted:
+    def winners() -> Iterator[tuple[str, str]]:  # data where it stays, updates where written
+        yield data, y
+        yield upd, gather(y)
+
+    # gy / (number of winners at p), scattered back to each winner
+    share, (data_wins, upd_wins) = balanced_eq(op, gy, winners(),
+                                               lambda h: scatter(h[0], h[1], "add"))
+    if data in needs:
         gd = op.Mul(share, data_wins)
-    if upd in op.wanted:
+    if upd in needs:
         gu = op.Mul(gather(share), upd_wins)
     return gd, gu
 
 
 @vjp_rule("GatherND")
-def _vjp_gather_nd(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_gather_nd(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ScatterND(zeros, indices, gy, reduction=add) (batch coordinates made explicit)."""
     x, idx = node.input
     sx, si = op.g.shape(x), op.g.shape(idx)
@@ -109,7 +113,7 @@ def _vjp_gather_nd(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("ScatterND")
-def _vjp_scatter_nd(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_scatter_nd(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """g_data = gy, the written positions zeroed unless added to; g_updates = GatherND(gy)."""
     data, idx, upd = node.input
     sx, si, su = op.g.shape(data), op.g.shape(idx), op.g.shape(upd)
@@ -118,17 +122,17 @@ def _vjp_scatter_nd(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     if red not in ("none", "add"):
         gd, gu = _folded(op, red, node, gy,
                          lambda d, u, r: op.ScatterND(d, full, u, reduction=r),
-                         lambda v: op.GatherND(v, full))
+                         lambda v: op.GatherND(v, full), needs)
         return [gd, None, gu]
     gd = None
-    if data in op.wanted:
+    if data in needs:
         gd = gy if red == "add" else op.ScatterND(gy, full, op.zeros(su, upd))
-    gu = op.GatherND(gy, full) if upd in op.wanted else None
+    gu = op.GatherND(gy, full) if upd in needs else None
     return [gd, None, gu]
 
 
 @vjp_rule("ScatterElements")
-def _vjp_scatter_elements(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_scatter_elements(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """The same along one axis: ScatterElements of zeros, GatherElements of gy."""
     data, idx, upd = node.input
     sx, su = op.g.shape(data), op.g.shape(upd)
@@ -137,17 +141,17 @@ def _vjp_scatter_elements(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     if red not in ("none", "add"):
         gd, gu = _folded(op, red, node, gy,
                          lambda d, u, r: op.ScatterElements(d, idx, u, axis=axis, reduction=r),
-                         lambda v: op.GatherElements(v, idx, axis=axis))
+                         lambda v: op.GatherElements(v, idx, axis=axis), needs)
         return [gd, None, gu]
     gd = None
-    if data in op.wanted:
+    if data in needs:
         gd = gy if red == "add" else op.ScatterElements(gy, idx, op.zeros(su, upd), axis=axis)
-    gu = op.GatherElements(gy, idx, axis=axis) if upd in op.wanted else None
+    gu = op.GatherElements(gy, idx, axis=axis) if upd in needs else None
     return [gd, None, gu]
 
 
 @vjp_rule("Compress")
-def _vjp_compress(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_compress(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Gather(Concat(gy, 0), source): each position its rank among the kept, or the 0."""
     x, c = node.input
     sx, sy = op.g.shape(x), op.g.shape(node.output[0])
@@ -170,7 +174,7 @@ def _vjp_compress(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("TensorScatter")
-def _vjp_tensor_scatter(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_tensor_scatter(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """g_cache = TensorScatter(gy, zeros); g_update = GatherElements(gy, written positions)."""
     cache, upd = node.input[0], node.input[1]
     wi = node.input[2] if len(node.input) > 2 and node.input[2] else ""
@@ -180,9 +184,9 @@ def _vjp_tensor_scatter(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     mode = at.get("mode", "linear")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     gc = gu = None
-    if cache in op.wanted:
+    if cache in needs:
         gc = op.TensorScatter(*[gy, op.zeros(su, upd), *([wi] if wi else [])], **at)
-    if upd in op.wanted:
+    if upd in needs:
         steps = [1] * len(su)
         steps[axis] = su[axis]
         pos = op.const(np.arange(su[axis], dtype=np.int64).reshape(steps))

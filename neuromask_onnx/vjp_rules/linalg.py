@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import Grads, _k, vjp_rule
+from .registry import Grads, Needs, _k, bilinear, vjp_rule
 
 # --------------------------------------------------------------------------- linear algebra
 
@@ -26,7 +26,7 @@ def _swap_last(op: Emitter, x: str, rank: int) -> str:
 
 
 @vjp_rule("MatMul")
-def _vjp_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_matmul(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d(a @ b) = (gy @ b^T, a^T @ gy), summed over broadcast batch axes."""
     a, b = node.input
     sa, sb = op.g.shape(a), op.g.shape(b)
@@ -36,36 +36,35 @@ def _vjp_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     batch = np.broadcast_shapes(sa2[:-2], sb2[:-2])
     gshape = (*batch, sa2[-2], sb2[-1])
     g2 = op.reshape(gy, gshape) if gshape != op.g.shape(node.output[0]) else gy
-    ga = gb = None
-    if a in op.wanted:
-        full = op.MatMul(g2, _swap_last(op, b2, len(sb2)))
-        ga = op.sum_to(full, (*batch, sa2[-2], sa2[-1]), sa2)
-        if sa2 != sa:
-            ga = op.reshape(ga, sa)
-    if b in op.wanted:
-        full = op.MatMul(_swap_last(op, a2, len(sa2)), g2)
-        gb = op.sum_to(full, (*batch, sb2[-2], sb2[-1]), sb2)
-        if sb2 != sb:
-            gb = op.reshape(gb, sb)
-    return [ga, gb]
+
+    def ga() -> str:  # gy @ b^T
+        full = op.sum_to(op.MatMul(g2, _swap_last(op, b2, len(sb2))),
+                         (*batch, sa2[-2], sa2[-1]), sa2)
+        return op.reshape(full, sa) if sa2 != sa else full
+
+    def gb() -> str:  # a^T @ gy
+        full = op.sum_to(op.MatMul(_swap_last(op, a2, len(sa2)), g2),
+                         (*batch, sb2[-2], sb2[-1]), sb2)
+        return op.reshape(full, sb) if sb2 != sb else full
+
+    return bilinear(needs, ga, gb)
 
 
 @vjp_rule("Gemm")
-def _vjp_gemm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_gemm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """Y = alpha A'B' + beta C: gA' = alpha gy B'^T, gB' = alpha A'^T gy, gC = beta gy."""
     at = attrs_of(node)
     alpha, beta = at.get("alpha", 1.0), at.get("beta", 1.0)
     ta, tb = int(bool(at.get("transA", 0))), int(bool(at.get("transB", 0)))  # nonzero = on
     a, b = node.input[:2]
     c = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    ga = gb = gc = None
-    if a in op.wanted:
-        ga = (op.Gemm(gy, b, alpha=alpha, transB=1 - tb) if not ta
-              else op.Gemm(b, gy, alpha=alpha, transA=tb, transB=1))
-    if b in op.wanted:
-        gb = (op.Gemm(a, gy, alpha=alpha, transA=1 - ta) if not tb
-              else op.Gemm(gy, a, alpha=alpha, transA=1, transB=ta))
-    if c is not None and c in op.wanted:
+    ga, gb = bilinear(needs,
+                      lambda: (op.Gemm(gy, b, alpha=alpha, transB=1 - tb) if not ta
+                               else op.Gemm(b, gy, alpha=alpha, transA=tb, transB=1)),
+                      lambda: (op.Gemm(a, gy, alpha=alpha, transA=1 - ta) if not tb
+                               else op.Gemm(gy, a, alpha=alpha, transA=1, transB=ta)))
+    gc = None
+    if c is not None and c in needs:
         gcb = op.Mul(gy, _k(op, beta, gy)) if beta != 1.0 else gy
         gc = op.sum_to(gcb, op.g.shape(node.output[0]), op.g.shape(c))
     return [ga, gb, gc] if len(node.input) > 2 else [ga, gb]
@@ -114,12 +113,12 @@ def transpose_fit(in_spatial: Shape, out_spatial: Shape, pads: Sequence[int],
     return new_pads, out_pad
 
 
-def _conv_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[
+def _conv_geometry(op: Emitter, node: onnx.NodeProto, needs: Needs) -> tuple[
         str, Shape, Shape, dict[str, Any], list[int], list[int], list[int]]:
     """Weight name, input and output shapes, attributes, kernel, strides, dilations."""
     x, w = node.input[:2]
     sx, sw, sy = op.g.shape(x), op.g.shape(w), op.g.shape(node.output[0])
-    if w in op.wanted:
+    if w in needs:
         msg = f"{node.op_type} {node.name!r}: gradients through weights that depend on the input"
         raise NotImplementedError(msg)
     at = attrs_of(node)
@@ -128,20 +127,20 @@ def _conv_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[
             list(at.get("strides", [1] * n)), list(at.get("dilations", [1] * n)))
 
 
-def _bias_grad(op: Emitter, node: onnx.NodeProto, gy: str) -> list[str | None]:
+def _bias_grad(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> list[str | None]:
     """gb = gy summed over batch and space; [] when the node has no bias input."""
     if len(node.input) < 3:
         return []
     b = node.input[2]
     rank = len(op.g.shape(node.output[0]))
     return [op.ReduceSum(gy, op.ints([0, *range(2, rank)]), keepdims=0)
-            if b and b in op.wanted else None]
+            if b and b in needs else None]
 
 
 @vjp_rule("Conv")
-def _vjp_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_conv(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ConvTranspose(gy, W) with the conv's explicit pads; gb = sum of gy."""
-    w, sx, sy, at, kernel, strides, dil = _conv_geometry(op, node)
+    w, sx, sy, at, kernel, strides, dil = _conv_geometry(op, node, needs)
     pads = conv_pads(op, node, sx[2:], kernel, strides, dil, sy[2:])
     group = at.get("group", 1)
     gx = _conv_grad_as_conv(op, gy, w, sx, sy, kernel, strides, dil, pads, group)
@@ -151,7 +150,7 @@ def _vjp_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         tpads, out_pad = transpose_fit(sx[2:], sy[2:], pads, kernel, strides, dil)
         gx = op.ConvTranspose(gy, w, strides=strides, dilations=dil, group=group,
                               pads=tpads, output_padding=out_pad, kernel_shape=kernel)
-    return [gx, None, *_bias_grad(op, node, gy)]
+    return [gx, None, *_bias_grad(op, node, gy, needs)]
 
 
 def _conv_grad_as_conv(op: Emitter, gy: str, w: str, sx: Shape, sy: Shape,
@@ -210,9 +209,9 @@ def _strided_depthwise_grad(op: Emitter, gy: str, w: str, sx: Shape, sy: Shape,
 
 
 @vjp_rule("ConvTranspose")
-def _vjp_conv_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_conv_transpose(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Conv(gy, W) with the same strides, dilations, pads and groups."""
-    w, sx, sy, at, kernel, strides, dil = _conv_geometry(op, node)
+    w, sx, sy, at, kernel, strides, dil = _conv_geometry(op, node, needs)
     n = len(kernel)
     auto = at.get("auto_pad", b"NOTSET")
     if "output_shape" in at or (auto not in (b"NOTSET", "NOTSET", b"", "")):
@@ -236,7 +235,7 @@ def _vjp_conv_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         pads = [max(p, 0) for p in pads]
     gx = op.Conv(gy, w, strides=strides, dilations=dil, group=at.get("group", 1), pads=pads,
                  kernel_shape=kernel)
-    return [gx, None, *_bias_grad(op, node, gy_full)]
+    return [gx, None, *_bias_grad(op, node, gy_full, needs)]
 
 
 def _parse_einsum(eq: str, shapes: Sequence[Shape]) -> tuple[list[str], str]:
@@ -290,7 +289,7 @@ def _on_diagonal(op: Emitter, g: str, tu: str, t: str, sizes: dict[str, int], eq
 
 
 @vjp_rule("Einsum")
-def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """g_i = einsum(other operands, gy -> letters of operand i), broadcast back where needed."""
     eq = attrs_of(node)["equation"]
     eq = eq.decode() if isinstance(eq, bytes) else eq
@@ -302,7 +301,7 @@ def _vjp_einsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
             sizes[c] = max(sizes.get(c, 1), d)
     grads: list[str | None] = []
     for i, (t, s) in enumerate(zip(terms, shapes, strict=True)):
-        if node.input[i] not in op.wanted:
+        if node.input[i] not in needs:
             grads.append(None)
             continue
         # A repeated letter reads a diagonal: differentiate the diagonal (t's distinct
@@ -335,7 +334,7 @@ def det_minor_index(n: int) -> np.ndarray:
 
 
 @vjp_rule("Det")
-def _vjp_det(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_det(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gA = gy * cofactor(A), the minors' determinants by Det itself (module docstring)."""
     a = node.input[0]
     sa = op.g.shape(a)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, attrs_of
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, ties, vjp_rule
 
 ML = "ai.onnx.ml::"
 _SQRT2 = 1.41421356  # onnxruntime's and the reference's constant in the probit transform
@@ -103,7 +103,8 @@ def _linear_weights(node: onnx.NodeProto, f: int, intercepts_key: str) -> np.nda
 
 
 @vjp_rule(ML + "LinearClassifier", multi_output=True)
-def linear_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> Grads:
+def linear_classifier(op: Emitter, node: onnx.NodeProto,
+                      gys: list[str | None], needs: Needs) -> Grads:
     """z = post(x W^T + b); gx = post'(gz) W (every post_transform; the binary [-s, s] form)."""
     x, z, gz = node.input[0], node.output[1], gys[1]
     assert gz is not None
@@ -127,7 +128,7 @@ def linear_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None]) 
 
 
 @vjp_rule(ML + "LinearRegressor")
-def linear_regressor(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def linear_regressor(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x W^T + b (W [targets, F]); gx = gy W."""
     x = node.input[0]
     a = attrs_of(node)
@@ -146,7 +147,7 @@ def linear_regressor(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule(ML + "Normalizer")
-def normalizer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def normalizer(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x / s(x) per row: gx = (gy - ds/dx sum(gy y)) / s, ds/dx = sign(x) (L1),
     y (L2), the argmax indicator (MAX, ties split evenly)."""
     x, y = node.input[0], node.output[0]
@@ -161,8 +162,9 @@ def normalizer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         ds = yx
     elif norm == "MAX":
         s = op.ReduceMax(x, op.ints([-1]), keepdims=1)
-        hit = op.mask_of(op.Equal(x, s), x)
-        ds = op.Div(hit, _rowsum(op, hit))
+        (hit,), ties_at = ties(op, [(x, s)], [-1])  # ties split evenly: hit / #ties
+        assert ties_at is not None
+        ds = op.Div(hit, ties_at)
     else:
         msg = f"norm {norm}"
         raise NotImplementedError(msg)
@@ -170,7 +172,7 @@ def normalizer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule(ML + "Scaler")
-def scaler(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def scaler(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = (x - offset) scale; gx = gy scale."""
     x = node.input[0]
     scale = np.asarray(attrs_of(node).get("scale") or [1.0], np.float64)
@@ -178,7 +180,7 @@ def scaler(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule(ML + "ArrayFeatureExtractor")
-def array_feature_extractor(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def array_feature_extractor(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x[..., idx]: gx = gy S with S[i, idx_i] = 1 (repeated indices add up)."""
     x, ind = node.input[0], node.input[1]
     idx = op.g.const(ind)
@@ -197,7 +199,7 @@ def array_feature_extractor(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads
 
 
 @vjp_rule(ML + "Imputer")
-def imputer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def imputer(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x except where x == replaced_value (there a constant): gx = gy [x != replaced].
     A NaN replaced_value never matches a finite x, so the gradient passes through."""
     x = node.input[0]
@@ -247,7 +249,7 @@ def _kernel_vjp(op: Emitter, node: onnx.NodeProto, x: str, sv: np.ndarray, gk: s
 
 
 @vjp_rule(ML + "SVMClassifier", multi_output=True)
-def svm_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> Grads:
+def svm_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None], needs: Needs) -> Grads:
     """One-vs-one decisions D = K(x, SV) C + rho, scores = post(D) ([-s, s] for two
     classes); gx = kernel'(post'(gz) C^T). The linear form (no support vectors): D = x W^T."""
     x, z, gz = node.input[0], node.output[1], gys[1]
@@ -289,7 +291,7 @@ def svm_classifier(op: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> 
 
 
 @vjp_rule(ML + "SVMRegressor")
-def svm_regressor(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def svm_regressor(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = K(x, SV) c + rho (or x w + rho without support vectors); gx = kernel'(gy c^T)."""
     x = node.input[0]
     a = attrs_of(node)

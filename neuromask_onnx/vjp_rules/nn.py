@@ -16,33 +16,33 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, attrs_of, normalize_axes
-from .registry import FUSED_RULES, Grads, _k, vjp_rule
+from .registry import FUSED_RULES, Grads, Needs, _k, first_only, vjp_rule
 
 # --------------------------------------------------------------------------- nn
 
 
 @vjp_rule("Dropout", multi_output=True)
-def _vjp_dropout(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_dropout(op: Emitter, node: onnx.NodeProto,
+                 gys: Sequence[str | None], needs: Needs) -> Grads:
     """gx = gy at inference or ratio 0; gy mask / (1 - ratio) in training mode."""
     gy = gys[0]
     assert gy is not None  # the mask is boolean: no gradient reaches it
-    rest = [None] * (len(node.input) - 1)
     training = node.input[2] if len(node.input) > 2 else ""
     if op.g.opset < 12 or not training:
-        return [gy, *rest]
+        return first_only(node, gy)
     mode = op.g.const(training)
     if mode is None:
         msg = f"Dropout {node.name!r}: training_mode is computed, not a constant"
         raise NotImplementedError(msg)
     if not bool(np.asarray(mode).reshape(-1)[0]):
-        return [gy, *rest]
+        return first_only(node, gy)
     ratio_v = op.g.const(node.input[1]) if node.input[1] else 0.5
     if ratio_v is None:
         msg = f"Dropout {node.name!r}: training mode with a computed ratio"
         raise NotImplementedError(msg)
     ratio = float(np.asarray(ratio_v).reshape(-1)[0])
     if ratio == 0.0:
-        return [gy, *rest]
+        return first_only(node, gy)
     if not any(n is node for n in op.g.nodes):  # a copy the reverse pass recomputes (If)
         msg = (f"Dropout {node.name!r}: in training mode inside a data-dependent If, whose "
                "gradient recomputes the branch and so would draw another mask")
@@ -54,15 +54,16 @@ def _vjp_dropout(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -
         op.g.dtypes[mask] = onnx.TensorProto.BOOL
         op.g.shapes[mask] = op.g.shape(node.input[0])
     keep = op.mask_of(node.output[1], gy)
-    return [op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)), *rest]
+    return first_only(node, op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)))
 
 
 @vjp_rule("BatchNormalization", multi_output=True)
-def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto,
+                    gys: Sequence[str | None], needs: Needs) -> Grads:
     """Inference mode is affine per channel: gx = gy scale / sqrt(var + eps)."""
     at = attrs_of(node)
     if at.get("training_mode", 0):
-        return _batch_norm_training(op, node, gys)
+        return _batch_norm_training(op, node, gys, needs)
     gy = gys[0]
     assert gy is not None  # inference BatchNormalization has one output
     x, scale, _, _, var = node.input[:5]
@@ -76,13 +77,14 @@ def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]
     else:
         k = op.reshape(op.Div(scale, op.Sqrt(op.Add(var, _k(op, eps, var)))), bshape)
     for name in node.input[1:]:
-        if name in op.wanted:
+        if name in needs:
             msg = f"BatchNormalization {node.name!r}: statistics that depend on the input"
             raise NotImplementedError(msg)
     return [op.Mul(gy, k), None, None, None, None]
 
 
-def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None],
+                         needs: Needs) -> Grads:
     """Training mode normalizes by the batch's statistics over every axis but the channel's
     (population variance) and outputs running_mean = momentum mean + (1 - momentum) mean_b,
     running_var likewise with var_b: gx = the normalization's gradient of gy scale, plus
@@ -95,7 +97,7 @@ def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | 
     n = int(np.prod([sx[a] for a in axes]))
     bshape = [sx[1]] + [1] * (len(sx) - 2)
     for name in node.input[1:]:
-        if name in op.wanted:
+        if name in needs:
             msg = f"BatchNormalization {node.name!r}: scale, bias or statistics from the input"
             raise NotImplementedError(msg)
     gy, gmean, gvar = [*gys, None, None][:3]
@@ -110,7 +112,7 @@ def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | 
         cen = op.Sub(x, op.ReduceMean(x, op.ints(axes), keepdims=1))
         parts.append(op.Mul(cen, op.Mul(op.reshape(gvar, bshape), _k(op, 2.0 * w, x))))
     gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
@@ -131,7 +133,8 @@ def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
 
 
 @vjp_rule("LayerNormalization", multi_output=True)
-def _vjp_layer_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_layer_norm(op: Emitter, node: onnx.NodeProto,
+                    gys: Sequence[str | None], needs: Needs) -> Grads:
     """gx = invstd (h - mean(h) - xhat mean(h xhat)), h = gy scale, over axes >= axis; the
     Mean output adds g_mean / n, the InvStdDev output -g_inv invstd^3 (x - mean) / n."""
     gy, gmean, ginv = [*gys, None, None][:3]
@@ -159,20 +162,20 @@ def _vjp_layer_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]
                             op.Sub(x, mean)))
     gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
     for name in node.input[1:]:
-        if name and name in op.wanted:
+        if name and name in needs:
             msg = f"LayerNormalization {node.name!r}: scale or bias that depend on the input"
             raise NotImplementedError(msg)
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 @vjp_rule("RMSNormalization")
-def _vjp_rms_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_rms_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x r scale, r = (mean(x^2) + eps)^-1/2 over axes >= axis:
     gx = r h - r^3 x mean(h x), h = gy scale."""
     at = attrs_of(node)
     x, scale = node.input[:2]
     for name in node.input[1:]:
-        if name and name in op.wanted:
+        if name and name in needs:
             msg = f"RMSNormalization {node.name!r}: a scale that depends on the input"
             raise NotImplementedError(msg)
     sx = op.g.shape(x)
@@ -182,11 +185,11 @@ def _vjp_rms_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     h = op.Mul(gy, scale)
     mhx = op.ReduceMean(op.Mul(h, x), axes, keepdims=1)
     gx = op.Sub(op.Mul(r, h), op.Mul(op.Mul(op.Mul(op.Mul(r, r), r), x), mhx))
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 @vjp_rule("LpNormalization")
-def _vjp_lp_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_lp_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x / |x|_p along axis (p = 1, 2): gx = (gy - d sum(gy y)) / |x|_p, d = y (p = 2),
     sign(x) (p = 1)."""
     at = attrs_of(node)
@@ -203,7 +206,7 @@ def _vjp_lp_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("InstanceNormalization")
-def _vjp_instance_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_instance_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """As LayerNormalization over the spatial axes, with a per-channel scale."""
     x, scale, _ = node.input
     sx = op.g.shape(x)
@@ -213,7 +216,7 @@ def _vjp_instance_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("GroupNormalization")
-def _vjp_group_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_group_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """Normalise per (sample, group) over channels-in-group and space; scale per channel."""
     at = attrs_of(node)
     x, scale, _ = node.input
@@ -232,7 +235,7 @@ def _vjp_group_norm(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("LRN")
-def _vjp_lrn(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_lrn(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = x d^-beta, d = bias + alpha/size S, S_c = sum of x_j^2 over the channel window
     W(c) = [c - floor((size-1)/2), c + ceil((size-1)/2)]: gx = gy d^-beta - (2 alpha beta /
     size) x W^T(gy y / d), W^T the window sum with its two reaches swapped."""
@@ -255,7 +258,7 @@ def _vjp_lrn(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("Softmax")
-def _vjp_softmax(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_softmax(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = y (gy - sum(gy y, axis))."""
     y = node.output[0]
     axis = attrs_of(node).get("axis", -1)
@@ -264,7 +267,7 @@ def _vjp_softmax(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("LogSoftmax")
-def _vjp_log_softmax(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_log_softmax(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy - exp(y) sum(gy, axis)."""
     y = node.output[0]
     axis = attrs_of(node).get("axis", -1)
@@ -273,16 +276,18 @@ def _vjp_log_softmax(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("CumSum")
-def _vjp_cumsum(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_cumsum(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = CumSum(gy) in the opposite direction, same exclusivity."""
     at = attrs_of(node)
     return [op.CumSum(gy, node.input[1], exclusive=at.get("exclusive", 0),
                       reverse=1 - at.get("reverse", 0)), None]
 
 
-def _vjp_swish(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
-    """y = x s, s = sigmoid(x): gx = gy (s + y (1 - s))."""
-    gy, s, y = gys[0], node.doc_string, node.output[0]
+def _vjp_swish(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None],
+               needs: Needs) -> Grads:
+    """y = x s, s = sigmoid(x): gx = gy (s + y (1 - s)); the fused node's attribute `sigmoid`
+    names s (reverse.fuse_for_backward)."""
+    gy, s, y = gys[0], bytes(attrs_of(node)["sigmoid"]).decode(), node.output[0]
     assert gy is not None
     return [op.Mul(gy, op.Add(s, op.Mul(y, op.complement(s))))]
 

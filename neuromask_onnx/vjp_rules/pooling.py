@@ -9,7 +9,7 @@ import onnx
 
 from ..graph import Emitter, Shape, attrs_of, normalize_axes
 from .linalg import conv_pads, transpose_fit
-from .registry import Grads, _k, vjp_rule
+from .registry import Grads, Needs, _k, balanced_eq, first_only, vjp_rule
 
 # --------------------------------------------------------------------------- reductions, pooling
 
@@ -39,36 +39,34 @@ def _keep_shape(sx: Shape, axes: Sequence[int]) -> list[int]:
 
 @vjp_rule("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2",
           "ReduceLogSumExp", "ReduceLogSum", "ReduceMax", "ReduceMin")
-def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = broadcast(gy) times d(reduction)/dx (mean: 1/n, max: ties / #ties, ...)."""
     x, y = node.input[0], node.output[0]
     sx = op.g.shape(x)
-    rest = [None] * (len(node.input) - 1)
     axes = _reduce_axes(op, node)
     if axes is None:
-        return [_reduce_identity(op, node, gy), *rest]
+        return first_only(node, _reduce_identity(op, node, gy))
     keep = _keep_shape(sx, axes)
     gk = op.reshape(gy, keep)
     yk = op.reshape(y, keep)
     t = node.op_type
     if t == "ReduceSum":
-        return [op.expand_to(gk, sx), *rest]
+        return first_only(node, op.expand_to(gk, sx))
     if t == "ReduceMean":
         n = int(np.prod([sx[a] for a in axes]))
-        return [op.expand_to(op.Mul(gk, _k(op, 1.0 / n, gy)), sx), *rest]
+        return first_only(node, op.expand_to(op.Mul(gk, _k(op, 1.0 / n, gy)), sx))
     if t == "ReduceSumSquare":
-        return [op.Mul(op.Mul(gk, x), _k(op, 2.0, x)), *rest]
+        return first_only(node, op.Mul(op.Mul(gk, x), _k(op, 2.0, x)))
     if t == "ReduceL1":
-        return [op.Mul(gk, op.Sign(x)), *rest]
+        return first_only(node, op.Mul(gk, op.Sign(x)))
     if t == "ReduceL2":
-        return [op.Mul(gk, op.Div(x, yk)), *rest]
+        return first_only(node, op.Mul(gk, op.Div(x, yk)))
     if t == "ReduceLogSumExp":
-        return [op.Mul(gk, op.Exp(op.Sub(x, yk))), *rest]
+        return first_only(node, op.Mul(gk, op.Exp(op.Sub(x, yk))))
     if t == "ReduceLogSum":  # y = log(sum x): gx = gy / sum x = gy exp(-y)
-        return [op.expand_to(op.Mul(gk, op.Exp(op.Neg(yk))), sx), *rest]
-    hit = op.mask_of(op.Equal(x, yk), x)
-    count = op.ReduceSum(hit, op.ints(axes), keepdims=1)
-    return [op.Mul(op.Div(gk, count), hit), *rest]
+        return first_only(node, op.expand_to(op.Mul(gk, op.Exp(op.Neg(yk))), sx))
+    share, (hit,) = balanced_eq(op, gk, [(x, yk)], axes)
+    return first_only(node, op.Mul(share, hit))
 
 
 def _reduce_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> str:
@@ -85,7 +83,7 @@ def _reduce_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> str:
 
 
 @vjp_rule("GlobalAveragePool")
-def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Expand(gy / (H W))."""
     sx = op.g.shape(node.input[0])
     n = int(np.prod(sx[2:]))
@@ -98,13 +96,11 @@ def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grad
 
 
 @vjp_rule("GlobalMaxPool")
-def _vjp_global_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_global_max_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy [x == max] / #ties."""
     x, y = node.input[0], node.output[0]
-    sx = op.g.shape(x)
-    hit = op.mask_of(op.Equal(x, y), x)
-    count = op.ReduceSum(hit, op.ints(range(2, len(sx))), keepdims=1)
-    return [op.Mul(op.Div(gy, count), hit)]
+    share, (hit,) = balanced_eq(op, gy, [(x, y)], range(2, len(op.g.shape(x))))
+    return [op.Mul(share, hit)]
 
 
 def _pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, list[int],
@@ -122,7 +118,7 @@ def _pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, lis
 # MaxPool routes each window's gradient to the element its Indices output names: the first
 # maximum in scan order, as PyTorch does.
 @vjp_rule("MaxPool")
-def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ScatterElements(zeros, argmax indices, gy, reduction=add)."""
     at = attrs_of(node)
     sx, _, kernel, strides, dil, pads = _pool_geometry(op, node)
@@ -146,7 +142,7 @@ def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 # the last in memory order wins (onnx's reference and onnxruntime both write in that order),
 # so only that one gets the gradient.
 @vjp_rule("MaxUnpool")
-def _vjp_max_unpool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_max_unpool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy.flat[I] where element k is the last writer of I[k], else 0."""
     sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
     at = attrs_of(node)
@@ -166,7 +162,7 @@ def _vjp_max_unpool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
                               axis=0, reduction="max")
     wins = op.mask_of(op.Equal(op.Gather(last, idx, axis=0), order), node.input[0])
     g = op.Mul(op.Gather(op.reshape(gy, [-1]), idx, axis=0), wins)
-    return [op.reshape(g, sx), *[None] * (len(node.input) - 1)]
+    return first_only(node, op.reshape(g, sx))
 
 
 def pool_divisor(in_spatial: Shape, out_spatial: Shape, kernel: Sequence[int],
@@ -193,7 +189,7 @@ def pool_divisor(in_spatial: Shape, out_spatial: Shape, kernel: Sequence[int],
 
 
 @vjp_rule("AveragePool")
-def _vjp_average_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_average_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = depthwise ConvTranspose(gy / divisor, ones kernel)."""
     at = attrs_of(node)
     sx, sy, kernel, strides, dil, pads = _pool_geometry(op, node)

@@ -24,18 +24,17 @@ import onnx
 from ..graph import Emitter, attrs_of, normalize_axes
 from .linalg import transpose_fit
 from .pooling import _keep_shape, _pool_geometry, _reduce_axes
-from .registry import Grads, _k, vjp_rule
+from .registry import Grads, Needs, _k, first_only, vjp_rule
 
 
 @vjp_rule("ReduceProd")
-def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy * (product of the other factors of x's group), zero-safe."""
     x = node.input[0]
     sx = op.g.shape(x)
-    rest = [None] * (len(node.input) - 1)
     axes = _reduce_axes(op, node)
     if axes is None:  # noop_with_empty_axes: y = x
-        return [gy, *rest]
+        return first_only(node, gy)
     gk = op.reshape(gy, _keep_shape(sx, axes))
     zero, one = _k(op, 0.0, x), _k(op, 1.0, x)
     is_zero = op.Equal(x, zero)
@@ -45,14 +44,14 @@ def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     none = op.Div(prod, x1)  # no zero in the group: y / x_i
     lone = op.mask_of(op.And(is_zero, op.Equal(count, one)), x)  # the one zero of its group
     d = op.Add(op.Mul(none, op.mask_of(op.Equal(count, zero), x)), op.Mul(prod, lone))
-    return [op.Mul(gk, d), *rest]
+    return first_only(node, op.Mul(gk, d))
 
 
 CUMPROD_TABLE_MAX = 1 << 26  # entries of CumProd's [.., n, n] table (256 MiB in float32)
 
 
 @vjp_rule("CumProd")
-def _vjp_cumprod(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_cumprod(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx_j = sum_i gy_i [j in S_i] CumProd(x with x_j = 1)_i, along the axis moved last."""
     x, ax = node.input[0], node.input[1]
     sx = op.g.shape(x)
@@ -113,7 +112,7 @@ def _p(node: onnx.NodeProto) -> int:
 
 
 @vjp_rule("LpPool")
-def _vjp_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ConvTranspose(gy y^(1-p), ones kernel) |x|^(p-1) sign(x)."""
     p = _p(node)
     sx, sy, kernel, strides, dil, pads = _pool_geometry(op, node)
@@ -128,7 +127,7 @@ def _vjp_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("GlobalLpPool")
-def _vjp_global_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_global_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy y^(1-p) |x|^(p-1) sign(x), broadcast over the spatial axes."""
     p = _p(node)
     x = node.input[0]

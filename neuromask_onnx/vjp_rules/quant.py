@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import VJP_RULES, Grads, vjp_rule
+from .registry import VJP_RULES, Grads, Needs, first_only, vjp_rule
 
 _RANGES: dict[int, tuple[int, int]] = {
     TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255),
@@ -95,7 +95,7 @@ def _saturation_mask(op: Emitter, q: str, qmin: int, qmax: int, like: str) -> st
 
 
 @vjp_rule("QuantizeLinear")
-def _vjp_quantize(op: Emitter, node: onnx.NodeProto, gq: str) -> Grads:
+def _vjp_quantize(op: Emitter, node: onnx.NodeProto, gq: str, needs: Needs) -> Grads:
     """STE: gx = gq / scale where qmin <= round(x / scale) + zp <= qmax, else 0."""
     x = node.input[0]
     rank = len(op.g.shape(x))
@@ -111,11 +111,11 @@ def _vjp_quantize(op: Emitter, node: onnx.NodeProto, gq: str) -> Grads:
     gq_x = op.cast_like(gq, x) if op.g.dtypes.get(gq) != op.g.dtypes.get(x) else gq
     factor = op.Mul(inside, op.const(1.0 / s, like=x)) if isinstance(s, np.ndarray) \
         else op.Div(inside, _as(op, s, x))
-    return [op.Mul(gq_x, factor), *[None] * (len(node.input) - 1)]
+    return first_only(node, op.Mul(gq_x, factor))
 
 
 @vjp_rule("DequantizeLinear")
-def _vjp_dequantize(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_dequantize(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = (q - zp) scale: gq = gy scale (and, for a computed scale, gs = sum gy (q - zp))."""
     q = node.input[0]
     sq = op.g.shape(q)
@@ -123,7 +123,7 @@ def _vjp_dequantize(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     gq = op.Mul(gy, _as(op, s, gy))
     grads: list[str | None] = [gq, None, None][:len(node.input)]
     scale = node.input[1]
-    if scale in op.wanted:  # DynamicQuantizeLinear's scale: its rule drops this (STE)
+    if scale in needs:  # DynamicQuantizeLinear's scale: its rule drops this (STE)
         qf = op.Sub(op.cast_like(q, gy), _as(op, zp, gy))
         grads[1] = op.reshape(op.sum_to(op.Mul(gy, qf), sq, _bshape(op, node, scale, sq)),
                               op.g.shape(scale))
@@ -141,7 +141,7 @@ def _bshape(op: Emitter, node: onnx.NodeProto, v: str, sq: Shape) -> Shape:
 
 @vjp_rule("DynamicQuantizeLinear", multi_output=True)
 def _vjp_dynamic_quantize(op: Emitter, node: onnx.NodeProto,
-                          gys: Sequence[str | None]) -> Grads:
+                          gys: Sequence[str | None], needs: Needs) -> Grads:
     """gx = gq / scale everywhere: the computed range [min(x, 0), max(x, 0)] covers x.
 
     The gradient reaching the scale output is dropped (the scale is a constant of the STE);
@@ -172,17 +172,13 @@ def _dequantized(op: Emitter, q: str, scale: np.ndarray | str, zp: np.ndarray | 
 
 def _through(op: Emitter, op_type: str, node: onnx.NodeProto, inputs: list[str],
              wanted: list[str], gy: str, **attrs: Any) -> Grads:
-    """Apply `op_type`'s rule to a float node over `inputs` whose output has the node's shape."""
+    """Apply `op_type`'s rule to a float node over `inputs` whose output has the node's shape,
+    asking it for the gradients of `wanted` (a subset of `inputs`)."""
     out = op.fresh(f"{op_type.lower()}_equiv")
     op.g.shapes[out] = op.g.shape(node.output[0])
     op.g.dtypes[out] = op.g.dtypes[gy]
     equiv = helper.make_node(op_type, inputs, [out], name=node.name, **attrs)
-    saved = op.wanted
-    op.wanted = set(saved) | set(wanted)
-    try:
-        return VJP_RULES[op_type](op, equiv, [gy])
-    finally:
-        op.wanted = saved
+    return VJP_RULES[op_type](op, equiv, [gy], Needs.of(inputs, set(wanted)))
 
 
 def _conv_attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -191,7 +187,7 @@ def _conv_attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 @vjp_rule("QLinearConv")
-def _vjp_qlinear_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_qlinear_conv(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = q(conv(dq(x), dq(W)) + B sx sw): gx = sx Conv'(gy / sy [unsaturated y])."""
     x, _, _, w = node.input[:4]
     like = gy  # the gradient runs in gy's float type
@@ -199,7 +195,7 @@ def _vjp_qlinear_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     sx, zx = _scale_zp(op, _sub(node, 0), rank)
     sw, zw = _scale_zp(op, _sub(node, 3, axis=0), len(op.g.shape(w)))
     sy, _ = _scale_zp(op, _sub(node, 5), rank)
-    if w in op.wanted:
+    if w in needs:
         msg = f"QLinearConv {node.name!r}: weights that depend on the input"
         raise NotImplementedError(msg)
     qmin, qmax = _qrange(op, node, node.output[0])
@@ -209,11 +205,11 @@ def _vjp_qlinear_conv(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     wf = _dequantized(op, w, sw, zw, like)
     gxf = _through(op, "Conv", node, [xf, wf], [xf], g, **_conv_attrs(node))[0]
     assert gxf is not None
-    return [op.Mul(gxf, _as(op, sx, like)), *[None] * (len(node.input) - 1)]
+    return first_only(node, op.Mul(gxf, _as(op, sx, like)))
 
 
 @vjp_rule("ConvInteger")
-def _vjp_conv_integer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_conv_integer(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = conv(x - zx, W - zw) in int32 (no saturation): gx = Conv'(gy)."""
     x, w = node.input[:2]
     like = gy  # the gradient runs in gy's float type
@@ -221,24 +217,24 @@ def _vjp_conv_integer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         else np.zeros(())
     zw = _per_axis(op, _axis(node, 0), node.input[3], len(op.g.shape(w))) \
         if len(node.input) > 3 and node.input[3] else np.zeros(())
-    if w in op.wanted:
+    if w in needs:
         msg = f"ConvInteger {node.name!r}: weights that depend on the input"
         raise NotImplementedError(msg)
     xf = _dequantized(op, x, np.ones(()), zx, like)
     wf = _dequantized(op, w, np.ones(()), zw, like)
     gxf = _through(op, "Conv", node, [xf, wf], [xf], gy, **_conv_attrs(node))[0]
-    return [gxf, *[None] * (len(node.input) - 1)]
+    return first_only(node, gxf)
 
 
 def _matmul_through(op: Emitter, node: onnx.NodeProto, a: str, b: str, af: str, bf: str,
-                    g: str) -> tuple[str | None, str | None]:
-    wanted = [f for q, f in ((a, af), (b, bf)) if q in op.wanted]
+                    g: str, needs: Needs) -> tuple[str | None, str | None]:
+    wanted = [f for q, f in ((a, af), (b, bf)) if q in needs]
     ga, gb = _through(op, "MatMul", node, [af, bf], wanted, g)
-    return (ga if a in op.wanted else None), (gb if b in op.wanted else None)
+    return (ga if a in needs else None), (gb if b in needs else None)
 
 
 @vjp_rule("QLinearMatMul")
-def _vjp_qlinear_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_qlinear_matmul(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = q(dq(a) @ dq(b)): ga = sa (g @ dq(b)^T), gb = sb (dq(a)^T @ g), g = gy / sy [unsat.]."""
     a, _, _, b = node.input[:4]
     like = gy  # the gradient runs in gy's float type
@@ -250,13 +246,13 @@ def _vjp_qlinear_matmul(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     g = op.Mul(op.Div(gy, _as(op, sy, like)), _saturation_mask(op, node.output[0], qmin, qmax,
                                                                like))
     af, bf = _dequantized(op, a, sa, za, like), _dequantized(op, b, sb, zb, like)
-    ga, gb = _matmul_through(op, node, a, b, af, bf, g)
+    ga, gb = _matmul_through(op, node, a, b, af, bf, g, needs)
     return [None if ga is None else op.Mul(ga, _as(op, sa, like)), None, None,
             None if gb is None else op.Mul(gb, _as(op, sb, like)), None, None, None, None]
 
 
 @vjp_rule("MatMulInteger")
-def _vjp_matmul_integer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_matmul_integer(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """y = (a - za) @ (b - zb) in int32 (no saturation): the MatMul rule on the float values."""
     a, b = node.input[:2]
     like = gy  # the gradient runs in gy's float type
@@ -267,7 +263,7 @@ def _vjp_matmul_integer(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         if len(node.input) > 3 and node.input[3] else np.zeros(())
     af = _dequantized(op, a, np.ones(()), za, like)
     bf = _dequantized(op, b, np.ones(()), zb, like)
-    ga, gb = _matmul_through(op, node, a, b, af, bf, gy)
+    ga, gb = _matmul_through(op, node, a, b, af, bf, gy, needs)
     return [ga, gb, *[None] * (len(node.input) - 2)]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, vjp_rule
 
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -306,7 +306,8 @@ class _Unroller:
 
 
 @vjp_rule("LSTM", "GRU", "RNN", multi_output=True)
-def _vjp_recurrent(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_recurrent(op: Emitter, node: onnx.NodeProto,
+                   gys: Sequence[str | None], needs: Needs) -> Grads:
     """Unroll over the static sequence length, then run the reverse pass over the unrolled ops."""
     from ..reverse import differentiate  # the driver imports the rules: import it late
 
@@ -314,15 +315,11 @@ def _vjp_recurrent(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None])
     outs = _Unroller(op, node).run()
     unrolled = op.nodes[start:]
     seeds = {y: gy for y, gy in zip(outs, gys, strict=False) if y and gy is not None}
-    wrt = list(dict.fromkeys(i for i in node.input if i and i in op.wanted))
-    if node.input[4:5] and node.input[4] in op.wanted:
+    wrt = list(dict.fromkeys(i for i in node.input if i and i in needs))
+    if node.input[4:5] and node.input[4] in needs:
         msg = f"{node.op_type} {node.name!r}: sequence_lens depends on the input"
         raise NotImplementedError(msg)
-    outer = op.wanted
-    try:
-        grads = differentiate(op, unrolled, seeds, wrt)
-    finally:
-        op.wanted = outer
+    grads = differentiate(op, unrolled, seeds, wrt)
     seen: set[str] = set()
     result: list[str | None] = []
     for name in node.input:

@@ -1,10 +1,15 @@
 """Vector-Jacobian rules: one function per ONNX op, emitting standard ONNX ops only.
 
-A rule receives the emitter, the primal node and the incoming gradient `gy` (one per output
-for multi-output rules) and returns one gradient name per node input, `None` where the input
-gets no gradient (integer, shape or constant operands). Rules read primal values by name from
-the graph; they never recompute the forward pass except where an op hides what the gradient
-needs (MaxPool's argmax indices). Shapes are static: `graph.prepare` pinned and folded them.
+A rule receives the emitter, the primal node, the incoming gradient `gy` (one per output
+for multi-output rules) and `needs`, which of the node's inputs need a gradient (`Needs`, as
+PyTorch's `ctx.needs_input_grad`), and returns one gradient name per node input, `None` where
+the input gets no gradient (integer, shape or constant operands, or one `needs` leaves out).
+A rule reads no driver state: one that hands part of its work to another rule (an unfused
+com.microsoft op, a quantized op's float equivalent) passes that rule an explicit `Needs`.
+
+Rules read primal values by name from the graph; they never recompute the forward pass
+except where an op hides what the gradient needs (MaxPool's argmax indices). Shapes are
+static: `graph.prepare` pinned and folded them.
 
 Conventions at kinks follow PyTorch: Relu'(0) = 0, Clip and HardSigmoid pass no gradient at
 their bounds, MaxPool routes to the first maximal element, Max/Min/ReduceMax split the gradient
@@ -13,7 +18,8 @@ evenly between ties.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import onnx
@@ -21,7 +27,42 @@ import onnx
 from ..graph import Emitter
 
 Grads = Sequence[str | None]
-VjpRule = Callable[[Emitter, onnx.NodeProto, Sequence[str | None]], Grads]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which inputs of one node need a gradient (the driver's values that depend on `wrt`).
+
+    `needs[i]` asks by input index (False past the end and for an absent optional input),
+    `name in needs` by value name; a value read at two indices is needed at both. For a node
+    with subgraphs the inputs are `control_flow.all_inputs`: its outer-scope reads follow.
+    """
+
+    inputs: tuple[str, ...]
+    names: frozenset[str]
+
+    @classmethod
+    def of(cls, inputs: Iterable[str], wanted: Container[str]) -> Needs:
+        """The inputs among `inputs` that are in `wanted`."""
+        ins = tuple(inputs)
+        return cls(ins, frozenset(i for i in ins if i and i in wanted))
+
+    def __getitem__(self, index: int) -> bool:
+        return index < len(self.inputs) and self.inputs[index] in self.names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def moved_to(self, inputs: Sequence[str]) -> Needs:
+        """The same needs, index by index, of a node reading `inputs` in place of these (a
+        rule that hands its work to another rule on a rewritten node)."""
+        return Needs.of(inputs, {n for k, n in enumerate(inputs) if self[k]})
+
+
+VjpRule = Callable[[Emitter, onnx.NodeProto, Sequence[str | None], Needs], Grads]
 VJP_RULES: dict[str, VjpRule] = {}
 
 # Values computed by these ops carry no gradient even when their inputs depend on the mask:
@@ -88,17 +129,19 @@ def rule_key(node: onnx.NodeProto) -> str:
 
 def vjp_rule(*op_types: str, multi_output: bool = False) -> Callable[[Callable[..., Grads]],
                                                                      Callable[..., Grads]]:
-    """Register a rule for `op_types`; single-output rules receive `gy` as a plain name."""
+    """Register `fn(op, node, gy, needs)` for `op_types`; single-output rules receive `gy` as
+    a plain name, multi-output ones (`multi_output=True`) the list `gys`."""
 
     def register(fn: Callable[..., Grads]) -> Callable[..., Grads]:
-        def rule(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+        def rule(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None],
+                 needs: Needs) -> Grads:
             if multi_output:
-                return fn(op, node, gys)
+                return fn(op, node, gys, needs)
             if any(g is not None for g in gys[1:]):
                 msg = f"{node.op_type} passes no gradient from its output 2 or later"
                 raise NotImplementedError(msg)
             assert gys[0] is not None
-            return fn(op, node, gys[0])
+            return fn(op, node, gys[0], needs)
 
         for t in op_types:
             if t in VJP_RULES:
@@ -114,9 +157,9 @@ def elementwise_rule(*op_types: str) -> Callable[[Callable[..., str]], Callable[
     """Register dy/dx of a unary op; the rule multiplies it by gy. Extra inputs get None."""
 
     def register(fn: Callable[..., str]) -> Callable[..., str]:
-        def rule(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+        def rule(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
             d = fn(op, node, node.input[0], node.output[0])
-            return [op.Mul(gy, d), *[None] * (len(node.input) - 1)]
+            return first_only(node, op.Mul(gy, d))
 
         vjp_rule(*op_types)(rule)
         return fn
@@ -126,6 +169,45 @@ def elementwise_rule(*op_types: str) -> Callable[[Callable[..., str]], Callable[
 
 def _k(op: Emitter, value: float, like: str) -> str:
     return op.const(value, like=like)
+
+
+# --------------------------------------------------------------------------- rule helpers
+# The patterns several rules share, named as JAX and autograd name them.
+
+
+def first_only(node: onnx.NodeProto, gx: str | None) -> Grads:
+    """`gx` for input 0 and None for the rest: an op whose other inputs are shapes, indices,
+    options or constants of the rule (a unary op, Reshape, Slice, a pool's indices)."""
+    return [gx, *[None] * (len(node.input) - 1)]
+
+
+def bilinear(needs: Needs, ga: Callable[[], str | None],
+             gb: Callable[[], str | None]) -> list[str | None]:
+    """[ga(), gb()] of an op linear in each of its first two operands (a b, MatMul, Gemm's
+    product; JAX's `defbilinear`): `ga` contracts gy with b, `gb` with a, and each is built
+    only where its operand needs a gradient, a's first."""
+    return [ga() if needs[0] else None, gb() if needs[1] else None]
+
+
+def ties(op: Emitter, pairs: Iterable[tuple[str, str]],
+         count: Sequence[int] | Callable[[list[str]], str | None]) -> tuple[list[str], str | None]:
+    """The hits [x_i == y_i] (0/1 of x_i's type) of a max / min and how many there are where
+    each is: `count(hits)`, or for `count` a list of axes the one hit's ReduceSum over them
+    (keepdims). None: a single operand, which cannot tie. `pairs` is read lazily, one hit at
+    a time (a y_i may be emitted after the previous hit)."""
+    hits = [op.mask_of(op.Equal(x, y), x) for x, y in pairs]
+    if callable(count):
+        return hits, count(hits)
+    return hits, op.ReduceSum(hits[0], op.ints(count), keepdims=1)
+
+
+def balanced_eq(op: Emitter, gy: str, pairs: Iterable[tuple[str, str]],
+                count: Sequence[int] | Callable[[list[str]], str | None]) -> tuple[str, list[str]]:
+    """The tie split of a max / min: gy [x_i == y_i] / #ties (torch.maximum and torch.amax,
+    JAX's `_balanced_eq`, autograd's `balanced_eq`). Returns the share gy / #ties and the hits
+    (see `ties`); operand i's gradient is share * hit_i brought to its shape by the caller."""
+    hits, n = ties(op, pairs, count)
+    return (gy if n is None else op.Div(gy, n)), hits
 
 
 

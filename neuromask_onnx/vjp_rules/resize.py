@@ -17,7 +17,7 @@ import onnx
 
 from ..graph import Emitter, attrs_of
 from .basis import run_on_basis
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, first_only, vjp_rule
 
 
 def _resize_attr(node: onnx.NodeProto, name: str, default: str) -> str:
@@ -99,7 +99,7 @@ def _resize_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
 
 
 @vjp_rule("Resize")
-def _vjp_resize(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_resize(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy contracted, axis by axis, with each resized axis's interpolation matrix."""
     x = node.input[0]
     sx, sy = op.g.shape(x), op.g.shape(node.output[0])
@@ -110,4 +110,4 @@ def _vjp_resize(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
             continue
         g = op.axis_matmul(g, tuple(cur), a, _resize_matrix(op, node, a), x)
         cur[a] = sx[a]
-    return [g, *[None] * (len(node.input) - 1)]
+    return first_only(node, g)

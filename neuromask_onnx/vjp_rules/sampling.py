@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, attrs_of
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, vjp_rule
 
 I64 = onnx.TensorProto.INT64
 CUBIC_A = -0.75
@@ -138,7 +138,7 @@ def _axis_taps(op: Emitter, comp: str, size: int, mode: str, padding: str,
 
 
 @vjp_rule("GridSample")
-def _vjp_grid_sample(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_grid_sample(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gX: gy times each tap's weight, scattered to its source; ggrid: gy . X(taps) dw/dgrid."""
     x, grid = node.input[0], node.input[1]
     sx, sg = op.g.shape(x), op.g.shape(grid)
@@ -179,15 +179,15 @@ def _vjp_grid_sample(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     idx = op.reshape(idx, [n, 1, p * t])
     gx = ggrid = None
     g3 = op.reshape(gy, [n, c, p, 1])
-    if x in op.wanted:
+    if x in needs:
         wx = w if op.g.dtypes.get(w) == op.g.dtypes.get(x) else op.cast_like(w, x)
         upd = op.reshape(op.Mul(g3, op.reshape(wx, [n, 1, p, t])), [n, c, p * t])
         full = op.Expand(idx, op.ints([n, c, p * t]))
         gx = op.reshape(op.ScatterElements(op.zeros([n, c, s], x), full, upd, axis=2,
                                            reduction="add"), sx)
-    if grid in op.wanted and mode == "nearest":  # piecewise constant in the grid
+    if grid in needs and mode == "nearest":  # piecewise constant in the grid
         ggrid = op.zeros(sg, grid)
-    elif grid in op.wanted:
+    elif grid in needs:
         taps = op.GatherElements(op.reshape(x, [n, c, s]), op.Expand(idx, op.ints([n, c, p * t])),
                                  axis=2)
         a = op.ReduceSum(op.Mul(g3, op.reshape(taps, [n, c, p, t])), op.ints([1]), keepdims=0)

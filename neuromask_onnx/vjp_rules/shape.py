@@ -8,20 +8,20 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of, normalize_axes
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, first_only, vjp_rule
 
 # --------------------------------------------------------------------------- shape
 
 
 @vjp_rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
-def _vjp_reshape(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_reshape(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Reshape(gy, shape(x))."""
     x = node.input[0]
-    return [op.reshape(gy, op.g.shape(x)), *[None] * (len(node.input) - 1)]
+    return first_only(node, op.reshape(gy, op.g.shape(x)))
 
 
 @vjp_rule("Transpose")
-def _vjp_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_transpose(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = Transpose(gy, inverse perm)."""
     rank = len(op.g.shape(node.input[0]))
     perm = attrs_of(node).get("perm", list(range(rank))[::-1])
@@ -29,7 +29,7 @@ def _vjp_transpose(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("ReverseSequence")
-def _vjp_reverse_sequence(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_reverse_sequence(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ReverseSequence(gy, sequence_lens): reversing each sequence's first lens steps is
     a permutation that is its own inverse, hence its own adjoint."""
     a = attrs_of(node)
@@ -61,7 +61,7 @@ def col2im_sources(channels: int, image: Sequence[int], block: Sequence[int],
 
 
 @vjp_rule("Col2Im")
-def _vjp_col2im(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_col2im(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """Col2Im adds each column entry to one image position: gx gathers gy there (Im2Col), and
     entries that fall in the padding get 0."""
     image, block = op.g.const(node.input[1]), op.g.const(node.input[2])
@@ -80,13 +80,13 @@ def _vjp_col2im(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("Expand")
-def _vjp_expand(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_expand(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy summed over the expanded axes."""
     return [op.sum_to(gy, op.g.shape(node.output[0]), op.g.shape(node.input[0])), None]
 
 
 @vjp_rule("Tile")
-def _vjp_tile(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_tile(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ReduceSum(Reshape(gy, [r0, d0, r1, d1, ...]), over the r axes)."""
     sx = op.g.shape(node.input[0])
     reps = op.g.const(node.input[1])
@@ -103,7 +103,7 @@ def _split_sizes(op: Emitter, node: onnx.NodeProto, axis: int) -> list[int]:
 
 
 @vjp_rule("Concat")
-def _vjp_concat(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_concat(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx_i = the i-th piece of Split(gy) along the axis."""
     ys = op.g.shape(node.output[0])
     axis = normalize_axes([attrs_of(node)["axis"]], len(ys))[0]
@@ -115,22 +115,22 @@ def _vjp_concat(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
                      axis=axis)
     out: list[str | None] = [None] * len(node.input)
     for i, p in zip(keep, pieces, strict=True):
-        out[i] = p if node.input[i] in op.wanted else None
+        out[i] = p if node.input[i] in needs else None
     for i, s in enumerate(sizes):  # an empty piece (RotaryEmbedding's XNoRotate) gets zeros
-        if s == 0 and node.input[i] in op.wanted:
+        if s == 0 and node.input[i] in needs:
             out[i] = op.zeros(op.g.shape(node.input[i]), node.input[i])
     return out
 
 
 @vjp_rule("Split", multi_output=True)
-def _vjp_split(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_split(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None], needs: Needs) -> Grads:
     """gx = Concat(gy_i, or zeros where an output got no gradient)."""
     sx = op.g.shape(node.input[0])
     axis = normalize_axes([attrs_of(node).get("axis", 0)], len(sx))[0]
     parts = [g if g is not None else op.zeros(op.g.shape(o), node.input[0])
              for g, o in zip(gys, node.output, strict=True)]
     gx = parts[0] if len(parts) == 1 else op.Concat(*parts, axis=axis)
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
 
 
 def _slice_params(op: Emitter, node: onnx.NodeProto) -> list[tuple[int, int, int, int]]:
@@ -161,7 +161,7 @@ def _slice_params(op: Emitter, node: onnx.NodeProto) -> list[tuple[int, int, int
 
 
 @vjp_rule("Slice")
-def _vjp_slice(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_slice(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """Step 1: gx = Pad(gy) with zeros; other steps: scatter gy rows to their source rows."""
     sx = list(op.g.shape(node.input[0]))
     params = _slice_params(op, node)
@@ -173,7 +173,7 @@ def _vjp_slice(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
             continue
         idx = np.arange(s, e, st, dtype=np.int64)
         if idx.size == 0:
-            return [op.zeros(sx, node.input[0]), *[None] * (len(node.input) - 1)]
+            return first_only(node, op.zeros(sx, node.input[0]))
         # Indices are unique, so a plain scatter into zeros is exact.
         ishape = [1] * len(cur)
         ishape[a] = idx.size
@@ -184,7 +184,7 @@ def _vjp_slice(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         cur = nxt
     if any(pads):
         g = op.Pad(g, op.ints(pads))
-    return [g, *[None] * (len(node.input) - 1)]
+    return first_only(node, g)
 
 
 def pad_source_index(mode: str, n: int, before: int, after: int) -> np.ndarray:
@@ -207,7 +207,7 @@ def pad_source_index(mode: str, n: int, before: int, after: int) -> np.ndarray:
 
 
 @vjp_rule("Pad")
-def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """constant: gx = Slice(gy); reflect/edge/wrap: gy summed onto the rows each copy came from."""
     x = node.input[0]
     sx, sy = op.g.shape(x), op.g.shape(node.output[0])
@@ -226,7 +226,6 @@ def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     k = len(axes)
     for j, a in enumerate(axes):
         pads[a], pads[rank + a] = int(pads_v[j]), int(pads_v[k + j])
-    rest = [None] * (len(node.input) - 1)
     if mode == "constant" or all(p <= 0 for p in pads):
         starts = [max(p, 0) for p in pads[:rank]]
         ends = [starts[i] + sy[i] - max(pads[i], 0) - max(pads[rank + i], 0) for i in range(rank)]
@@ -235,7 +234,7 @@ def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         crop = [max(-p, 0) for p in pads]
         if any(crop):
             g = op.Pad(g, op.ints(crop))
-        return [g, *rest]
+        return first_only(node, g)
     g, cur = gy, list(sy)
     for a in range(rank):
         if pads[a] == 0 and pads[rank + a] == 0:
@@ -246,11 +245,11 @@ def _vjp_pad(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
         mat[np.arange(len(src))[valid], src[valid]] = 1.0
         g = op.axis_matmul(g, tuple(cur), a, mat, x)
         cur[a] = sx[a]
-    return [g, *rest]
+    return first_only(node, g)
 
 
 @vjp_rule("Gather")
-def _vjp_gather(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_gather(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = scatter-add of gy at the gathered indices (a Pad for one constant index)."""
     x, idx = node.input
     sx = op.g.shape(x)
@@ -286,7 +285,7 @@ def _vjp_gather(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("GatherElements")
-def _vjp_gather_elements(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_gather_elements(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ScatterElements(zeros, idx, gy, reduction=add)."""
     x, idx = node.input
     sx = op.g.shape(x)
@@ -299,7 +298,7 @@ def _vjp_gather_elements(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
 
 
 @vjp_rule("TopK", multi_output=True)
-def _vjp_topk(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_topk(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None], needs: Needs) -> Grads:
     """gx = ScatterElements(zeros, indices, g_values, reduction=add)."""
     x = node.input[0]
     sx = op.g.shape(x)
@@ -324,7 +323,7 @@ def _space_depth_perm(node: onnx.NodeProto, shape: Shape) -> tuple[list[int], li
 
 
 @vjp_rule("DepthToSpace", "SpaceToDepth")
-def _vjp_depth_space(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_depth_space(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """The forward is reshape -> transpose -> reshape; the gradient runs it backwards."""
     sx = op.g.shape(node.input[0])
     first, perm, _ = _space_depth_perm(node, sx)

@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from ..graph import Emitter, attrs_of, normalize_axes
 from .basis import run_on_basis
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, first_only, vjp_rule
 
 DFT_MATRIX_MAX = 1 << 24  # entries of M (n c x m c'; STFT: one frame's): 128 MiB in float64
 
@@ -79,7 +79,7 @@ def dft_matrix(op: Emitter, node: onnx.NodeProto, axis: int) -> np.ndarray:
 
 
 @vjp_rule("DFT")
-def _vjp_dft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_dft(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = gy (axis and complex axis last, flattened) @ M^T, moved back into x's layout."""
     x = node.input[0]
     sx, sy = op.g.shape(x), op.g.shape(node.output[0])
@@ -93,17 +93,17 @@ def _vjp_dft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     g = op.MatMul(op.reshape(g, [*lead, sy[axis] * sy[-1]]), op.const(mat.T, like=x))
     g = op.reshape(g, [*lead, sx[axis], sx[-1]])
     g = op.Transpose(g, perm=inv) if perm != list(range(rank)) else g
-    return [g, *[None] * (len(node.input) - 1)]
+    return first_only(node, g)
 
 
 @vjp_rule("STFT")
-def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
+def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = overlap-add over the frames of (gy's frame @ M^T), M one windowed frame's DFT."""
     x = node.input[0]
     sx, sy = op.g.shape(x), op.g.shape(node.output[0])
     b, frames = sx[0], sy[1]
     c = sx[2] if len(sx) == 3 else 1  # a real signal may be [B, L] (onnxruntime: no [B, L, 1])
-    if len(node.input) > 2 and node.input[2] and node.input[2] in op.wanted:
+    if len(node.input) > 2 and node.input[2] and node.input[2] in needs:
         msg = f"STFT {node.name!r}: the window is computed from the data (only the signal)"
         raise NotImplementedError(msg)
     step_v, window, length_v = (_const_input(op, node, i) for i in (1, 2, 3))
@@ -141,4 +141,4 @@ def _vjp_stft(op: Emitter, node: onnx.NodeProto, gy: str) -> Grads:
     where = where.reshape(1, -1, *[1] * (len(sx) - 2))
     index = np.broadcast_to(where, cols).astype(np.int64)
     gx = op.ScatterElements(op.zeros(sx, x), op.const(index), g, axis=1, reduction="add")
-    return [gx, *[None] * (len(node.input) - 1)]
+    return first_only(node, gx)
