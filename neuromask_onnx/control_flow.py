@@ -33,9 +33,6 @@ from .bodies import (
 from .graphtypes import Graph, Shape
 from .unroll import loop_cond_stays_true, scan_as_loop, unroll_loop, unroll_scan
 
-# vjp_rules/control.py imports these three from here (the first two by their old names).
-_copy_body, _Namer = copy_body, Namer
-__all__ = ["_Namer", "_copy_body", "subgraphs"]
 
 def implicit_inputs(node: onnx.NodeProto) -> list[str]:
     """Outer-scope values read by the node's subgraphs (empty for ordinary nodes)."""

@@ -34,16 +34,16 @@ from neuromask_onnx.vjp_rules.registry import VJP_RULES
 
 
 def _two_pass(orig: Any) -> Any:
-    def rule(op: Any, node: onnx.NodeProto, gys: Sequence[str | None]) -> Any:
+    def rule(op: Any, node: onnx.NodeProto, gys: Sequence[str | None], needs: Any) -> Any:
         y, gy = node.output[0], gys[0]
         bounds = [op.g.const(b) if b else None for b in [*node.input[1:3], "", ""][:2]]
         shape = op.g.shapes.get(y)
         if (gy is None or any(b is None for b in bounds) or shape is None or len(shape) != 4
                 or op.g.dtypes.get(y) != onnx.TensorProto.FLOAT):
-            return orig(op, node, gys)
+            return orig(op, node, gys, needs)
         lo, hi = (float(b) for b in bounds)
         if lo >= hi:
-            return orig(op, node, gys)
+            return orig(op, node, gys, needs)
         c = shape[1]
         s = op.step(y, lo, above=True)
         big = 2.0 ** int(np.ceil(np.log2(abs(hi) + abs(lo) + 2.0)))

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import onnx
 from onnx import helper
 
-from ..control_flow import _copy_body, _Namer, fold_local, implicit_inputs, subgraphs
+from ..bodies import Namer, copy_body, subgraphs
+from ..control_flow import fold_local, implicit_inputs
 from ..graph import Emitter
 from .registry import Grads, Needs, vjp_rule
 
@@ -33,7 +34,7 @@ def _vjp_if(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None], needs:
     g = op.g
     branches: dict[str, onnx.GraphProto] = {}
     for attr, branch in subgraphs(node):
-        copied, outs = _copy_body(branch, {}, _Namer(g.used_names), g.consts,
+        copied, outs = copy_body(branch, {}, Namer(g.used_names), g.consts,
                                   f"{node.name or 'if'}_{attr}")
         copied = fold_local(g, copied)
         seeds = {o: gy for o, gy in zip(outs, gys, strict=True) if gy is not None}

@@ -38,7 +38,7 @@ from ..control_flow import all_inputs, fold_local, implicit_inputs
 from ..graph import FLOAT_TYPES, Emitter
 from ..graphtypes import PREFIX
 from ..unroll import loop_cond_stays_true
-from .registry import Grads, vjp_rule
+from .registry import Grads, Needs, vjp_rule
 
 SAVED = f"{PREFIX}loop_saved"  # the forward Loop's extra scan outputs (and their body nodes)
 
@@ -106,7 +106,8 @@ def _runs_a_constant_count(node: onnx.NodeProto, body: onnx.GraphProto, op: Emit
 
 
 @vjp_rule("Loop", multi_output=True)
-def _vjp_loop(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> Grads:
+def _vjp_loop(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None],
+              needs: Needs) -> Grads:
     """A reverse Loop whose body is the forward body's VJP at the saved state."""
     g = op.g
     reads = implicit_inputs(node)
@@ -114,9 +115,8 @@ def _vjp_loop(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None]) -> G
     n_out = len([o for o in node.output if not o.startswith(SAVED)])
     gys = list(gys[:n_out])
     inits = list(node.input[2:])
-    need = op.wanted  # the one read of the caller's wanted set
-    wanted_reads = [r for r in reads if r in need]
-    if not wanted_reads and not any(v in need for v in inits):
+    wanted_reads = [r for r in reads if r in needs]
+    if not wanted_reads and not any(v in needs for v in inits):
         return [None] * (len(node.input) + len(reads))
     where = f"Loop {node.name!r}"
     attr = next((a for a in node.attribute if a.name == "body"), None)
@@ -251,11 +251,7 @@ def _backward_body(op: Emitter, node: onnx.NodeProto, body: onnx.GraphProto,
             g.shapes[elem] = g.shape(outs[pos])
             seed(outs[pos], elem)
     wrt = [states[k] for k in carried] + summed + [e for _, _, e in sliced]
-    outer = op.wanted
-    try:
-        grads = differentiate(op, copied, seeds, wrt)
-    finally:
-        op.wanted = outer
+    grads = differentiate(op, copied, seeds, wrt)
     results = [op.Identity(true)]
     g.shapes[results[0]] = ()
     for k in carried:
