@@ -269,13 +269,6 @@ def demo(
     print_demo(res, out, quiet, f"NeuroMask beside {', '.join(METHODS[1:])}")
 
 
-def run() -> None:
-    """Console entry point (kept for old installs; see `entry.run`)."""
-    from .entry import run as entry_run
-
-    entry_run()
-
-
 # --------------------------------------------------------------------------- evaluate / compare
 
 

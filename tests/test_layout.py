@@ -4,8 +4,8 @@ Read from the source with `ast` (nothing is imported): every `from .x import ...
 `from neuromask_onnx.x import ...`) of neuromask_onnx/*.py, at module level or inside a
 function (a deferred import is still a dependency: the cycle explain -> rewrite -> outputs ->
 explain went through one). Imports under `if TYPE_CHECKING:` never run and are left out.
-The rule modules inside vjp_rules/ share helpers among themselves (`registry._k`); that
-subpackage is issue 11 item 6's, so only the top-level modules are held to this here.
+The cycle checks cover the top-level modules (the rule modules of vjp_rules/ call the
+driver back on purpose, a deferred import); the private-name check covers vjp_rules/ too.
 """
 
 from __future__ import annotations
@@ -18,11 +18,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "neuromask_onnx"
 
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"cli", "entry"}):
-        "entry runs cli's app lazily (a fast --version); cli.run, the console script of old "
-        "installs, hands over to entry.run",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 """Cycles through deferred imports that later parts of issue 11 remove. A new cycle, or one
 that grows past its group, fails."""
 
@@ -185,3 +181,15 @@ def test_the_walker_sees_a_deferred_cycle_and_a_private_import(tmp_path: Path) -
     assert cycles(every) == [{"a", "b"}]
     assert "c" not in every["b"]  # TYPE_CHECKING imports never run
     assert sorted(private) == [("b", "a", "_hidden"), ("c", "a", "_secret")]
+
+
+def test_no_rule_module_imports_a_private_name() -> None:
+    """`from .pooling import _pool_geometry` between rule modules, or `from ..bodies import
+    _x` into them: a helper two modules share is public in the one that defines it."""
+    private = []
+    for path in sorted((PKG / "vjp_rules").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                private += [f"{path.stem}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []

@@ -18,9 +18,9 @@ import onnx
 from onnx import helper
 
 from ..graph import Emitter, attrs_of
-from .elementwise import _d_gelu
-from .nn import _normalized_grad
-from .registry import VJP_RULES, Grads, Needs, _k, vjp_rule
+from .elementwise import d_gelu
+from .nn import normalized_grad
+from .registry import VJP_RULES, Grads, Needs, scalar_like, vjp_rule
 
 MS = "com.microsoft::"
 
@@ -37,7 +37,7 @@ def _activation_grad(op: Emitter, node: onnx.NodeProto, y: str, gy: str, act: st
     if act == "Relu":  # Relu'(0) = 0
         d = op.step(y, 0.0, above=True)
     elif act == "Tanh":
-        d = op.Sub(_k(op, 1.0, y), op.Mul(y, y))
+        d = op.Sub(scalar_like(op, 1.0, y), op.Mul(y, y))
     elif act == "Sigmoid":
         d = op.Mul(y, op.complement(y))
     elif act == "LeakyRelu":  # [y > 0] = [x > 0] for alpha > 0
@@ -46,14 +46,14 @@ def _activation_grad(op: Emitter, node: onnx.NodeProto, y: str, gy: str, act: st
             msg = f"{node.op_type} {node.name!r}: LeakyRelu with alpha {alpha} <= 0"
             raise NotImplementedError(msg)
         pos = op.step(y, 0.0, above=True)
-        d = op.Add(_k(op, alpha, y), op.Mul(pos, _k(op, 1.0 - alpha, y)))
+        d = op.Add(scalar_like(op, alpha, y), op.Mul(pos, scalar_like(op, 1.0 - alpha, y)))
     elif act == "Clip":  # no gradient at the bounds, as Clip's rule
         lo, hi = (float(params[0]), float(params[1])) if len(params) >= 2 else (-3e38, 3e38)
         d = op.Mul(op.step(y, lo, above=True), op.step(y, hi, above=False))
     elif act == "HardSigmoid":
         alpha = float(params[0]) if params else 0.2
         d = op.Mul(op.Mul(op.step(y, 0.0, above=True), op.step(y, 1.0, above=False)),
-                   _k(op, alpha, y))
+                   scalar_like(op, alpha, y))
     else:
         msg = f"{node.op_type} {node.name!r}: fused activation {act!r}"
         raise NotImplementedError(msg)
@@ -117,7 +117,7 @@ def _vjp_fused_matmul(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) 
             ins.append((name_t, perm))
         else:
             ins.append((name, None))
-    g = op.Mul(gy, _k(op, alpha, gy)) if alpha != 1.0 else gy
+    g = op.Mul(gy, scalar_like(op, alpha, gy)) if alpha != 1.0 else gy
     grads = _standard(op, "MatMul", node, [n for n, _ in ins], g, (), needs)
     out: list[str | None] = []
     for (_, back), orig, gx in zip(ins, node.input, grads, strict=True):
@@ -142,7 +142,7 @@ def _biased_gelu(op: Emitter, node: onnx.NodeProto, gy: str, tanh: bool,
     x = node.input[0]
     b = node.input[1] if len(node.input) > 1 and node.input[1] else ""
     s = op.Add(x, b) if b else x
-    g = op.Mul(gy, _d_gelu(op, _gelu_node(node, tanh), s, node.output[0]))
+    g = op.Mul(gy, d_gelu(op, _gelu_node(node, tanh), s, node.output[0]))
     sy = op.g.shape(node.output[0])
     grads: list[str | None] = [op.sum_to(g, sy, op.g.shape(x)) if x in needs else None]
     if len(node.input) > 1:
@@ -173,9 +173,9 @@ def _vjp_quick_gelu(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) ->
     """y = x sigmoid(a x): gx = gy s (1 + a x (1 - s)), s = sigmoid(a x)."""
     x = node.input[0]
     alpha = float(attrs_of(node).get("alpha", 1.702))
-    ax = op.Mul(x, _k(op, alpha, x))
+    ax = op.Mul(x, scalar_like(op, alpha, x))
     s = op.Sigmoid(ax)
-    d = op.Mul(s, op.Add(_k(op, 1.0, x), op.Mul(ax, op.complement(s))))
+    d = op.Mul(s, op.Add(scalar_like(op, 1.0, x), op.Mul(ax, op.complement(s))))
     return [op.Mul(gy, d)]
 
 
@@ -197,7 +197,7 @@ def _rms_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float) -> str:
     """gx of x r, r = 1 / sqrt(mean(x^2) + eps), given h = d loss / d (x r)."""
     ax = op.ints(axes)
     r = op.Reciprocal(op.Sqrt(op.Add(op.ReduceMean(op.Mul(x, x), ax, keepdims=1),
-                                     _k(op, eps, x))))
+                                     scalar_like(op, eps, x))))
     mhx = op.ReduceMean(op.Mul(h, x), ax, keepdims=1)
     return op.Mul(r, op.Sub(h, op.Mul(x, op.Mul(mhx, op.Mul(r, r)))))
 
@@ -219,7 +219,7 @@ def _skip_norm(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | None],
     if gys[0] is not None:
         h = op.Mul(gys[0], node.input[2])
         parts.append(_rms_grad(op, s, h, [len(ss) - 1], eps) if simplified
-                     else _normalized_grad(op, s, h, [len(ss) - 1], eps))
+                     else normalized_grad(op, s, h, [len(ss) - 1], eps))
     if len(gys) > 3 and gys[3] is not None:
         parts.append(gys[3])
     gs = parts[0] if len(parts) == 1 else op.Add(*parts)

@@ -11,11 +11,11 @@ from ..graph import Emitter, Shape, attrs_of
 from .registry import (
     Grads,
     Needs,
-    _k,
     balanced_eq,
     bilinear,
     elementwise_rule,
     first_only,
+    scalar_like,
     vjp_rule,
 )
 
@@ -53,7 +53,7 @@ def _d_abs(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 @elementwise_rule("Sqrt")
 def _d_sqrt(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d sqrt(x) = 0.5 / y."""
-    return op.Div(_k(op, 0.5, y), y)
+    return op.Div(scalar_like(op, 0.5, y), y)
 
 
 @elementwise_rule("Exp")
@@ -86,26 +86,26 @@ def _d_relu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 def _d_leaky_relu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d = 1 where x > 0 else alpha."""
     alpha = attrs_of(node).get("alpha", 0.01)
-    pos = op.mask_of(op.Greater(x, _k(op, 0.0, x)), x)
-    return op.Add(_k(op, alpha, x), op.Mul(pos, _k(op, 1.0 - alpha, x)))
+    pos = op.mask_of(op.Greater(x, scalar_like(op, 0.0, x)), x)
+    return op.Add(scalar_like(op, alpha, x), op.Mul(pos, scalar_like(op, 1.0 - alpha, x)))
 
 
 @elementwise_rule("Elu")
 def _d_elu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d = 1 where x > 0 else y + alpha."""
     alpha = attrs_of(node).get("alpha", 1.0)
-    pos = op.mask_of(op.Greater(x, _k(op, 0.0, x)), x)
-    neg = op.Add(y, _k(op, alpha, y))
-    return op.Add(pos, op.Mul(op.Sub(_k(op, 1.0, x), pos), neg))
+    pos = op.mask_of(op.Greater(x, scalar_like(op, 0.0, x)), x)
+    neg = op.Add(y, scalar_like(op, alpha, y))
+    return op.Add(pos, op.Mul(op.Sub(scalar_like(op, 1.0, x), pos), neg))
 
 
 @elementwise_rule("Celu")
 def _d_celu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d = 1 where x > 0 else exp(x / alpha)."""
     alpha = attrs_of(node).get("alpha", 1.0)
-    pos = op.mask_of(op.Greater(x, _k(op, 0.0, x)), x)
-    neg = op.Exp(op.Div(op.Min(x, _k(op, 0.0, x)), _k(op, alpha, x)))
-    return op.Add(pos, op.Mul(op.Sub(_k(op, 1.0, x), pos), neg))
+    pos = op.mask_of(op.Greater(x, scalar_like(op, 0.0, x)), x)
+    neg = op.Exp(op.Div(op.Min(x, scalar_like(op, 0.0, x)), scalar_like(op, alpha, x)))
+    return op.Add(pos, op.Mul(op.Sub(scalar_like(op, 1.0, x), pos), neg))
 
 
 @elementwise_rule("Selu")
@@ -113,9 +113,9 @@ def _d_selu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d = gamma where x > 0 else y + gamma * alpha."""
     a = attrs_of(node)
     alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
-    pos = op.mask_of(op.Greater(x, _k(op, 0.0, x)), x)
-    neg = op.Add(y, _k(op, gamma * alpha, y))
-    return op.Add(op.Mul(pos, _k(op, gamma, x)), op.Mul(op.Sub(_k(op, 1.0, x), pos), neg))
+    pos = op.mask_of(op.Greater(x, scalar_like(op, 0.0, x)), x)
+    neg = op.Add(y, scalar_like(op, gamma * alpha, y))
+    return op.Add(op.Mul(pos, scalar_like(op, gamma, x)), op.Mul(op.Sub(scalar_like(op, 1.0, x), pos), neg))
 
 
 @elementwise_rule("Sigmoid")
@@ -127,7 +127,7 @@ def _d_sigmoid(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 @elementwise_rule("Tanh")
 def _d_tanh(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d tanh(x) = 1 - y^2."""
-    return op.Sub(_k(op, 1.0, y), op.Mul(y, y))
+    return op.Sub(scalar_like(op, 1.0, y), op.Mul(y, y))
 
 
 # Zero gradient at both bounds, like torch.nn.functional.hardsigmoid.
@@ -137,8 +137,8 @@ def _d_hard_sigmoid(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     a = attrs_of(node)
     alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
     lo, hi = (-beta) / alpha, (1.0 - beta) / alpha
-    inside = op.And(op.Greater(x, _k(op, min(lo, hi), x)), op.Less(x, _k(op, max(lo, hi), x)))
-    return op.Mul(op.mask_of(inside, x), _k(op, alpha, x))
+    inside = op.And(op.Greater(x, scalar_like(op, min(lo, hi), x)), op.Less(x, scalar_like(op, max(lo, hi), x)))
+    return op.Mul(op.mask_of(inside, x), scalar_like(op, alpha, x))
 
 
 # torch.nn.functional.hardswish backward: 0 below -3, x/3 + 1/2 up to 3 inclusive, 1 above.
@@ -148,10 +148,10 @@ def _d_hard_swish(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     shape = op.g.shapes.get(x)
     if op.g.dtypes.get(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4:
         return _d_hard_swish_nchwc(op, x, shape[1])
-    mid = op.Add(op.Mul(x, _k(op, 1.0 / 3.0, x)), _k(op, 0.5, x))
-    above = op.Greater(x, _k(op, 3.0, x))
-    below = op.Less(x, _k(op, -3.0, x))
-    return op.Where(below, _k(op, 0.0, x), op.Where(above, _k(op, 1.0, x), mid))
+    mid = op.Add(op.Mul(x, scalar_like(op, 1.0 / 3.0, x)), scalar_like(op, 0.5, x))
+    above = op.Greater(x, scalar_like(op, 3.0, x))
+    below = op.Less(x, scalar_like(op, -3.0, x))
+    return op.Where(below, scalar_like(op, 0.0, x), op.Where(above, scalar_like(op, 1.0, x), mid))
 
 
 def _d_hard_swish_nchwc(op: Emitter, x: str, c: int) -> str:
@@ -177,25 +177,25 @@ def _d_hard_swish_nchwc(op: Emitter, x: str, c: int) -> str:
 @elementwise_rule("Erf")
 def _d_erf(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d erf(x) = 2/sqrt(pi) exp(-x^2)."""
-    return op.Mul(_k(op, 2.0 / math.sqrt(math.pi), x), op.Exp(op.Neg(op.Mul(x, x))))
+    return op.Mul(scalar_like(op, 2.0 / math.sqrt(math.pi), x), op.Exp(op.Neg(op.Mul(x, x))))
 
 
 @elementwise_rule("Gelu")
-def _d_gelu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
+def d_gelu(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """exact: Phi(x) + x phi(x); tanh: 0.5(1+t) + 0.5 x (1-t^2) c (1 + 3 k x^2)."""
     if attrs_of(node).get("approximate", "none") in ("tanh", b"tanh"):
         c, kk = math.sqrt(2.0 / math.pi), 0.044715
         x2 = op.Mul(x, x)
-        inner = op.Mul(_k(op, c, x), op.Add(x, op.Mul(_k(op, kk, x), op.Mul(x2, x))))
+        inner = op.Mul(scalar_like(op, c, x), op.Add(x, op.Mul(scalar_like(op, kk, x), op.Mul(x2, x))))
         t = op.Tanh(inner)
-        dinner = op.Mul(_k(op, c, x), op.Add(_k(op, 1.0, x), op.Mul(_k(op, 3 * kk, x), x2)))
-        left = op.Mul(_k(op, 0.5, x), op.Add(_k(op, 1.0, x), t))
-        right = op.Mul(op.Mul(_k(op, 0.5, x), x), op.Mul(op.Sub(_k(op, 1.0, x), op.Mul(t, t)),
+        dinner = op.Mul(scalar_like(op, c, x), op.Add(scalar_like(op, 1.0, x), op.Mul(scalar_like(op, 3 * kk, x), x2)))
+        left = op.Mul(scalar_like(op, 0.5, x), op.Add(scalar_like(op, 1.0, x), t))
+        right = op.Mul(op.Mul(scalar_like(op, 0.5, x), x), op.Mul(op.Sub(scalar_like(op, 1.0, x), op.Mul(t, t)),
                                                          dinner))
         return op.Add(left, right)
-    cdf = op.Mul(_k(op, 0.5, x), op.Add(_k(op, 1.0, x), op.Erf(op.Mul(x, _k(op, 1 / math.sqrt(2), x)))))
-    pdf = op.Mul(_k(op, 1 / math.sqrt(2 * math.pi), x),
-                 op.Exp(op.Mul(op.Mul(x, x), _k(op, -0.5, x))))
+    cdf = op.Mul(scalar_like(op, 0.5, x), op.Add(scalar_like(op, 1.0, x), op.Erf(op.Mul(x, scalar_like(op, 1 / math.sqrt(2), x)))))
+    pdf = op.Mul(scalar_like(op, 1 / math.sqrt(2 * math.pi), x),
+                 op.Exp(op.Mul(op.Mul(x, x), scalar_like(op, -0.5, x))))
     return op.Add(cdf, op.Mul(x, pdf))
 
 
@@ -208,7 +208,7 @@ def _d_softplus(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 @elementwise_rule("Softsign")
 def _d_softsign(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d x/(1+|x|) = 1/(1+|x|)^2."""
-    d = op.Add(_k(op, 1.0, x), op.Abs(x))
+    d = op.Add(scalar_like(op, 1.0, x), op.Abs(x))
     return op.Reciprocal(op.Mul(d, d))
 
 
@@ -228,7 +228,7 @@ def _d_cos(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
 def _d_mish(op: Emitter, node: onnx.NodeProto, x: str, y: str) -> str:
     """d x tanh(softplus(x)) = t + x (1 - t^2) sigmoid(x)."""
     t = op.Tanh(op.Softplus(x))
-    return op.Add(t, op.Mul(op.Mul(x, op.Sub(_k(op, 1.0, x), op.Mul(t, t))), op.Sigmoid(x)))
+    return op.Add(t, op.Mul(op.Mul(x, op.Sub(scalar_like(op, 1.0, x), op.Mul(t, t))), op.Sigmoid(x)))
 
 
 # Clip passes no gradient at its bounds, like torch.clamp's hardtanh/relu6 use.
@@ -319,9 +319,9 @@ def _vjp_pow(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
         bb = b if op.g.dtypes[b] == op.g.dtypes[a] else op.cast_like(b, a)
         const_b = op.g.const(b)
         if const_b is not None and const_b.size == 1 and float(const_b) == 2.0:
-            d = op.Mul(a, _k(op, 2.0, a))  # the common square: no Pow in the gradient
+            d = op.Mul(a, scalar_like(op, 2.0, a))  # the common square: no Pow in the gradient
         else:
-            d = op.Mul(bb, op.Pow(a, op.Sub(bb, _k(op, 1.0, a))))
+            d = op.Mul(bb, op.Pow(a, op.Sub(bb, scalar_like(op, 1.0, a))))
         ga = op.sum_to(op.Mul(gy, d), ys, sa)
     if b in needs:
         aa = a if op.g.dtypes[a] == op.g.dtypes[b] else op.cast_like(a, b)
@@ -335,8 +335,8 @@ def _vjp_prelu(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grad
     """d prelu(x, s) = (gy where x > 0 else gy s, gy x where x <= 0)."""
     ys, (sx, ss) = _shapes(op, node)
     x, s = node.input
-    pos = op.mask_of(op.Greater(x, _k(op, 0.0, x)), x)
-    neg = op.Sub(_k(op, 1.0, x), pos)
+    pos = op.mask_of(op.Greater(x, scalar_like(op, 0.0, x)), x)
+    neg = op.Sub(scalar_like(op, 1.0, x), pos)
     gx = op.sum_to(op.Mul(gy, op.Add(pos, op.Mul(neg, s))), ys, sx) if x in needs else None
     gs = op.sum_to(op.Mul(gy, op.Mul(neg, x)), ys, ss) if s in needs else None
     return [gx, gs]
@@ -347,7 +347,7 @@ def _vjp_where(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grad
     """d where(c, a, b) = (None, gy [c], gy [not c])."""
     ys, (_, sa, sb) = _shapes(op, node)
     c, a, b = node.input
-    zero = _k(op, 0.0, gy)
+    zero = scalar_like(op, 0.0, gy)
     dt = op.g.dtypes[gy]  # not the condition's bool (the emitter's default: input 0)
     ga = op.sum_to(op.Where(c, gy, zero, _dtype=dt), ys, sa) if a in needs else None
     gb = op.sum_to(op.Where(c, zero, gy, _dtype=dt), ys, sb) if b in needs else None
@@ -359,7 +359,7 @@ def _vjp_sum(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """d sum(x_i) = gy each; mean divides by the count."""
     ys, shapes = _shapes(op, node)
     if node.op_type == "Mean":
-        gy = op.Mul(gy, _k(op, 1.0 / len(node.input), gy))
+        gy = op.Mul(gy, scalar_like(op, 1.0 / len(node.input), gy))
     return [op.sum_to(gy, ys, s) if i in needs else None
             for i, s in zip(node.input, shapes, strict=True)]
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, Shape, attrs_of
-from .registry import Grads, Needs, _k, bilinear, vjp_rule
+from .registry import Grads, Needs, bilinear, scalar_like, vjp_rule
 
 # --------------------------------------------------------------------------- linear algebra
 
@@ -65,7 +65,7 @@ def _vjp_gemm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads
                                else op.Gemm(gy, a, alpha=alpha, transA=1, transB=ta)))
     gc = None
     if c is not None and c in needs:
-        gcb = op.Mul(gy, _k(op, beta, gy)) if beta != 1.0 else gy
+        gcb = op.Mul(gy, scalar_like(op, beta, gy)) if beta != 1.0 else gy
         gc = op.sum_to(gcb, op.g.shape(node.output[0]), op.g.shape(c))
     return [ga, gb, gc] if len(node.input) > 2 else [ga, gb]
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..graph import Emitter, attrs_of, normalize_axes
-from .registry import FUSED_RULES, Grads, Needs, _k, first_only, vjp_rule
+from .registry import FUSED_RULES, Grads, Needs, first_only, scalar_like, vjp_rule
 
 # --------------------------------------------------------------------------- nn
 
@@ -54,7 +54,7 @@ def _vjp_dropout(op: Emitter, node: onnx.NodeProto,
         op.g.dtypes[mask] = onnx.TensorProto.BOOL
         op.g.shapes[mask] = op.g.shape(node.input[0])
     keep = op.mask_of(node.output[1], gy)
-    return first_only(node, op.Mul(op.Mul(gy, keep), _k(op, 1.0 / (1.0 - ratio), gy)))
+    return first_only(node, op.Mul(op.Mul(gy, keep), scalar_like(op, 1.0 / (1.0 - ratio), gy)))
 
 
 @vjp_rule("BatchNormalization", multi_output=True)
@@ -75,7 +75,7 @@ def _vjp_batch_norm(op: Emitter, node: onnx.NodeProto,
         k = op.const((s.astype(np.float64) / np.sqrt(v.astype(np.float64) + eps)).reshape(bshape),
                      like=x)
     else:
-        k = op.reshape(op.Div(scale, op.Sqrt(op.Add(var, _k(op, eps, var)))), bshape)
+        k = op.reshape(op.Div(scale, op.Sqrt(op.Add(var, scalar_like(op, eps, var)))), bshape)
     for name in node.input[1:]:
         if name in needs:
             msg = f"BatchNormalization {node.name!r}: statistics that depend on the input"
@@ -104,18 +104,18 @@ def _batch_norm_training(op: Emitter, node: onnx.NodeProto, gys: Sequence[str | 
     parts = []
     if gy is not None:
         h = op.Mul(gy, op.reshape(scale, bshape))
-        parts.append(_normalized_grad(op, x, h, axes, eps))
+        parts.append(normalized_grad(op, x, h, axes, eps))
     w = (1.0 - momentum) / n
     if gmean is not None:
-        parts.append(op.expand_to(op.Mul(op.reshape(gmean, bshape), _k(op, w, x)), sx))
+        parts.append(op.expand_to(op.Mul(op.reshape(gmean, bshape), scalar_like(op, w, x)), sx))
     if gvar is not None:
         cen = op.Sub(x, op.ReduceMean(x, op.ints(axes), keepdims=1))
-        parts.append(op.Mul(cen, op.Mul(op.reshape(gvar, bshape), _k(op, 2.0 * w, x))))
+        parts.append(op.Mul(cen, op.Mul(op.reshape(gvar, bshape), scalar_like(op, 2.0 * w, x))))
     gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
     return first_only(node, gx)
 
 
-def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
+def normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
                      mean: str | None = None, invstd: str | None = None) -> str:
     """gx of xhat = (x - mean) invstd over `axes`, given h = d loss / d xhat."""
     ax = op.ints(axes)
@@ -123,7 +123,7 @@ def _normalized_grad(op: Emitter, x: str, h: str, axes: list[int], eps: float,
         mean = op.ReduceMean(x, ax, keepdims=1)
         cen = op.Sub(x, mean)
         var = op.ReduceMean(op.Mul(cen, cen), ax, keepdims=1)
-        invstd = op.Reciprocal(op.Sqrt(op.Add(var, _k(op, eps, x))))
+        invstd = op.Reciprocal(op.Sqrt(op.Add(var, scalar_like(op, eps, x))))
     else:
         cen = op.Sub(x, mean)
     xhat = op.Mul(cen, invstd)
@@ -147,18 +147,18 @@ def _vjp_layer_norm(op: Emitter, node: onnx.NodeProto,
     parts = []
     if gy is not None:
         h = op.Mul(gy, scale)
-        parts.append(_normalized_grad(op, x, h, axes, at.get("epsilon", 1e-5)))
+        parts.append(normalized_grad(op, x, h, axes, at.get("epsilon", 1e-5)))
     def like_x(v: str) -> str:  # Mean / InvStdDev are stash_type (float32) whatever x is
         return v if op.g.dtypes.get(v) == op.g.dtypes.get(x) else op.cast_like(v, x)
 
     if gmean is not None:
-        parts.append(op.expand_to(op.Mul(like_x(gmean), _k(op, 1.0 / n, x)), sx))
+        parts.append(op.expand_to(op.Mul(like_x(gmean), scalar_like(op, 1.0 / n, x)), sx))
     if ginv is not None:
         inv = like_x(node.output[2])
         mean = (like_x(node.output[1]) if len(node.output) > 1 and node.output[1]
                 else op.ReduceMean(x, op.ints(axes), keepdims=1))
         cube = op.Mul(op.Mul(inv, inv), inv)
-        parts.append(op.Mul(op.Mul(like_x(ginv), op.Mul(cube, _k(op, -1.0 / n, x))),
+        parts.append(op.Mul(op.Mul(like_x(ginv), op.Mul(cube, scalar_like(op, -1.0 / n, x))),
                             op.Sub(x, mean)))
     gx = parts[0] if len(parts) == 1 else op.Sum(*parts)
     for name in node.input[1:]:
@@ -181,7 +181,7 @@ def _vjp_rms_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> G
     sx = op.g.shape(x)
     axes = op.ints(range(normalize_axes([at.get("axis", -1)], len(sx))[0], len(sx)))
     ms = op.ReduceMean(op.Mul(x, x), axes, keepdims=1)
-    r = op.Reciprocal(op.Sqrt(op.Add(ms, _k(op, at.get("epsilon", 1e-5), x))))
+    r = op.Reciprocal(op.Sqrt(op.Add(ms, scalar_like(op, at.get("epsilon", 1e-5), x))))
     h = op.Mul(gy, scale)
     mhx = op.ReduceMean(op.Mul(h, x), axes, keepdims=1)
     gx = op.Sub(op.Mul(r, h), op.Mul(op.Mul(op.Mul(op.Mul(r, r), r), x), mhx))
@@ -211,7 +211,7 @@ def _vjp_instance_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs)
     x, scale, _ = node.input
     sx = op.g.shape(x)
     h = op.Mul(gy, op.reshape(scale, [sx[1]] + [1] * (len(sx) - 2)))
-    gx = _normalized_grad(op, x, h, list(range(2, len(sx))), attrs_of(node).get("epsilon", 1e-5))
+    gx = normalized_grad(op, x, h, list(range(2, len(sx))), attrs_of(node).get("epsilon", 1e-5))
     return [gx, None, None]
 
 
@@ -230,7 +230,7 @@ def _vjp_group_norm(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) ->
     grouped = (sx[0], groups, -1)
     xg, hg = op.reshape(x, grouped), op.reshape(h, grouped)
     op.g.shapes[xg] = (sx[0], groups, int(np.prod(sx[1:])) // groups)
-    gx = _normalized_grad(op, xg, hg, [2], at.get("epsilon", 1e-5))
+    gx = normalized_grad(op, xg, hg, [2], at.get("epsilon", 1e-5))
     return [op.reshape(gx, sx), None, None]
 
 
@@ -249,11 +249,11 @@ def _vjp_lrn(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     j, k = np.arange(c)[:, None], np.arange(c)[None, :]
     window = ((j >= k - lo) & (j <= k + hi)).astype(np.float64)  # [j, c]: x_j is in W(c)
     s = op.axis_matmul(op.Mul(x, x), sx, 1, window, like=x)
-    d = op.Add(_k(op, bias, x), op.Mul(_k(op, alpha / size, x), s))
+    d = op.Add(scalar_like(op, bias, x), op.Mul(scalar_like(op, alpha / size, x), s))
     t = op.Div(op.Mul(gy, y), d)
     back = op.axis_matmul(t, sx, 1, window.T, like=x)
-    gx = op.Sub(op.Mul(gy, op.Pow(d, _k(op, -beta, x))),
-                op.Mul(op.Mul(x, back), _k(op, 2.0 * alpha * beta / size, x)))
+    gx = op.Sub(op.Mul(gy, op.Pow(d, scalar_like(op, -beta, x))),
+                op.Mul(op.Mul(x, back), scalar_like(op, 2.0 * alpha * beta / size, x)))
     return [gx]
 
 

@@ -9,12 +9,12 @@ import onnx
 
 from ..graph import Emitter, Shape, attrs_of, normalize_axes
 from .linalg import conv_pads, transpose_fit
-from .registry import Grads, Needs, _k, balanced_eq, first_only, vjp_rule
+from .registry import Grads, Needs, balanced_eq, first_only, scalar_like, vjp_rule
 
 # --------------------------------------------------------------------------- reductions, pooling
 
 
-def _reduce_axes(op: Emitter, node: onnx.NodeProto) -> list[int] | None:
+def reduce_axes(op: Emitter, node: onnx.NodeProto) -> list[int] | None:
     """Axes of a Reduce* node (attribute before opset 18, input after); None = no-op."""
     rank = len(op.g.shape(node.input[0]))
     at = attrs_of(node)
@@ -33,7 +33,7 @@ def _reduce_axes(op: Emitter, node: onnx.NodeProto) -> list[int] | None:
     return normalize_axes(axes, rank)
 
 
-def _keep_shape(sx: Shape, axes: Sequence[int]) -> list[int]:
+def keep_shape(sx: Shape, axes: Sequence[int]) -> list[int]:
     return [1 if i in axes else d for i, d in enumerate(sx)]
 
 
@@ -43,10 +43,10 @@ def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Gra
     """gx = broadcast(gy) times d(reduction)/dx (mean: 1/n, max: ties / #ties, ...)."""
     x, y = node.input[0], node.output[0]
     sx = op.g.shape(x)
-    axes = _reduce_axes(op, node)
+    axes = reduce_axes(op, node)
     if axes is None:
         return first_only(node, _reduce_identity(op, node, gy))
-    keep = _keep_shape(sx, axes)
+    keep = keep_shape(sx, axes)
     gk = op.reshape(gy, keep)
     yk = op.reshape(y, keep)
     t = node.op_type
@@ -54,9 +54,9 @@ def _vjp_reduce(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Gra
         return first_only(node, op.expand_to(gk, sx))
     if t == "ReduceMean":
         n = int(np.prod([sx[a] for a in axes]))
-        return first_only(node, op.expand_to(op.Mul(gk, _k(op, 1.0 / n, gy)), sx))
+        return first_only(node, op.expand_to(op.Mul(gk, scalar_like(op, 1.0 / n, gy)), sx))
     if t == "ReduceSumSquare":
-        return first_only(node, op.Mul(op.Mul(gk, x), _k(op, 2.0, x)))
+        return first_only(node, op.Mul(op.Mul(gk, x), scalar_like(op, 2.0, x)))
     if t == "ReduceL1":
         return first_only(node, op.Mul(gk, op.Sign(x)))
     if t == "ReduceL2":
@@ -76,7 +76,7 @@ def _reduce_identity(op: Emitter, node: onnx.NodeProto, gy: str) -> str:
     if t in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceLogSumExp"):
         return gy
     if t == "ReduceSumSquare":
-        return op.Mul(op.Mul(gy, x), _k(op, 2.0, x))
+        return op.Mul(op.Mul(gy, x), scalar_like(op, 2.0, x))
     if t == "ReduceLogSum":
         return op.Div(gy, x)
     return op.Mul(gy, op.Sign(x))
@@ -92,7 +92,7 @@ def _vjp_global_average_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: 
         # in NCHWc, so the broadcasting Add that joins it to x's other gradient stays there.
         scale = op.const(np.full((sx[1], 1, 1, 1), 1.0 / n), like=gy)
         return [op.expand_to(op.Conv(gy, scale, group=sx[1]), sx)]
-    return [op.expand_to(op.Mul(gy, _k(op, 1.0 / n, gy)), sx)]
+    return [op.expand_to(op.Mul(gy, scalar_like(op, 1.0 / n, gy)), sx)]
 
 
 @vjp_rule("GlobalMaxPool")
@@ -103,7 +103,7 @@ def _vjp_global_max_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Need
     return [op.Mul(share, hit)]
 
 
-def _pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, list[int],
+def pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, list[int],
                                                                  list[int], list[int], list[int]]:
     at = attrs_of(node)
     sx, sy = op.g.shape(node.input[0]), op.g.shape(node.output[0])
@@ -121,7 +121,7 @@ def _pool_geometry(op: Emitter, node: onnx.NodeProto) -> tuple[Shape, Shape, lis
 def _vjp_max_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ScatterElements(zeros, argmax indices, gy, reduction=add)."""
     at = attrs_of(node)
-    sx, _, kernel, strides, dil, pads = _pool_geometry(op, node)
+    sx, _, kernel, strides, dil, pads = pool_geometry(op, node)
     # storage_order=1 numbers the indices column-major: the rule's own MaxPool numbers them
     # row-major, as the scatter below reads them.
     if len(node.output) > 1 and node.output[1] and not at.get("storage_order", 0):
@@ -192,7 +192,7 @@ def pool_divisor(in_spatial: Shape, out_spatial: Shape, kernel: Sequence[int],
 def _vjp_average_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = depthwise ConvTranspose(gy / divisor, ones kernel)."""
     at = attrs_of(node)
-    sx, sy, kernel, strides, dil, pads = _pool_geometry(op, node)
+    sx, sy, kernel, strides, dil, pads = pool_geometry(op, node)
     div = pool_divisor(sx[2:], sy[2:], kernel, strides, dil, pads,
                        bool(at.get("count_include_pad", 0)))
     x = node.input[0]

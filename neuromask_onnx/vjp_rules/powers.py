@@ -23,8 +23,8 @@ import onnx
 
 from ..graph import Emitter, attrs_of, normalize_axes
 from .linalg import transpose_fit
-from .pooling import _keep_shape, _pool_geometry, _reduce_axes
-from .registry import Grads, Needs, _k, first_only, vjp_rule
+from .pooling import keep_shape, pool_geometry, reduce_axes
+from .registry import Grads, Needs, first_only, scalar_like, vjp_rule
 
 
 @vjp_rule("ReduceProd")
@@ -32,11 +32,11 @@ def _vjp_reduce_prod(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -
     """gx = gy * (product of the other factors of x's group), zero-safe."""
     x = node.input[0]
     sx = op.g.shape(x)
-    axes = _reduce_axes(op, node)
+    axes = reduce_axes(op, node)
     if axes is None:  # noop_with_empty_axes: y = x
         return first_only(node, gy)
-    gk = op.reshape(gy, _keep_shape(sx, axes))
-    zero, one = _k(op, 0.0, x), _k(op, 1.0, x)
+    gk = op.reshape(gy, keep_shape(sx, axes))
+    zero, one = scalar_like(op, 0.0, x), scalar_like(op, 1.0, x)
     is_zero = op.Equal(x, zero)
     x1 = op.Where(is_zero, one, x)
     prod = op.ReduceProd(x1, op.ints(axes), keepdims=1)  # the nonzero factors' product
@@ -91,16 +91,16 @@ def _lp_factor(op: Emitter, x: str, p: int) -> str:
         return op.Sign(x)
     if p == 2:
         return x
-    return op.Mul(op.Pow(op.Abs(x), _k(op, float(p - 1), x)), op.Sign(x))
+    return op.Mul(op.Pow(op.Abs(x), scalar_like(op, float(p - 1), x)), op.Sign(x))
 
 
 def _norm_scale(op: Emitter, gy: str, y: str, p: int) -> str:
     """gy y^(1-p), 0 where y = 0."""
     if p == 1:
         return gy
-    safe = op.Where(op.Equal(y, _k(op, 0.0, y)), _k(op, 1.0, y), y)
-    s = op.Reciprocal(safe) if p == 2 else op.Pow(safe, _k(op, float(1 - p), y))
-    return op.Mul(op.Mul(gy, s), op.mask_of(op.Not(op.Equal(y, _k(op, 0.0, y))), y))
+    safe = op.Where(op.Equal(y, scalar_like(op, 0.0, y)), scalar_like(op, 1.0, y), y)
+    s = op.Reciprocal(safe) if p == 2 else op.Pow(safe, scalar_like(op, float(1 - p), y))
+    return op.Mul(op.Mul(gy, s), op.mask_of(op.Not(op.Equal(y, scalar_like(op, 0.0, y))), y))
 
 
 def _p(node: onnx.NodeProto) -> int:
@@ -115,7 +115,7 @@ def _p(node: onnx.NodeProto) -> int:
 def _vjp_lp_pool(op: Emitter, node: onnx.NodeProto, gy: str, needs: Needs) -> Grads:
     """gx = ConvTranspose(gy y^(1-p), ones kernel) |x|^(p-1) sign(x)."""
     p = _p(node)
-    sx, sy, kernel, strides, dil, pads = _pool_geometry(op, node)
+    sx, sy, kernel, strides, dil, pads = pool_geometry(op, node)
     x = node.input[0]
     c = sx[1]
     scaled = _norm_scale(op, gy, node.output[0], p)

@@ -167,7 +167,7 @@ def elementwise_rule(*op_types: str) -> Callable[[Callable[..., str]], Callable[
     return register
 
 
-def _k(op: Emitter, value: float, like: str) -> str:
+def scalar_like(op: Emitter, value: float, like: str) -> str:
     return op.const(value, like=like)
 
 
