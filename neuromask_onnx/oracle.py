@@ -135,8 +135,9 @@ def _default_opset(model: onnx.ModelProto) -> int:
 def ort_max_opset() -> int:
     """The newest default-domain opset the installed onnxruntime loads (a probe: an Identity
     model at each opset the installed onnx knows, newest first)."""
-    import onnxruntime as ort
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    from .runtime import session
 
     for opset in range(onnx.defs.onnx_opset_version(), 17, -1):
         vi = helper.make_tensor_value_info
@@ -145,7 +146,7 @@ def ort_max_opset() -> int:
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
         m.ir_version = 10 if opset > 18 else 8
         try:
-            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            session(m)
         except Fail as exc:
             if "opset" not in str(exc):
                 raise
@@ -170,11 +171,12 @@ def unrunnable(model: onnx.ModelProto) -> str:
 def ort_float64_missing(model: onnx.ModelProto) -> str:
     """The first line of onnxruntime's refusal where it has no kernel for an op of `model` at
     the model's types (a probe: a session over the model), or "" where it has them all."""
-    import onnxruntime as ort
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
+    from .runtime import session
+
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session(model)
     except OrtNotImplemented as exc:
         return str(exc).splitlines()[0][:200]
     return ""
