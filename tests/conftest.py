@@ -64,3 +64,26 @@ def _mask_gradient_errors(path: Path, net: Any, x: np.ndarray, mask: np.ndarray,
 def mask_gradient_errors() -> Callable[..., tuple[float, float]]:
     """`_mask_gradient_errors(path, net, x, mask, target) -> (loss error, gradient error)`."""
     return _mask_gradient_errors
+
+
+def _matches_torch(sess: Any, net: Any, x: np.ndarray, mask: np.ndarray,
+                   target: np.ndarray) -> None:
+    """The instrumented session's per-row cross-entropy and mask gradient at (x, mask,
+    target) equal torch autograd's of `net` at x * mask (input name "input")."""
+    import torch
+
+    mt = torch.tensor(mask, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(net(torch.tensor(x) * mt), torch.tensor(target),
+                                            reduction="none")
+    ref.sum().backward()
+    assert mt.grad is not None
+    loss, grad = sess.run(["nm_loss", "nm_grad_mask"],
+                          {"input": x, "nm_mask": mask, "nm_target": target})
+    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(grad, mt.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def matches_torch() -> Callable[..., None]:
+    """`matches_torch(sess, net, x, mask, target)`: see `_matches_torch`."""
+    return _matches_torch

@@ -12,6 +12,7 @@ inside an `If`), a torch.jit.script `for` and `while` against torch autograd, an
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,8 @@ def test_a_carried_value_that_grows_is_refused(rng: np.random.Generator) -> None
 
 @pytest.mark.torch
 @pytest.mark.slow
-def test_a_scripted_for_and_while_match_torch_autograd(tmp_path: Path) -> None:
+def test_a_scripted_for_and_while_match_torch_autograd(
+        tmp_path: Path, matches_torch: Callable[..., None]) -> None:
     """torch.jit.script: a 600-step `for` (exported as a Loop whose body torch unrolls 8 times)
     and a `while` whose condition reads the hidden state; neither is unrolled here."""
     torch = pytest.importorskip("torch")
@@ -259,16 +261,7 @@ def test_a_scripted_for_and_while_match_torch_autograd(tmp_path: Path) -> None:
     for scale in (1.0, 0.2):  # the while runs a different number of times
         x = (rng.standard_normal((2, 6)) * scale).astype(np.float32)
         mask = rng.uniform(0.5, 1.0, (2, 6)).astype(np.float32)
-        target = np.array([0, 2], np.int64)
-        mt = torch.tensor(mask, requires_grad=True)
-        ref = torch.nn.functional.cross_entropy(net(torch.tensor(x) * mt),
-                                                torch.tensor(target), reduction="none")
-        ref.sum().backward()
-        assert mt.grad is not None
-        loss, grad = sess.run(["nm_loss", "nm_grad_mask"],
-                              {"input": x, "nm_mask": mask, "nm_target": target})
-        np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-5)
-        np.testing.assert_allclose(grad, mt.grad.numpy(), rtol=1e-4, atol=1e-6)
+        matches_torch(sess, net, x, mask, np.array([0, 2], np.int64))
 
 
 def test_a_loop_inside_a_loop(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
