@@ -2,11 +2,10 @@
 layout and the mask axes, the shapes, the input's dtype, and whether the exact gradient exists.
 
 `resolve(model, ...) -> Spec` makes every decision and raises every user error about them (one
-text each, here); `instrument` (through `analyse`), `NeuroMask`, `Classifier`, `estimate` and
-`triton` read the Spec instead of building a model to read metadata back. The choices the user
-made travel with it as `ModelOptions`, so an instrumentation at another batch size or input
-shape decides the same way. `describe_input` is the same input as the file readers see it
-(`InputSpec`).
+text each, here); `instrument` (through `analyse`), `NeuroMask` and `Classifier` read the Spec
+instead of building a model to read metadata back. The user's choices travel with it as
+`ModelOptions`, so an instrumentation at another batch size or input shape decides the same
+way. `describe_input` is the same input as the file readers see it (`InputSpec`).
 
 One layout detector, `detect_layout`, with an explicit purpose: "mask" names the axes a mask
 varies over (NF, NTC, NCHW, NHWC, NCDHW; ranks without a default are an error, asking for
@@ -317,6 +316,13 @@ def analyse(model: onnx.ModelProto, opts: ModelOptions, batch_size: int,
     return spec, g
 
 
+def check_gradient(gradient: str, flag: str = "gradient") -> None:
+    """Refuse a gradient mode other than auto, exact or estimate (`flag` names it)."""
+    if gradient not in ("auto", "exact", "estimate"):
+        msg = f"{flag} must be auto, exact or estimate, got {gradient!r}"
+        raise InputError(msg)
+
+
 def resolve(model: onnx.ModelProto | str | Path, *, input_name: str | None = None,
             output_name: str | None = None, input_shape: Sequence[int] | None = None,
             layout: str | None = None, mask_axes: Sequence[int] | None = None,
@@ -329,9 +335,7 @@ def resolve(model: onnx.ModelProto | str | Path, *, input_name: str | None = Non
     gradient: "exact" raises UnsupportedOpError where an op on the path has no rule; "auto"
     falls back to "estimate" there (`no_rule` says which op); "estimate" checks nothing.
     """
-    if gradient not in ("auto", "exact", "estimate"):
-        msg = f"gradient must be auto, exact or estimate, got {gradient!r}"
-        raise InputError(msg)
+    check_gradient(gradient)
     opts = ModelOptions(input_name, output_name, output_kind, layout,
                         None if mask_axes is None else tuple(mask_axes))
     return decide(load_model(model), opts, gradient, batch_size, input_shape)
@@ -340,9 +344,7 @@ def resolve(model: onnx.ModelProto | str | Path, *, input_name: str | None = Non
 def decide(m: onnx.ModelProto, opts: ModelOptions, gradient: Gradient = "exact",
            batch_size: int | None = None, input_shape: Sequence[int] | None = None) -> Spec:
     """`resolve` for a model `graph.load_model` has already read and checked."""
-    if gradient not in ("auto", "exact", "estimate"):
-        msg = f"gradient must be auto, exact or estimate, got {gradient!r}"
-        raise InputError(msg)
+    check_gradient(gradient)
     n = default_batch(m, opts.input_name) if batch_size is None else batch_size
     if gradient == "estimate":
         spec, _ = analyse(m, opts, n, input_shape, check_gradient=False)

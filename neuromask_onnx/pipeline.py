@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from . import outputs
-from .contract import InputSpec, describe_input
+from .contract import InputSpec, check_gradient, describe_input
 from .errors import ConvergenceWarning, InputError, ModelContractError
 from .explain import Explanation, NeuroMask
 from .explain import Progress as StepProgress
@@ -149,9 +149,7 @@ def explain_files(model: Path, inputs: Sequence[Path] | None, out: Path, *,
     from . import onnxml
     from .estimate import record as gradient_record
 
-    if gradient not in ("auto", "exact", "estimate"):
-        msg = f"--gradient must be auto, exact or estimate, got {gradient!r}"
-        raise InputError(msg)
+    check_gradient(gradient, "--gradient")
     if top_k is not None and top_k < 1:
         msg = f"--top-k must be at least 1, got {top_k}"
         raise InputError(msg)
