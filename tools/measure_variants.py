@@ -17,6 +17,12 @@ one int8 input step (sigma 1/128 in the model's units, about one grey level), ha
 only about 0.46 with the gradient at the photo itself (EfficientNet-Lite0). A pixel gradient
 of a deep network is that unstable, so no quantized copy can agree with it better than its
 own float model does under a grey level of noise; the `noise` column prints this floor.
+The rounding floor: the float model with its weights rounded to the int8 per-channel grid
+(step = max |w| / 127 per output channel, what quantize_static's symmetric int8 weights use),
+activations left in float, and the float model with each weight moved by a random amount
+within half that step (three seeds). On EfficientNet-Lite0 the first reproduces the int8
+copy's cell cosine (the weights' rounding, not the activations' or a rule, is what moves the
+gradient), and the second shows that any rounding of that size moves it about as far.
 `--maps` compares what a user sees, the default NeuroMask maps (centred cosine and Spearman
 rank correlation of the int8 map against the float map), next to the same floor.
 """
@@ -97,6 +103,26 @@ def on_cells(g: np.ndarray, cells: int = 14) -> np.ndarray:
     return apply(mats, g, adjoint=True)
 
 
+def rounded_weights(model: onnx.ModelProto, rng: np.random.Generator | None
+                    ) -> onnx.ModelProto:
+    """A copy whose float32 weights (rank >= 2: Conv, Gemm, MatMul) are rounded to the int8
+    per-output-channel grid (rng None) or moved by U(-step/2, step/2) on that grid."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        w = numpy_helper.to_array(t)
+        if w.dtype != np.float32 or w.ndim < 2:
+            continue
+        step = np.abs(w.reshape(len(w), -1)).max(axis=1) / 127.0
+        step = np.where(step > 0, step, 1.0).reshape([-1] + [1] * (w.ndim - 1))
+        moved = (np.round(w / step) * step if rng is None
+                 else w + step * rng.uniform(-0.5, 0.5, w.shape))
+        t.CopyFrom(numpy_helper.from_array(moved.astype(np.float32), t.name))
+    return out
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     return [float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)) for u, v in zip(a, b,
@@ -148,6 +174,9 @@ def main() -> None:
         if args.maps:
             compare_maps(args.model, qpath, x, noisy, target)
     g16, p16 = mask_grads(convert_float_to_float16(src, keep_io_types=False), x, target)
+    gr, _ = mask_grads(rounded_weights(src, None), x, target)
+    gms = [mask_grads(rounded_weights(src, np.random.default_rng(s)), x, target)[0]
+           for s in range(3)]
     print("pixel gradient at a uniform mask of 0.5; noise = fp32 at the photo + N(0, 1/128)")
     print("photo                 class  cos(int8, fp32)  cos(fp16, fp32)  cos(noise, fp32)  "
           "top1 int8/fp16")
@@ -158,15 +187,20 @@ def main() -> None:
     print(f"mean                         {np.mean(cosines(g8, g32)):15.4f}  "
           f"{np.mean(cosines(g16, g32)):15.6f}  {np.mean(cosines(gn, g32)):16.4f}")
     c8, c16, cn = (on_cells(g) for g in (g8, g16, gn))
-    c32 = on_cells(g32)
+    c32, cr = on_cells(g32), on_cells(gr)
+    cm = np.mean([cosines(on_cells(g), c32) for g in gms], axis=0)
     print("\nthe same gradients on the default 14 x 14 mask cells (through the upsampling's "
-          "adjoint)")
-    print("photo                 class  cos(int8, fp32)  cos(fp16, fp32)  cos(noise, fp32)")
+          "adjoint); rounded = fp32 with int8-rounded weights, moved = weights moved within "
+          "half a step (mean of 3 seeds)")
+    print("photo                 class  cos(int8, fp32)  cos(fp16, fp32)  cos(noise, fp32)  "
+          "cos(rounded, fp32)  cos(moved, fp32)")
     for i, p in enumerate(PHOTOS):
         print(f"{p:22s}{target[i]:5d}  {cosines(c8, c32)[i]:15.4f}  "
-              f"{cosines(c16, c32)[i]:15.6f}  {cosines(cn, c32)[i]:16.4f}")
+              f"{cosines(c16, c32)[i]:15.6f}  {cosines(cn, c32)[i]:16.4f}  "
+              f"{cosines(cr, c32)[i]:18.4f}  {cm[i]:16.4f}")
     print(f"mean                         {np.mean(cosines(c8, c32)):15.4f}  "
-          f"{np.mean(cosines(c16, c32)):15.6f}  {np.mean(cosines(cn, c32)):16.4f}")
+          f"{np.mean(cosines(c16, c32)):15.6f}  {np.mean(cosines(cn, c32)):16.4f}  "
+          f"{np.mean(cosines(cr, c32)):18.4f}  {np.mean(cm):16.4f}")
 
 
 def compare_maps(model: Path, qpath: Path, x: np.ndarray, noisy: np.ndarray,
