@@ -127,3 +127,54 @@ def test_part_profile_reads_a_real_onnxruntime_profile(tmp_path: Path) -> None:
     parts = bench.part_profile(sess.end_profiling())
     assert parts["forward"] > 0  # the Conv (fused with the Relu, or not)
     assert parts["gradient"] > 0  # the nm_ Sigmoid
+
+
+def _relu6_classifier() -> Any:
+    """x [1, 3, 8, 8] -> Conv -> Clip(0, 6) -> global pool -> Gemm -> 4 logits."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 2, "w"),
+             numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"]),
+             helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.torch
+def test_mask_floor_forms_swap_only_the_clip_rule(tmp_path: Path) -> None:
+    """tools/bench_mask_floor.py: the compare-and-cast band is the rule's gradient bit for
+    bit, the one-pass and no-mask bounds are not gradients, and the Clip rule is restored."""
+    _bench()
+    spec = importlib.util.spec_from_file_location("bench_mask_floor",
+                                                  ROOT / "tools" / "bench_mask_floor.py")
+    assert spec is not None
+    assert spec.loader is not None
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    from neuromask_onnx.vjp_rules.registry import VJP_RULES
+
+    path = tmp_path / "relu6.onnx"
+    path.write_bytes(_relu6_classifier().SerializeToString())
+    rule = VJP_RULES["Clip"]
+    models = {name: floor._instrument_with(path, form) for name, form in floor.FORMS.items()}
+    assert VJP_RULES["Clip"] is rule
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
+             "nm_mask": rng.uniform(0.2, 1.0, (1, 1, 8, 8)).astype(np.float32),
+             "nm_target": np.array([1], np.int64)}
+    grad = _run(floor.bench._instrument(path), feeds)[1]
+    probe = _relu6_classifier()
+    probe.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    c = _run(probe, {"x": feeds["x"] * feeds["nm_mask"]})[1]  # the mask at the input: x * m
+    assert (c < 0).any()  # both bounds of the band are crossed
+    assert (c > 6).any()
+    np.testing.assert_array_equal(_run(models["compare and cast (exact)"], feeds)[1], grad)
+    for name in ("one pass (gy * y)", "no mask (gy)"):
+        assert not np.allclose(_run(models[name], feeds)[1], grad), name
