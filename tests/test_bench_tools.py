@@ -21,11 +21,11 @@ from neuromask_onnx.io_names import PROBS, TARGET
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench() -> Any:
+def _tool(name: str = "bench_gradient") -> Any:
+    """tools/<name>.py as a module (the benchmarks import torch's exporters)."""
     pytest.importorskip("torch")
     sys.path.insert(0, str(ROOT / "tools"))
-    spec = importlib.util.spec_from_file_location("bench_gradient",
-                                                  ROOT / "tools" / "bench_gradient.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -40,7 +40,7 @@ def _run(model: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 @pytest.mark.torch
 def test_free_factors_drops_the_gradient_masks_and_keeps_the_forward(models_dir: Path) -> None:
-    bench = _bench()
+    bench = _tool()
     inst = instrument(str(models_dir / "cnn_nchw.onnx"))
     ablated, bypassed = bench.free_factors(inst)
 
@@ -87,7 +87,7 @@ def _event(name: str, op: str, dur: float) -> dict[str, Any]:
 
 
 def test_part_profile_splits_forward_gradient_and_reorders(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = _tool()
     events = [{"cat": "Session", "name": "model_run", "dur": 1}] * 2 + [
         _event("/_blocks.1/Clip_output_0_nchwc", "Conv", 4000.0),  # a fused forward node
         _event("HardSigmoid_470", "HardSigmoid", 1000.0),  # onnxruntime's HardSwish expansion
@@ -106,7 +106,7 @@ def test_part_profile_splits_forward_gradient_and_reorders(tmp_path: Path) -> No
 
 
 def test_part_profile_reads_a_real_onnxruntime_profile(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = _tool()
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="fwd_conv"),
@@ -151,13 +151,7 @@ def _relu6_classifier() -> Any:
 def test_mask_floor_forms_swap_only_the_clip_rule(tmp_path: Path) -> None:
     """tools/bench_mask_floor.py: the compare-and-cast band is the rule's gradient bit for
     bit, the one-pass and no-mask bounds are not gradients, and the Clip rule is restored."""
-    _bench()
-    spec = importlib.util.spec_from_file_location("bench_mask_floor",
-                                                  ROOT / "tools" / "bench_mask_floor.py")
-    assert spec is not None
-    assert spec.loader is not None
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
+    floor = _tool("bench_mask_floor")
     from neuromask_onnx.vjp_rules.registry import VJP_RULES
 
     path = tmp_path / "relu6.onnx"
