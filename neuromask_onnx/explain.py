@@ -37,7 +37,14 @@ from .mask import masked_out
 from .optimize import NeuroMaskConfig, StepInfo
 from .results import Explanation, Progress, TopClass, diagnose
 from .rewrite import instrument
-from .runtime import Provider, Runner, SessionRunner, available_provider, run_padded
+from .runtime import (
+    Provider,
+    Runner,
+    SessionRunner,
+    available_provider,
+    blas_on_one_thread,
+    run_padded,
+)
 
 __all__ = ["Explanation", "NeuroMask", "Progress", "Target", "TopClass", "by_shape", "diagnose"]
 
@@ -312,6 +319,12 @@ class NeuroMask(ChunkOptimizer):
                 for i, row in zip(idx, part, strict=True):
                     rows[i] = row
             return rows
+        with blas_on_one_thread():
+            return self._explain_one_shape(xs, targets, top_k, callback)
+
+    def _explain_one_shape(self, xs: list[np.ndarray], targets: Sequence[Any],
+                           top_k: int | None, callback: Callable[[Progress], None] | None,
+                           ) -> list[list[Explanation]]:
         t0 = time.perf_counter()
         probs = self._probs(xs)
         t_predict = time.perf_counter() - t0

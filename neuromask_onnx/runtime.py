@@ -8,6 +8,8 @@
 - `run_padded` / `pad_rows`: rows through a session a batch at a time, the last batch padded
   with copies of its last row where the session's batch is fixed (every caller: NeuroMask's
   predictions and chunks, the baselines' Classifier, hence the metrics).
+- `blas_on_one_thread`: numpy's BLAS held to one thread while an optimiser alternates small
+  numpy products with session runs (its idle threads otherwise take onnxruntime's cores).
 - `Runner`: what `explain.NeuroMask` needs of a model: bind the per-chunk inputs once, then
   run(mask) -> (loss, d loss / d mask, probabilities). `SessionRunner` is the local one (CPU,
   or CUDA with I/O binding); `estimate.EstimateRunner` (a gradient-free estimate) and
@@ -20,7 +22,8 @@ onnxruntime is imported here at module level, so modules that must start fast (t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -69,6 +72,21 @@ def session(model: onnx.ModelProto | bytes, provider: str = CPU, *, threads: int
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, opts, providers=[provider])
+
+
+@contextmanager
+def blas_on_one_thread() -> Iterator[None]:
+    """numpy's BLAS (OpenBLAS, MKL, ...) on one thread for the duration.
+
+    The trap: after each of the optimiser's small products (the mask's upsampling and its
+    adjoint, a few million flops) OpenBLAS's worker threads busy-wait for the next one, on
+    the cores onnxruntime's intra-op threads need for the session run that follows. On two
+    cores the default explanation of one image took 3.70 s instead of 2.71 s
+    (README, "Explaining costs"); one thread is plenty for products that small."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def pad_rows(a: np.ndarray, size: int) -> np.ndarray:

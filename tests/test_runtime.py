@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from neuromask_onnx import runtime
 from neuromask_onnx.baselines import Classifier
 from neuromask_onnx.errors import InputError
 from neuromask_onnx.explain import NeuroMask
+from neuromask_onnx.optimize import NeuroMaskConfig
 from neuromask_onnx.runtime import pad_rows, run_padded
 
 Run = Callable[[list[np.ndarray], int], list[np.ndarray]]
@@ -85,3 +89,35 @@ def test_fixed_batch_models_run_padded_chunks() -> None:
     nm = NeuroMask(m, provider="cpu", batch_size=8)
     np.testing.assert_allclose(nm.predict(xs), want, rtol=1e-5)
     assert nm.model_runs == 6
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_the_optimiser_runs_with_numpy_blas_on_one_thread(
+        models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While NeuroMask alternates numpy products with session runs, numpy's BLAS has one
+    thread (its idle threads would busy-wait on onnxruntime's cores), and the caller's
+    setting is back afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS library that threadpoolctl can see")
+    seen: list[list[int]] = []
+    run = runtime.SessionRunner.run
+
+    def spy(self: runtime.SessionRunner, mask: np.ndarray) -> Any:
+        seen.append(_blas_threads())
+        return run(self, mask)
+
+    monkeypatch.setattr(runtime.SessionRunner, "run", spy)
+    nm = NeuroMask(str(models_dir / "cnn_nchw.onnx"), NeuroMaskConfig(steps=2), provider="cpu")
+    with threadpool_limits(limits=2, user_api="blas"):
+        nm.attribute(np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32))
+        after = _blas_threads()
+    assert seen
+    assert all(threads == [1] * len(threads) for threads in seen), seen
+    assert after == [2] * len(after)

@@ -8,6 +8,7 @@ the process CPU time per image (all threads), and the model passes (rows through
 instrumented model, each one forward and one backward pass) per image.
 
     python tools/bench_explain.py [--model efficientnet_lite0.onnx] [--batch 4] [--reps 3]
+        [--blas-threads-free]
 """
 
 from __future__ import annotations
@@ -48,7 +49,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the preset's")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--blas-threads-free", action="store_true",
+                    help="leave numpy's BLAS threads alone (without runtime.blas_on_one_thread)")
     args = ap.parse_args()
+    if args.blas_threads_free:
+        import contextlib
+        import importlib
+
+        explain = importlib.import_module("neuromask_onnx.explain")
+        explain.blas_on_one_thread = contextlib.nullcontext
     if not args.model.exists():
         from export_efficientnet_lite0 import export
 
