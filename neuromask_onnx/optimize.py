@@ -41,7 +41,7 @@ class NeuroMaskConfig:
     """"areas" (default): nested target areas, each mask kept and deleted in one batch
     (`areas` module); "classic": the paper's single mask with cross-entropy, L1 sparsity and
     Laplacian smoothness (the reference and paper presets)."""
-    steps: int = 16
+    steps: int = 20
     """Maximum number of optimiser steps (one batched model run each)."""
     learning_rate: float = 0.2
     """Step size of the optimiser."""
