@@ -325,6 +325,7 @@ class NeuroMask(ChunkOptimizer):
     def _explain_one_shape(self, xs: list[np.ndarray], targets: Sequence[Any],
                            top_k: int | None, callback: Callable[[Progress], None] | None,
                            ) -> list[list[Explanation]]:
+        """explain_many for inputs of one shape (one instrumented model)."""
         t0 = time.perf_counter()
         probs = self._probs(xs)
         t_predict = time.perf_counter() - t0

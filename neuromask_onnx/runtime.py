@@ -81,8 +81,8 @@ def blas_on_one_thread() -> Iterator[None]:
     The trap: after each of the optimiser's small products (the mask's upsampling and its
     adjoint, a few million flops) OpenBLAS's worker threads busy-wait for the next one, on
     the cores onnxruntime's intra-op threads need for the session run that follows. On two
-    cores the default explanation of one image took 3.70 s instead of 2.71 s
-    (README, "Explaining costs"); one thread is plenty for products that small."""
+    cores the 16-step default took 3.47 s an image instead of 2.61 s (README, "Explaining
+    costs"); one thread is plenty for products that small."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
