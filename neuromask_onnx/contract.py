@@ -16,7 +16,7 @@ generic letters otherwise: NA, NAB, ...). Both tell NCHW from NHWC by the channe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -245,10 +245,15 @@ def choose_mask_axes(shape: Shape, opts: ModelOptions, name: str) -> tuple[tuple
     return tuple(i for i, c in enumerate(lay) if c not in "NC"), lay
 
 
+def _chosen_input(model: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto | None:
+    """The named input, else the only one; None if ambiguous (`pick_input` says so)."""
+    real = graph_inputs(model)
+    return next((v for v in real if v.name == name), real[0] if len(real) == 1 else None)
+
+
 def default_batch(model: onnx.ModelProto, input_name: str | None) -> int:
     """The batch size a model can be resolved at: the input's fixed one, else 1."""
-    real = graph_inputs(model)
-    vi = next((v for v in real if v.name == input_name), real[0] if len(real) == 1 else None)
+    vi = _chosen_input(model, input_name)
     if vi is None or not vi.type.tensor_type.HasField("shape"):
         return 1
     dims = vi.type.tensor_type.shape.dim
@@ -261,8 +266,7 @@ def dynamic_shape(model: onnx.ModelProto, input_name: str | None,
     model is always resolved at its own shape)."""
     if input_shape is None:
         return None
-    real = graph_inputs(model)
-    vi = next((v for v in real if v.name == input_name), real[0] if len(real) == 1 else None)
+    vi = _chosen_input(model, input_name)
     if vi is None:
         return None
     dims = input_dims(model, vi.name)
@@ -348,22 +352,15 @@ def decide(m: onnx.ModelProto, opts: ModelOptions, gradient: Gradient = "exact",
     n = default_batch(m, opts.input_name) if batch_size is None else batch_size
     if gradient == "estimate":
         spec, _ = analyse(m, opts, n, input_shape, check_gradient=False)
-        return _with_gradient(spec, "estimate", None)
+        return replace(spec, gradient="estimate")
     try:
         spec, _ = analyse(m, opts, n, input_shape, check_gradient=True)
     except UnsupportedOpError as exc:
         if gradient == "exact":
             raise
         spec, _ = analyse(m, opts, n, input_shape, check_gradient=False)
-        return _with_gradient(spec, "estimate", (exc.op_type, exc.node_name))
+        return replace(spec, gradient="estimate", no_rule=(exc.op_type, exc.node_name))
     return spec
-
-
-def _with_gradient(spec: Spec, gradient: Literal["exact", "estimate"],
-                   no_rule: tuple[str, str] | None) -> Spec:
-    import dataclasses
-
-    return dataclasses.replace(spec, gradient=gradient, no_rule=no_rule)
 
 
 # --------------------------------------------------------------------------- file readers

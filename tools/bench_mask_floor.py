@@ -1,10 +1,11 @@
-"""How cheap can the ReLU6 (Clip) masks get? The rule against two cost bounds, in one process.
+"""How cheap can the ReLU6 (Clip) masks get? The rule against other forms and two cost bounds.
 
 For each model: the forward; the instrumented model as the rules build it (the band mask
-[lo < y < hi] as two HardSigmoid steps applied by two Muls); the same model with each Clip's
-gradient as ONE elementwise pass, gy * y (a wrong gradient on purpose: the cost of the
-cheapest conceivable exact mask, one read of y and of gy and one write, as a fused kernel
-would do it); and with no mask at all (gx = gy: the Clip costs nothing in the backward
+[lo < y < hi] as two HardSigmoid steps applied by two Muls); the same model with the band
+written two other exact ways (compare-and-cast; two passes with a depthwise Conv, not kept:
+slower, README "Real exports"); with each Clip's gradient as ONE elementwise pass, gy * y (a
+wrong gradient on purpose: the cost of the cheapest conceivable exact mask, one read of y
+and of gy and one write, as a fused kernel would do it); and with no mask at all (gx = gy: the Clip costs nothing in the backward
 pass). CPU time of one thread, fastest run of `--reps` in alternating blocks, as ratios to the
 forward. If the one-pass row is above a target, no formulation of the ReLU6 masks in
 elementwise ONNX ops reaches it on this machine; only the convolutions and reorders left in
@@ -49,8 +50,24 @@ def _compare_and_cast(op: Any, node: onnx.NodeProto, gys: Sequence[str | None]) 
     return op.Mul(gys[0], op.mask_of(band, y))
 
 
+def _two_pass(op: Any, node: onnx.NodeProto, gys: Sequence[str | None]) -> str:
+    """The exact band in two passes: s = [y > lo] as one HardSigmoid step, then
+    [Conv(s; -B, B) + y < hi], a depthwise 1x1 Conv that onnxruntime fuses with the Add and
+    the step in its NCHWc layout; one Mul applies it. B is a power of two with
+    B + lo >= hi + 1: s = 1 gives -B + B = 0 exactly (the sum is y, the step exact), s = 0
+    (y = lo) gives B + lo, which the step maps to 0. 4-D inputs only."""
+    y = node.output[0]
+    lo, hi = (float(op.g.const(b)) for b in node.input[1:3])
+    c = op.g.shapes[y][1]
+    big = 2.0 ** int(np.ceil(np.log2(abs(hi) + abs(lo) + 2.0)))
+    t = op.Conv(op.step(y, lo, above=True), op.const(np.full((c, 1, 1, 1), -big), like=y),
+                op.const(np.full(c, big), like=y), group=c)
+    return op.Mul(gys[0], op.step(op.Add(t, y), hi, above=False))
+
+
 FORMS: dict[str, Form] = {
     "compare and cast (exact)": _compare_and_cast,
+    "two passes, depthwise Conv (exact)": _two_pass,
     "one pass (gy * y)": lambda op, node, gys: op.Mul(gys[0], node.output[0]),
     "no mask (gy)": lambda _op, _node, gys: str(gys[0]),
 }
@@ -62,9 +79,12 @@ def _instrument_with(path: Path, form: Form) -> onnx.ModelProto:
 
     def rule(op: Any, node: onnx.NodeProto, gys: Sequence[str | None], needs: Any) -> Any:
         bounds = list(node.input[1:3])
-        if (gys[0] is None or op.g.dtypes.get(node.output[0]) != onnx.TensorProto.FLOAT
-                or len(bounds) != 2 or any(not b or op.g.const(b) is None for b in bounds)):
-            return orig(op, node, gys, needs)  # only the constant-bound ReLU6 form
+        y = node.output[0]
+        if (gys[0] is None or op.g.dtypes.get(y) != onnx.TensorProto.FLOAT
+                or len(op.g.shapes.get(y, ())) != 4
+                or len(bounds) != 2 or any(not b or op.g.const(b) is None for b in bounds)
+                or float(op.g.const(bounds[0])) >= float(op.g.const(bounds[1]))):
+            return orig(op, node, gys, needs)  # only the 4-D constant-bound ReLU6 form
         return [form(op, node, gys), *[None] * (len(node.input) - 1)]
 
     VJP_RULES["Clip"] = rule

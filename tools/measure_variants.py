@@ -187,20 +187,24 @@ def main() -> None:
     print(f"mean                         {np.mean(cosines(g8, g32)):15.4f}  "
           f"{np.mean(cosines(g16, g32)):15.6f}  {np.mean(cosines(gn, g32)):16.4f}")
     c8, c16, cn = (on_cells(g) for g in (g8, g16, gn))
-    c32, cr = on_cells(g32), on_cells(gr)
-    cm = np.mean([cosines(on_cells(g), c32) for g in gms], axis=0)
+    c32 = on_cells(g32)
+    cos = {k: cosines(c, c32) for k, c in (("int8", c8), ("fp16", c16), ("noise", cn),
+                                            ("rounded", on_cells(gr)))}
+    cos["moved"] = list(np.mean([cosines(on_cells(g), c32) for g in gms], axis=0))
     print("\nthe same gradients on the default 14 x 14 mask cells (through the upsampling's "
           "adjoint); rounded = fp32 with int8-rounded weights, moved = weights moved within "
           "half a step (mean of 3 seeds)")
     print("photo                 class  cos(int8, fp32)  cos(fp16, fp32)  cos(noise, fp32)  "
           "cos(rounded, fp32)  cos(moved, fp32)")
+    widths = {"int8": ".4f", "fp16": ".6f", "noise": ".4f", "rounded": ".4f", "moved": ".4f"}
+    cols = {"int8": 15, "fp16": 15, "noise": 16, "rounded": 18, "moved": 16}
+
+    def row(values: dict[str, float]) -> str:
+        return "  ".join(f"{values[k]:{cols[k]}{widths[k]}}" for k in cols)
+
     for i, p in enumerate(PHOTOS):
-        print(f"{p:22s}{target[i]:5d}  {cosines(c8, c32)[i]:15.4f}  "
-              f"{cosines(c16, c32)[i]:15.6f}  {cosines(cn, c32)[i]:16.4f}  "
-              f"{cosines(cr, c32)[i]:18.4f}  {cm[i]:16.4f}")
-    print(f"mean                         {np.mean(cosines(c8, c32)):15.4f}  "
-          f"{np.mean(cosines(c16, c32)):15.6f}  {np.mean(cosines(cn, c32)):16.4f}  "
-          f"{np.mean(cosines(cr, c32)):18.4f}  {np.mean(cm):16.4f}")
+        print(f"{p:22s}{target[i]:5d}  " + row({k: v[i] for k, v in cos.items()}))
+    print("mean                         " + row({k: float(np.mean(v)) for k, v in cos.items()}))
 
 
 def compare_maps(model: Path, qpath: Path, x: np.ndarray, noisy: np.ndarray,
